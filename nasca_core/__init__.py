@@ -1,0 +1,45 @@
+"""Nasca: per-end-user AI spend limits, prepaid credits and upgrade prompts."""
+
+from nasca_core._client import Charge, LedgerStats, Nasca, Reservation
+from nasca_core._config import Tier
+from nasca_core._errors import (
+    ConfigurationError,
+    InvalidAmountError,
+    InvalidInputError,
+    InvalidUserError,
+    NascaBlockedError,
+    NascaError,
+    PricingError,
+    SignatureError,
+    StoreError,
+    UnknownModelError,
+    UnknownTierError,
+    UsageParseError,
+    WebhookError,
+)
+from nasca_core._usage import Usage, WindowUsage
+
+__all__ = [
+    "Charge",
+    "ConfigurationError",
+    "InvalidAmountError",
+    "InvalidInputError",
+    "InvalidUserError",
+    "LedgerStats",
+    "Nasca",
+    "NascaBlockedError",
+    "NascaError",
+    "PricingError",
+    "Reservation",
+    "SignatureError",
+    "StoreError",
+    "Tier",
+    "UnknownModelError",
+    "UnknownTierError",
+    "Usage",
+    "UsageParseError",
+    "WebhookError",
+    "WindowUsage",
+]
+
+__version__ = "0.1.0"

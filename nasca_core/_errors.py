@@ -1,0 +1,129 @@
+"""Every exception Nasca raises.
+
+    NascaError
+    ├── ConfigurationError      bad setup: tier, limit, store URI, price file   (also ValueError)
+    │   └── UnknownTierError    a tier name that no config defines
+    ├── InvalidInputError       bad call-time input: amount, user id, token counts (also ValueError)
+    │   ├── InvalidAmountError
+    │   ├── InvalidUserError
+    │   └── UsageParseError     a provider usage payload that cannot be read
+    ├── PricingError
+    │   └── UnknownModelError   a model missing from the price table under unknown_model="block"
+    ├── NascaBlockedError       the end user may not spend now: show an upgrade prompt
+    ├── StoreError              the store could not be reached and the policy says block
+    └── WebhookError            a Stripe webhook that must be answered with 400
+        └── SignatureError
+
+Every error is raised before anything is written: the ledger is unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nasca_core._usage import Usage
+
+
+class NascaError(Exception):
+    """Base class of every Nasca error."""
+
+
+class ConfigurationError(NascaError, ValueError):
+    """The configuration is wrong; the message says what to fix."""
+
+
+class UnknownTierError(ConfigurationError):
+    def __init__(self, tier: str, known: list[str] | tuple[str, ...] = ()) -> None:
+        self.tier = tier
+        self.known = tuple(known)
+        hint = f" Known tiers: {', '.join(sorted(self.known))}." if self.known else ""
+        super().__init__(f"Unknown tier {tier!r}.{hint} Define it with Tier(...) or set_tier().")
+
+
+class InvalidInputError(NascaError, ValueError):
+    """A call-time argument is invalid; nothing was recorded."""
+
+
+class InvalidAmountError(InvalidInputError):
+    pass
+
+
+class InvalidUserError(InvalidInputError):
+    pass
+
+
+class UsageParseError(InvalidInputError):
+    pass
+
+
+class PricingError(NascaError):
+    pass
+
+
+class UnknownModelError(PricingError):
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(
+            f"No price for model {model!r}. Add it with prices={{...}} or set_price(), "
+            "alias it, or choose unknown_model='warn' or 'price_as:<model>'."
+        )
+
+
+class StoreError(NascaError):
+    """The store failed and on_store_error='block' refuses to guess."""
+
+
+class WebhookError(NascaError):
+    """A webhook payload that must be rejected (HTTP 400); nothing was changed."""
+
+
+class SignatureError(WebhookError):
+    pass
+
+
+class NascaBlockedError(NascaError):
+    """The end user has spent their allowance for a window.
+
+    Apps catch this and show ``upgrade_message`` (and ``checkout_url`` once the
+    upgrade page is configured) instead of calling the model.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        tier: str,
+        window: str,
+        usage: Usage | None,
+        resets_at: datetime | None,
+        upgrade_message: str,
+        checkout_url: str | None = None,
+        prompt_id: str | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.tier = tier
+        self.window = window
+        self.usage = usage
+        self.resets_at = resets_at
+        self.upgrade_message = upgrade_message
+        self.checkout_url = checkout_url
+        self.prompt_id = prompt_id
+        super().__init__(upgrade_message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only __init__: teach pickle (multiprocessing, Celery) to rebuild it.
+        return (_rebuild_blocked, (self.__dict__.copy(),))
+
+    def _repr_html_(self) -> str:
+        from nasca_core._display import blocked_html
+
+        return blocked_html(self)
+
+
+def _rebuild_blocked(state: dict[str, Any]) -> NascaBlockedError:
+    err = NascaBlockedError.__new__(NascaBlockedError)
+    err.__dict__.update(state)
+    Exception.__init__(err, state.get("upgrade_message", ""))
+    return err

@@ -1,0 +1,86 @@
+"""The ledger's decisions, free of I/O.
+
+The memory store calls these functions; ``stores/lua/_lib.lua`` and the Lua scripts
+implement the very same rules inside Redis, and the contract suite holds the two
+to identical results. Every amount is an int of nano-dollars; windows are indexed
+0 = daily, 1 = weekly, 2 = monthly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+NO_LIMIT = -1
+
+
+def admit(
+    limits: Sequence[int],
+    hard: Sequence[int],
+    spent: Sequence[int],
+    held: int,
+    estimate: int,
+    credits: int,
+    strict: bool,
+) -> int:
+    """Return -1 when a call may start, else the index of the window that blocks it.
+
+    Default admission lets a call start while every window has budget left counting
+    in-flight holds, so concurrent callers overshoot by at most one call each round;
+    ``strict`` admits only a call whose estimate fits. A hard window must fit on its
+    own; the other windows may run over by what the user's credits cover.
+    """
+    extra = estimate if strict else 0
+    deficit = None
+    worst = -1
+    for i in (2, 1, 0):  # longest first: that is the window the user waits longest for
+        limit = limits[i]
+        if limit == NO_LIMIT:
+            continue
+        need = spent[i] + held + extra - limit
+        fits = need <= 0 if strict else need < 0
+        if fits:
+            continue
+        if hard[i]:
+            return i
+        if deficit is None or need > deficit:
+            deficit, worst = need, i
+    if deficit is None:
+        return -1
+    covered = deficit <= credits if strict else deficit < credits
+    return -1 if covered else worst
+
+
+def split(
+    cost: int, limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], credits: int
+) -> tuple[int, int]:
+    """Split a settled cost into (tier-funded, credit-funded) parts.
+
+    The tier pays while every window credits may extend has room; credits pay the
+    excess; what neither covers stays on the tier (spend is never dropped).
+    """
+    room = None
+    for i in range(3):
+        if limits[i] != NO_LIMIT and not hard[i]:
+            left = max(0, limits[i] - spent[i])
+            room = left if room is None else min(room, left)
+    tier_part = cost if room is None else min(cost, room)
+    credit_part = min(cost - tier_part, credits)
+    return tier_part, credit_part
+
+
+def window_charges(cost: int, credit_part: int, limits: Sequence[int], hard: Sequence[int]) -> list[int]:
+    """What each window counts of a settled call: a hard cap counts all spend."""
+    return [cost if (hard[i] and limits[i] != NO_LIMIT) else cost - credit_part for i in range(3)]
+
+
+def draw(lots: Sequence[tuple[int, int]], amount: int) -> list[int]:
+    """Take ``amount`` from lots given as (seq, remaining), oldest first; return new remainders."""
+    order = sorted(range(len(lots)), key=lambda k: lots[k][0])
+    out = [r for _, r in lots]
+    for k in order:
+        if amount <= 0:
+            break
+        take = min(out[k], amount)
+        out[k] -= take
+        amount -= take
+    return out

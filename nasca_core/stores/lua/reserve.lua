@@ -1,0 +1,43 @@
+-- reserve: admit a call and hold its estimated cost, or say which window blocks it.
+-- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash,
+--       6 credit lots hash, [7 config version] (standalone only: stale config check)
+-- ARGV: 1 now ms, 2 hold member "<id>:<estimate>", 3 estimate nanos, 4 hold expiry ms,
+--       5 strict 0|1, 6 requested tier, 7 tiers JSON {name: {l: [d,w,m], h: [d,w,m]}},
+--       8 config version the caller holds ('' = don't check)
+-- Returns {status (1 admitted, 0 blocked, -1 stale config), tier, blocking window (0 = none),
+--          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
+if KEYS[7] and ARGV[8] ~= '' and (redis.call('GET', KEYS[7]) or '0') ~= ARGV[8] then
+  return {-1, '', 0, 0, 0, 0, 0, -1}
+end
+local now = tonumber(ARGV[1])
+local est = tonumber(ARGV[3])
+local strict = ARGV[5] == '1'
+local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7])
+if not name then return redis.error_reply('NASCA unknown tier ' .. ARGV[6]) end
+local held = held_total(KEYS[2], now)
+local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
+local extra = strict and est or 0
+local deficit, worst = nil, 0
+for i = 3, 1, -1 do
+  local limit = tier.l[i]
+  if limit ~= -1 then
+    local need = spent[i] + held + extra - limit
+    local fits
+    if strict then fits = need <= 0 else fits = need < 0 end
+    if not fits then
+      if tier.h[i] == 1 then return {0, name, i, spent[1], spent[2], spent[3], held, -1} end
+      if deficit == nil or need > deficit then deficit, worst = need, i end
+    end
+  end
+end
+local credits = -1
+if deficit ~= nil then
+  credits = balance_of(live_lots(KEYS[6], now))
+  local covered
+  if strict then covered = deficit <= credits else covered = deficit < credits end
+  if not covered then return {0, name, worst, spent[1], spent[2], spent[3], held, credits} end
+end
+local expiry = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], expiry, ARGV[2])
+if redis.call('PTTL', KEYS[2]) < expiry - now then redis.call('PEXPIRE', KEYS[2], expiry - now) end
+return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits}

@@ -1,0 +1,313 @@
+"""The embedded store: the ledger in this process, no server.
+
+It keeps the same data model as the Redis scripts (counters, a holds set scored by
+expiry, a month hash, credit lots) and applies the same rules through
+``nasca_core._policy``, under one lock, so threads and asyncio tasks see atomic
+operations. ``memory://`` gives a private store; ``memory://NAME`` a store shared by
+every Nasca in the process that names it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+from nasca_core import _policy
+from nasca_core.stores._base import (
+    Lot,
+    ReserveOp,
+    ReserveResult,
+    SettleOp,
+    SettleResult,
+    Snapshot,
+    StoredConfig,
+    UserKeys,
+)
+
+_SWEEP_EVERY = 10_000
+
+
+class MemoryStore:
+    """Sync and async at once: async methods run inline (there is no I/O to wait for)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = {}
+        self._expiry: dict[str, int] = {}
+        self._config: dict[str, dict[str, dict[str, str]]] = {}
+        self._config_version: dict[str, int] = {}
+        self._ops = 0
+
+    # -- key helpers (caller holds the lock) -------------------------------------------
+    def _get(self, key: str, now_ms: int) -> Any:
+        exp = self._expiry.get(key)
+        if exp is not None and exp <= now_ms:
+            del self._expiry[key]
+            self._data.pop(key, None)
+            return None
+        return self._data.get(key)
+
+    def _expire(self, key: str, at_ms: int) -> None:
+        self._expiry[key] = at_ms
+
+    def _sweep(self, now_ms: int) -> None:
+        self._ops += 1
+        if self._ops % _SWEEP_EVERY:
+            return
+        for key in [k for k, exp in self._expiry.items() if exp <= now_ms]:
+            del self._expiry[key]
+            self._data.pop(key, None)
+
+    def _holds(self, key: str, now_ms: int) -> dict[str, int]:
+        holds: dict[str, int] | None = self._get(key, now_ms)
+        if holds is None:
+            holds = self._data[key] = {}
+        for member in [m for m, exp in holds.items() if exp <= now_ms]:
+            del holds[member]
+        return holds
+
+    def _spent(self, keys: UserKeys, now_ms: int) -> tuple[int, int, int]:
+        month = self._get(keys.month, now_ms)
+        return (self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0,
+                month["s"] if month else 0)
+
+    def _live_lots(self, keys: UserKeys, now_ms: int) -> list[dict[str, Any]]:
+        lots: dict[str, dict[str, Any]] = self._data.get(keys.credits) or {}
+        live = [lot for lot in lots.values() if lot["r"] > 0 and (lot["x"] == 0 or lot["x"] > now_ms)]
+        live.sort(key=lambda lot: lot["q"])
+        return live
+
+    def _resolve(self, keys: UserKeys, tier: str, tiers: dict[str, Any]) -> tuple[str | None, Any]:
+        meta = self._data.get(keys.meta)
+        stored = meta.get("tier") if meta else None
+        if stored is not None and stored in tiers:
+            return stored, tiers[stored]
+        if tier in tiers:
+            return tier, tiers[tier]
+        return None, None
+
+    # -- the contract ------------------------------------------------------------------
+    def reserve(self, op: ReserveOp) -> ReserveResult:
+        tiers = _decode_tiers(op.tiers_json)
+        with self._lock:
+            if op.config_version != self._config_version.get(_ns(op.keys), 0):
+                return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
+            self._sweep(op.now_ms)
+            name, tier = self._resolve(op.keys, op.tier, tiers)
+            if name is None:
+                raise _unknown_tier(op.tier)
+            limits, hard = tier["l"], tier["h"]
+            holds = self._holds(op.keys.holds, op.now_ms)
+            held = _held_total(holds)
+            spent = self._spent(op.keys, op.now_ms)
+            credits = -1
+            blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
+            if blocked >= 0 and not hard[blocked]:
+                credits = sum(lot["r"] for lot in self._live_lots(op.keys, op.now_ms))
+                blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
+            if blocked >= 0:
+                return ReserveResult(0, name, blocked + 1, spent, held, credits)
+            holds[f"{op.hold_id}:{op.estimate}"] = op.hold_expiry_ms
+            self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.hold_expiry_ms))
+            return ReserveResult(1, name, 0, spent, held + op.estimate, credits)
+
+    def settle(self, op: SettleOp) -> SettleResult:
+        tiers = _decode_tiers(op.tiers_json)
+        with self._lock:
+            holds = self._holds(op.keys.holds, op.now_ms)
+            if f"{op.hold_id}:s" in holds:
+                return SettleResult(2, 0, 0, (0, 0, 0))
+            holds.pop(f"{op.hold_id}:{op.estimate}", None)
+            name, tier = self._resolve(op.keys, op.tier, tiers)
+            limits, hard = (tier["l"], tier["h"]) if name else ([-1] * 3, [0] * 3)
+            spent = self._spent(op.keys, op.now_ms)
+            tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
+            if op.cost > tier_part:
+                lots = self._live_lots(op.keys, op.now_ms)
+                remaining = _policy.draw([(lot["q"], lot["r"]) for lot in lots], op.cost - tier_part)
+                credit_part = 0
+                for lot, left in zip(lots, remaining, strict=True):
+                    credit_part += lot["r"] - left
+                    lot["r"] = left
+            charges = _policy.window_charges(op.cost, credit_part, limits, hard)
+            d = self._incr(op.keys.day, charges[0], op.now_ms, op.ttls_ms[0])
+            w = self._incr(op.keys.week, charges[1], op.now_ms, op.ttls_ms[1])
+            month = self._get(op.keys.month, op.now_ms)
+            if month is None:
+                month = self._data[op.keys.month] = {"s": 0, "c": 0, "k": 0, "n": 0, "ti": 0, "to": 0}
+            month["s"] += charges[2]
+            month["c"] += op.cost
+            month["k"] += credit_part
+            month["n"] += 1
+            month["ti"] += op.input_tokens
+            month["to"] += op.output_tokens
+            self._expire(op.keys.month, op.now_ms + op.ttls_ms[2])
+            holds[f"{op.hold_id}:s"] = op.marker_expiry_ms
+            self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.marker_expiry_ms))
+            return SettleResult(1, op.cost - credit_part, credit_part, (d, w, month["s"]))
+
+    def _incr(self, key: str, by: int, now_ms: int, ttl_ms: int) -> int:
+        value: int = (self._get(key, now_ms) or 0) + by
+        self._data[key] = value
+        self._expiry[key] = now_ms + ttl_ms
+        return value
+
+    def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
+        with self._lock:
+            holds = self._data.get(keys.holds)
+            if holds:
+                holds.pop(f"{hold_id}:{estimate}", None)
+
+    def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
+        with self._lock:
+            holds = self._holds(keys.holds, now_ms)
+            meta = self._data.get(keys.meta) or {}
+            month = self._get(keys.month, now_ms) or {}
+            lots = tuple(_lot_from_dict(lot) for lot in self._live_lots(keys, now_ms))
+            return Snapshot(meta.get("tier"), _held_total(holds), self._spent(keys, now_ms),
+                            month.get("c", 0), month.get("k", 0), month.get("n", 0), lots,
+                            month.get("ti", 0), month.get("to", 0))
+
+    def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
+        with self._lock:
+            meta = self._data.setdefault(keys.meta, {})
+            if tier is None:
+                meta.pop("tier", None)
+            else:
+                meta["tier"] = tier
+
+    def grant(self, keys: UserKeys, lot: Lot) -> bool:
+        with self._lock:
+            lots = self._data.setdefault(keys.credits, {})
+            if lot.id in lots:
+                return False
+            meta = self._data.setdefault(keys.meta, {})
+            meta["lotseq"] = meta.get("lotseq", 0) + 1
+            lots[lot.id] = {**lot.to_json_dict(), "q": meta["lotseq"]}
+            return True
+
+    def revoke(self, keys: UserKeys, lot_id: str) -> int:
+        with self._lock:
+            lot = (self._data.get(keys.credits) or {}).get(lot_id)
+            if lot is None or (lot["r"] == 0 and lot.get("v") == 1):
+                return 0
+            taken: int = lot["r"]
+            lot["r"], lot["v"] = 0, 1
+            return taken
+
+    def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
+        with self._lock:
+            lots = (self._data.get(keys.credits) or {}).values()
+            return tuple(sorted((_lot_from_dict(x) for x in lots), key=lambda lot: lot.seq))
+
+    def load_config(self, namespace: str) -> StoredConfig:
+        with self._lock:
+            sections = {k: dict(v) for k, v in self._config.get(namespace, {}).items()}
+            return StoredConfig(self._config_version.get(namespace, 0), sections)
+
+    def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
+        with self._lock:
+            entries = self._config.setdefault(namespace, {}).setdefault(section, {})
+            if value is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = value
+            version = self._config_version[namespace] = self._config_version.get(namespace, 0) + 1
+            return version
+
+    def close(self) -> None:
+        pass
+
+    def key_count(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+class AsyncMemoryStore:
+    """The async face of a MemoryStore (same state)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.sync = store
+
+    async def reserve(self, op: ReserveOp) -> ReserveResult:
+        return self.sync.reserve(op)
+
+    async def settle(self, op: SettleOp) -> SettleResult:
+        return self.sync.settle(op)
+
+    async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
+        self.sync.release(keys, hold_id, estimate)
+
+    async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
+        return self.sync.snapshot(keys, now_ms)
+
+    async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
+        self.sync.set_user_tier(keys, tier)
+
+    async def grant(self, keys: UserKeys, lot: Lot) -> bool:
+        return self.sync.grant(keys, lot)
+
+    async def revoke(self, keys: UserKeys, lot_id: str) -> int:
+        return self.sync.revoke(keys, lot_id)
+
+    async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
+        return self.sync.all_lots(keys)
+
+    async def load_config(self, namespace: str) -> StoredConfig:
+        return self.sync.load_config(namespace)
+
+    async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
+        return self.sync.save_config(namespace, section, name, value)
+
+    async def close(self) -> None:
+        pass
+
+
+_named: dict[str, MemoryStore] = {}
+_named_lock = threading.Lock()
+
+
+def named_memory_store(name: str) -> MemoryStore:
+    if not name:
+        return MemoryStore()
+    with _named_lock:
+        return _named.setdefault(name, MemoryStore())
+
+
+def _ns(keys: UserKeys) -> str:
+    return keys.meta.split(":{", 1)[0]
+
+
+def _held_total(holds: dict[str, int]) -> int:
+    total = 0
+    for member in holds:
+        amount = member.rpartition(":")[2]
+        if amount != "s":
+            total += int(amount)
+    return total
+
+
+def _lot_from_dict(d: dict[str, Any]) -> Lot:
+    return replace(Lot.from_json_dict(d), seq=int(d.get("q", 0)))
+
+
+_tier_cache: dict[str, dict[str, Any]] = {}
+
+
+def _decode_tiers(text: str) -> dict[str, Any]:
+    # The same JSON text comes on every call until the config changes: decode it once.
+    tiers = _tier_cache.get(text)
+    if tiers is None:
+        import json
+
+        if len(_tier_cache) > 64:
+            _tier_cache.clear()
+        tiers = _tier_cache[text] = json.loads(text)
+    return tiers
+
+
+def _unknown_tier(name: str) -> Exception:
+    from nasca_core._errors import UnknownTierError
+
+    return UnknownTierError(name)
