@@ -1,5 +1,6 @@
 """Nasca: per-end-user AI spend limits, prepaid credits and upgrade prompts."""
 
+from nasca_core._calls import LLMCall
 from nasca_core._client import Charge, LedgerStats, Nasca, Reservation
 from nasca_core._config import Tier
 from nasca_core._errors import (
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidAmountError",
     "InvalidInputError",
     "InvalidUserError",
+    "LLMCall",
     "LedgerStats",
     "Nasca",
     "NascaBlockedError",

@@ -27,6 +27,7 @@ from nasca_core.pricing import (
     count_message_tokens,
     count_tokens,
     estimate_cost_nanos,
+    parse_price,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +90,9 @@ class LLMCall:
         except Exception:
             self._charge = None
             raise
-        self._charge = self.nasca.settle(self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens))
+        self._charge = self.nasca.settle(
+            self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens)
+        )
         return self._charge
 
     async def afinish(self, usage: TokenUsage | None = None) -> Charge:
@@ -129,6 +132,7 @@ class CallsMixin:
     """Pricing and call tracking on Nasca (prices live in the store like tiers)."""
 
     _pricer: Pricer | None
+    _config: Any
     _pricer_args: tuple[dict[str, Any], dict[str, str], str]
     default_output_tokens: int
 
@@ -170,7 +174,7 @@ class CallsMixin:
             raise ConfigurationError("set_price() needs a model name")
         if price is None:
             return None
-        mp = price if isinstance(price, ModelPrice) else ModelPrice.model_validate(dict(price))
+        mp = price if isinstance(price, ModelPrice) else parse_price(model, dict(price))
         PriceTable.default().with_overrides({model: mp})  # raises ConfigurationError if unusable
         return json.dumps(mp.to_dict())
 

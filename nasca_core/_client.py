@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 from nasca_core import _identity, _policy
 from nasca_core._calls import CallsMixin
-from nasca_core.billing import BillingMixin
 from nasca_core._config import Tier
 from nasca_core._errors import (
     ConfigurationError,
@@ -35,6 +34,8 @@ from nasca_core._errors import (
 from nasca_core._money import Amount, check_nanos, to_nanos, to_usd
 from nasca_core._usage import Usage
 from nasca_core._windows import WINDOWS, Window, WindowClock, WindowSet, load_zone
+from nasca_core._wrap import WrapMixin
+from nasca_core.billing import BillingMixin
 from nasca_core.stores import (
     ReserveOp,
     ReserveResult,
@@ -105,9 +106,10 @@ class _ConfigState:
     tiers: Mapping[str, Tier]
     tiers_json: str
     stored: StoredConfig = field(repr=False)
+    compiled: Mapping[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
 
-class Nasca(CallsMixin, BillingMixin):
+class Nasca(CallsMixin, WrapMixin, BillingMixin):
     """Per-end-user AI spend limits.
 
     ``Nasca(store="memory://", tiers={"free": Tier(monthly=0.5, daily=0.1)}, default_tier="free")``
@@ -222,7 +224,8 @@ class Nasca(CallsMixin, BillingMixin):
             except Exception:  # a tier another version wrote that this one can't read
                 log.exception("nasca: ignoring unreadable stored tier %r", name)
         compiled = {name: t.compiled() for name, t in tiers.items()}
-        state = _ConfigState(stored.version, tiers, json.dumps(compiled, separators=(",", ":")), stored)
+        state = _ConfigState(stored.version, tiers, json.dumps(compiled, separators=(",", ":")), stored,
+                             {name: (*c["l"], *c["h"]) for name, c in compiled.items()})
         self._config = state
         self._on_config(state)
         return state
@@ -234,19 +237,48 @@ class Nasca(CallsMixin, BillingMixin):
         state = self._config
         if state is None:
             with self._config_lock:
-                state = self._config or self._apply_config(self._sync_store("load_config", self.namespace))
+                try:
+                    state = self._config or self._apply_config(
+                        self._sync_store("load_config", self.namespace)
+                    )
+                except StoreError:
+                    state = self._config_unreachable()
         return state
 
     async def _aconfig_now(self) -> _ConfigState:
         state = self._config
         if state is None:
-            state = self._apply_config(await self._async_store("load_config", self.namespace))
+            try:
+                state = self._apply_config(await self._async_store("load_config", self.namespace))
+            except StoreError:
+                state = self._config_unreachable()
         return state
+
+    def _config_unreachable(self) -> _ConfigState:
+        # Under "allow" the constructor's tiers stand in until the store answers again.
+        if self.on_store_error == "block":
+            raise
+        state = self._apply_config(StoredConfig(-1, {}))
+        self._config = None
+        return state
+
+    def _config_fresh(self) -> _ConfigState:
+        """The config, checked against the store's version (reads that aren't reserves)."""
+        state = self._config
+        if state is not None and self._sync_store("config_version", self.namespace) != state.version:
+            self._config = None
+        return self._config_now()
+
+    async def _aconfig_fresh(self) -> _ConfigState:
+        state = self._config
+        if state is not None and await self._async_store("config_version", self.namespace) != state.version:
+            self._config = None
+        return await self._aconfig_now()
 
     @property
     def tiers(self) -> Mapping[str, Tier]:
         """The tiers in force: the constructor's, overridden by set_tier()."""
-        return dict(self._config_now().tiers)
+        return dict(self._config_fresh().tiers)
 
     def _check_tier(self, state: _ConfigState, tier: str) -> None:
         if tier not in state.tiers:
@@ -276,11 +308,11 @@ class Nasca(CallsMixin, BillingMixin):
         """Put a user on a tier in the store (None clears it); it beats the caller's tier.
 
         Raises InvalidUserError, UnknownTierError."""
-        keys = self._prepare_user_tier(user, tier, self._config_now())
+        keys = self._prepare_user_tier(user, tier, self._config_fresh())
         self._sync_store("set_user_tier", keys, tier)
 
     async def aset_user_tier(self, user: str, tier: str | None) -> None:
-        keys = self._prepare_user_tier(user, tier, await self._aconfig_now())
+        keys = self._prepare_user_tier(user, tier, await self._aconfig_fresh())
         await self._async_store("set_user_tier", keys, tier)
 
     def _prepare_user_tier(self, user: str, tier: str | None, state: _ConfigState) -> UserKeys:
@@ -334,6 +366,7 @@ class Nasca(CallsMixin, BillingMixin):
             tier=tier,
             tiers_json=state.tiers_json,
             config_version=state.version,
+            tier_compiled=state.compiled[tier],
         )
 
     def _estimate_nanos(self, amount: Amount | None, nanos: int | None) -> int:
@@ -435,8 +468,8 @@ class Nasca(CallsMixin, BillingMixin):
         self.stats.blocked += 1
         window: Window = WINDOWS[result.window - 1]
         user_id = _user_of(op.keys)
-        state = self._config_now() if self._config else None
-        tier = (state.tiers if state else self._base_tiers).get(result.tier) or next(iter(self._base_tiers.values()))
+        tiers = (self._config or self._config_now()).tiers
+        tier = tiers.get(result.tier) or Tier()
         ws = self._windows.at(op.now_ms / 1000)
         usage = None
         if snap is not None:
@@ -469,7 +502,9 @@ class Nasca(CallsMixin, BillingMixin):
                 log.exception("nasca: block listener failed")
 
     # -- settle / release --------------------------------------------------------------
-    def _settle_op(self, reservation: Reservation, cost: int, tokens: tuple[int, int] = (0, 0)) -> SettleOp:
+    def _settle_op(
+        self, reservation: Reservation, cost: int, tokens: tuple[int, int] = (0, 0)
+    ) -> SettleOp:
         state = self._config or self._config_now()
         now = self._now()
         now_ms = int(now * 1000)
@@ -479,7 +514,9 @@ class Nasca(CallsMixin, BillingMixin):
             keys = self._keys(reservation.user_id, ws)  # the call crossed a window boundary
         return SettleOp(keys=keys, now_ms=now_ms, hold_id=reservation.hold_id,
                         estimate=reservation.estimate_nanos, cost=cost, tier=reservation.tier,
-                        tiers_json=state.tiers_json, ttls_ms=ws.ttls_from(now),
+                        tiers_json=state.tiers_json,
+                        tier_compiled=state.compiled.get(reservation.tier, (-1, -1, -1, 0, 0, 0)),
+                        ttls_ms=ws.ttls_from(now),
                         marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
                         input_tokens=tokens[0], output_tokens=tokens[1])
 
@@ -611,20 +648,21 @@ class Nasca(CallsMixin, BillingMixin):
 
         Raises InvalidUserError, UnknownTierError, StoreError."""
         user_id, tier_name, keys, ws, now_ms = self._usage_target(user, tier)
-        state = self._config_now()
+        state = self._config_fresh()
         snap: Snapshot = self._sync_store("snapshot", keys, now_ms)
         return self._usage_from(state, user_id, tier_name, snap, ws)
 
     async def aget_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
         """Async twin of get_usage()."""
         user_id, tier_name, keys, ws, now_ms = self._usage_target(user, tier)
-        state = await self._aconfig_now()
+        state = await self._aconfig_fresh()
         snap: Snapshot = await self._async_store("snapshot", keys, now_ms)
         return self._usage_from(state, user_id, tier_name, snap, ws)
 
     def _usage_from(self, state: _ConfigState, user_id: str, tier_name: str, snap: Snapshot,
                     ws: WindowSet) -> Usage:
-        name = snap.stored_tier if snap.stored_tier in state.tiers else tier_name
+        name = snap.stored_tier if snap.stored_tier is not None and snap.stored_tier in state.tiers \
+            else tier_name
         if name not in state.tiers:
             raise UnknownTierError(name, list(state.tiers))
         return self._usage(user_id, name, state.tiers[name], snap, ws)
@@ -644,8 +682,9 @@ class Nasca(CallsMixin, BillingMixin):
             fields[f"{w}_limit"] = limit
             fields[f"{w}_percent"] = float(spent / limit * 100)
             fields[f"{w}_resets_at"] = ws.end_datetime(i, self.tz)
-        display = sum((Decimal(lot.remaining) * Decimal(lot.paid) / Decimal(lot.granted)
-                       for lot in snap.lots if lot.granted), Decimal(0))
+        # In what the user paid: each lot converts at its own price, rounded down per lot so
+        # the balance never shows more than was paid.
+        display = sum(lot.remaining * lot.paid // lot.granted for lot in snap.lots if lot.granted)
         currencies = {lot.currency for lot in snap.lots}
         return Usage(
             user_id=user_id, tier=tier_name, **fields,
@@ -654,7 +693,7 @@ class Nasca(CallsMixin, BillingMixin):
             month_calls=snap.month_calls, in_flight=to_usd(snap.held),
             month_input_tokens=snap.month_input_tokens, month_output_tokens=snap.month_output_tokens,
             credit_balance=to_usd(credits),
-            credit_balance_display=to_usd(int(display)).quantize(Decimal("0.000001")),
+            credit_balance_display=to_usd(display),
             credit_currency=currencies.pop() if len(currencies) == 1 else "usd",
             blocked=blocked >= 0,
             blocked_reason=(f"{WINDOWS[blocked]} limit reached" if blocked >= 0 else None),

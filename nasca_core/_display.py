@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 def money(value: Decimal | None) -> str:
     if value is None:
         return "-"
-    return f"${value.quantize(Decimal('0.01')) if value >= Decimal('0.01') or value == 0 else value.normalize():,}"
+    # Cents for ordinary amounts; sub-cent amounts keep their digits rather than show $0.00.
+    shown = value.quantize(Decimal("0.01")) if value >= Decimal("0.01") or value == 0 else value.normalize()
+    return f"${shown:,}"
 
 
 def usage_html(usage: Usage) -> str:

@@ -27,7 +27,7 @@ class WindowSet:
 
     ids: tuple[str, str, str]  # day, week, month ids, e.g. ("20261122", "2026W47", "202611")
     ends: tuple[float, float, float]  # epoch seconds at which each window ends
-    ttls_ms: tuple[int, int, int]  # relative key TTL from `computed_at`: server clocks may differ
+    forget_at_ms: tuple[int, int, int]  # when each counter may expire (window end + grace)
     computed_at: float
     valid_until: float  # the earliest end: the set is reusable until then
 
@@ -35,10 +35,10 @@ class WindowSet:
         return datetime.fromtimestamp(self.ends[index], tz)
 
     def ttls_from(self, now: float) -> tuple[int, int, int]:
-        return tuple(  # type: ignore[return-value]
-            max(1000, int((end + _GRACE_S[w] - now) * 1000))
-            for end, w in zip(self.ends, WINDOWS, strict=True)
-        )
+        """Key TTLs relative to ``now``: relative, because the store's clock may differ."""
+        now_ms = int(now * 1000)
+        d, w, m = self.forget_at_ms
+        return max(1000, d - now_ms), max(1000, w - now_ms), max(1000, m - now_ms)
 
 
 def load_zone(name: str) -> ZoneInfo:
@@ -64,8 +64,8 @@ def windows_at(now: float, tz: ZoneInfo) -> WindowSet:
     next_month = date(today.year + (today.month == 12), today.month % 12 + 1, 1)
     ends = (_midnight(next_day, tz), _midnight(next_week, tz), _midnight(next_month, tz))
     ids = (today.strftime("%Y%m%d"), f"{iso_year}W{iso_week:02d}", today.strftime("%Y%m"))
-    ws = WindowSet(ids, ends, (0, 0, 0), now, min(ends))
-    return WindowSet(ids, ends, ws.ttls_from(now), now, ws.valid_until)
+    d, w, m = (int((end + _GRACE_S[name]) * 1000) for end, name in zip(ends, WINDOWS, strict=True))
+    return WindowSet(ids, ends, (d, w, m), now, min(ends))
 
 
 class WindowClock:
@@ -79,8 +79,6 @@ class WindowClock:
 
     def at(self, now: float) -> WindowSet:
         ws = self._cached
-        # TTLs are relative to computed_at: recompute every minute so keys don't outlive
-        # their window by more than that.
-        if ws is None or not (ws.computed_at <= now < min(ws.valid_until, ws.computed_at + 60)):
+        if ws is None or not (ws.computed_at <= now < ws.valid_until):
             ws = self._cached = windows_at(now, self.tz)
         return ws

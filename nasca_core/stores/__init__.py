@@ -54,13 +54,11 @@ class StoreHandle:
 
     @property
     def sync(self) -> Store:
-        if self._sync is None:
-            raise ConfigurationError(
-                "This store was given as an asyncio client: use the async methods (areserve, ...)."
-            )
-        s: Store = self._sync() if callable(self._sync) and not hasattr(self._sync, "reserve") else self._sync
-        self._sync = s
-        return s
+        s = self._sync
+        if not hasattr(s, "reserve"):  # a factory: build the store on first use
+            s = self._sync = s()
+        result: Store = s
+        return result
 
     def for_loop(self) -> AsyncStore:
         loop = asyncio.get_running_loop()
@@ -105,13 +103,20 @@ def _from_uri(uri: str) -> StoreHandle:
 
         from nasca_core.stores.redis import AsyncRedisStore, RedisStore
 
+        # Blocking pools: a burst of concurrent callers waits for a connection instead of
+        # failing with "Too many connections" (which on_store_error would have to judge).
+        pool_args = {} if "max_connections=" in uri else {"max_connections": 64}
         try:
-            client = redis.Redis.from_url(uri)
+            pool = redis.BlockingConnectionPool.from_url(uri, timeout=10, **pool_args)
         except ValueError as exc:
             raise ConfigurationError(f"Malformed store URI {uri!r}: {exc}") from None
         return StoreHandle(
-            lambda: RedisStore(client, owns_client=True),
-            lambda: AsyncRedisStore(redis.asyncio.Redis.from_url(uri), owns_client=True),
+            lambda: RedisStore(redis.Redis(connection_pool=pool), owns_client=True),
+            lambda: AsyncRedisStore(
+                redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+                    uri, timeout=10, **pool_args)),
+                owns_client=True,
+            ),
             f"redis {parts.hostname or parts.path}",
         )
     if scheme in _CLUSTER_SCHEMES:

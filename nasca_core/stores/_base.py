@@ -18,6 +18,7 @@ class UserKeys:
 
     meta: str
     holds: str
+    settled: str
     day: str
     week: str
     month: str
@@ -27,7 +28,8 @@ class UserKeys:
     def build(cls, namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
         base = f"{namespace}:{{{user_id}}}"
         d, w, m = window_ids
-        return cls(base, f"{base}:h", f"{base}:d:{d}", f"{base}:w:{w}", f"{base}:m:{m}", f"{base}:c")
+        return cls(base, f"{base}:h", f"{base}:s", f"{base}:d:{d}", f"{base}:w:{w}", f"{base}:m:{m}",
+                   f"{base}:c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class ReserveOp:
     tier: str
     tiers_json: str
     config_version: int
+    tier_compiled: tuple[int, ...] = ()  # limits d, w, m (-1 = none) then hard flags d, w, m
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class SettleOp:
     cost: int
     tier: str
     tiers_json: str
+    tier_compiled: tuple[int, ...]
     ttls_ms: tuple[int, int, int]
     marker_expiry_ms: int
     input_tokens: int = 0
@@ -137,6 +141,7 @@ class Store(Protocol):
     def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
     def load_config(self, namespace: str) -> StoredConfig: ...
+    def config_version(self, namespace: str) -> int: ...
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
     def close(self) -> None: ...
 
@@ -150,5 +155,6 @@ class AsyncStore(Protocol):
     async def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     async def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
     async def load_config(self, namespace: str) -> StoredConfig: ...
+    async def config_version(self, namespace: str) -> int: ...
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
     async def close(self) -> None: ...

@@ -67,6 +67,20 @@ class MemoryStore:
             del holds[member]
         return holds
 
+    def _settled(self, key: str, now_ms: int) -> dict[str, int]:
+        settled: dict[str, int] | None = self._get(key, now_ms)
+        if settled is None:
+            settled = self._data[key] = {}
+        # Markers are added in time order: drop expired ones from the front, O(expired).
+        expired = []
+        for member, exp in settled.items():
+            if exp > now_ms:
+                break
+            expired.append(member)
+        for member in expired:
+            del settled[member]
+        return settled
+
     def _spent(self, keys: UserKeys, now_ms: int) -> tuple[int, int, int]:
         month = self._get(keys.month, now_ms)
         return (self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0,
@@ -78,26 +92,24 @@ class MemoryStore:
         live.sort(key=lambda lot: lot["q"])
         return live
 
-    def _resolve(self, keys: UserKeys, tier: str, tiers: dict[str, Any]) -> tuple[str | None, Any]:
+    def _resolve(
+        self, keys: UserKeys, tier: str, compiled: tuple[int, ...], tiers_json: str
+    ) -> tuple[str, Any, Any]:
         meta = self._data.get(keys.meta)
         stored = meta.get("tier") if meta else None
-        if stored is not None and stored in tiers:
-            return stored, tiers[stored]
-        if tier in tiers:
-            return tier, tiers[tier]
-        return None, None
+        if stored is not None and stored != tier:
+            tiers = _decode_tiers(tiers_json)
+            if stored in tiers:
+                return stored, tiers[stored]["l"], tiers[stored]["h"]
+        return tier, compiled[:3], compiled[3:]
 
     # -- the contract ------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
-        tiers = _decode_tiers(op.tiers_json)
         with self._lock:
             if op.config_version != self._config_version.get(_ns(op.keys), 0):
                 return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
             self._sweep(op.now_ms)
-            name, tier = self._resolve(op.keys, op.tier, tiers)
-            if name is None:
-                raise _unknown_tier(op.tier)
-            limits, hard = tier["l"], tier["h"]
+            name, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             holds = self._holds(op.keys.holds, op.now_ms)
             held = _held_total(holds)
             spent = self._spent(op.keys, op.now_ms)
@@ -113,14 +125,13 @@ class MemoryStore:
             return ReserveResult(1, name, 0, spent, held + op.estimate, credits)
 
     def settle(self, op: SettleOp) -> SettleResult:
-        tiers = _decode_tiers(op.tiers_json)
         with self._lock:
-            holds = self._holds(op.keys.holds, op.now_ms)
-            if f"{op.hold_id}:s" in holds:
+            settled = self._settled(op.keys.settled, op.now_ms)
+            if op.hold_id in settled:
                 return SettleResult(2, 0, 0, (0, 0, 0))
+            holds = self._holds(op.keys.holds, op.now_ms)
             holds.pop(f"{op.hold_id}:{op.estimate}", None)
-            name, tier = self._resolve(op.keys, op.tier, tiers)
-            limits, hard = (tier["l"], tier["h"]) if name else ([-1] * 3, [0] * 3)
+            _, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             spent = self._spent(op.keys, op.now_ms)
             tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
             if op.cost > tier_part:
@@ -143,8 +154,8 @@ class MemoryStore:
             month["ti"] += op.input_tokens
             month["to"] += op.output_tokens
             self._expire(op.keys.month, op.now_ms + op.ttls_ms[2])
-            holds[f"{op.hold_id}:s"] = op.marker_expiry_ms
-            self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.marker_expiry_ms))
+            settled[op.hold_id] = op.marker_expiry_ms
+            self._expire(op.keys.settled, op.marker_expiry_ms)
             return SettleResult(1, op.cost - credit_part, credit_part, (d, w, month["s"]))
 
     def _incr(self, key: str, by: int, now_ms: int, ttl_ms: int) -> int:
@@ -206,6 +217,9 @@ class MemoryStore:
             sections = {k: dict(v) for k, v in self._config.get(namespace, {}).items()}
             return StoredConfig(self._config_version.get(namespace, 0), sections)
 
+    def config_version(self, namespace: str) -> int:
+        return self._config_version.get(namespace, 0)
+
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         with self._lock:
             entries = self._config.setdefault(namespace, {}).setdefault(section, {})
@@ -257,6 +271,9 @@ class AsyncMemoryStore:
     async def load_config(self, namespace: str) -> StoredConfig:
         return self.sync.load_config(namespace)
 
+    async def config_version(self, namespace: str) -> int:
+        return self.sync.config_version(namespace)
+
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         return self.sync.save_config(namespace, section, name, value)
 
@@ -280,12 +297,7 @@ def _ns(keys: UserKeys) -> str:
 
 
 def _held_total(holds: dict[str, int]) -> int:
-    total = 0
-    for member in holds:
-        amount = member.rpartition(":")[2]
-        if amount != "s":
-            total += int(amount)
-    return total
+    return sum(int(member.rpartition(":")[2]) for member in holds)
 
 
 def _lot_from_dict(d: dict[str, Any]) -> Lot:
@@ -305,9 +317,3 @@ def _decode_tiers(text: str) -> dict[str, Any]:
             _tier_cache.clear()
         tiers = _tier_cache[text] = json.loads(text)
     return tiers
-
-
-def _unknown_tier(name: str) -> Exception:
-    from nasca_core._errors import UnknownTierError
-
-    return UnknownTierError(name)

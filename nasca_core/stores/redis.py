@@ -8,6 +8,7 @@ check rides in the same pipeline and a stale reserve is released and retried.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +53,7 @@ def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[An
         keys.append(config_keys(_namespace(k))[1])
     args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
             1 if op.strict else 0, op.tier, op.tiers_json,
-            op.config_version if check_version else ""]
+            op.config_version if check_version else "", *op.tier_compiled]
     return keys, args
 
 
@@ -63,9 +64,9 @@ def reserve_result(raw: Sequence[Any]) -> ReserveResult:
 
 def settle_args(op: SettleOp) -> tuple[list[str], list[Any]]:
     k = op.keys
-    return ([k.meta, k.holds, k.day, k.week, k.month, k.credits],
+    return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled],
             [op.now_ms, op.hold_id, op.estimate, op.cost, op.tier, op.tiers_json,
-             *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens])
+             *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, *op.tier_compiled])
 
 
 def settle_result(raw: Sequence[Any]) -> SettleResult:
@@ -123,8 +124,19 @@ class RedisStore:
         self._scripts = {name: client.register_script(_scripts.source(name)) for name in _scripts.NAMES}
 
     def _run(self, name: str, keys: list[str], args: list[Any], tier: str = "") -> Any:
+        # EVALSHA straight through execute_command: redis-py's Script wrapper costs more
+        # per call than the script itself.
+        script = self._scripts[name]
         try:
-            return self._scripts[name](keys=keys, args=args)
+            try:
+                return self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, len(keys), *keys, *args
+                )
+            except NoScriptError:
+                self.client.script_load(script.script)
+                return self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, len(keys), *keys, *args
+                )
         except Exception as exc:
             raise _translate(exc, tier) from exc
 
@@ -190,6 +202,12 @@ class RedisStore:
     def load_config(self, namespace: str) -> StoredConfig:
         return config_result(self._run("load_config", list(config_keys(namespace)), []))
 
+    def config_version(self, namespace: str) -> int:
+        try:
+            return int(self.client.get(config_keys(namespace)[1]) or 0)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _translate(exc) from exc
+
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         args = [f"{section}\0{name}", "0" if value is None else "1", value or ""]
         return int(self._run("save_config", list(config_keys(namespace)), args))
@@ -207,10 +225,28 @@ class AsyncRedisStore:
         self.cluster = isinstance(client, AsyncRedisCluster)
         self._owns = owns_client
         self._scripts = {name: client.register_script(_scripts.source(name)) for name in _scripts.NAMES}
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+
+    async def _load_all(self) -> None:
+        # Load every script once up front: many tasks racing through NOSCRIPT at once upset
+        # redis-py's asyncio connections.
+        async with self._load_lock:
+            if not self._loaded:
+                for script in self._scripts.values():
+                    await self.client.script_load(script.script)
+                self._loaded = True
 
     async def _run(self, name: str, keys: list[str], args: list[Any], tier: str = "") -> Any:
+        script = self._scripts[name]
         try:
-            return await self._scripts[name](keys=keys, args=args)
+            if not self._loaded:
+                await self._load_all()
+            try:
+                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.client.script_load(script.script)
+                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except Exception as exc:
             raise _translate(exc, tier) from exc
 
@@ -221,6 +257,8 @@ class AsyncRedisStore:
         keys, args = reserve_args(op, False)
         script = self._scripts["reserve"]
         try:
+            if not self._loaded:
+                await self._load_all()
             pipe = self.client.pipeline()
             pipe.get(config_keys(_namespace(op.keys))[1])
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -275,6 +313,12 @@ class AsyncRedisStore:
 
     async def load_config(self, namespace: str) -> StoredConfig:
         return config_result(await self._run("load_config", list(config_keys(namespace)), []))
+
+    async def config_version(self, namespace: str) -> int:
+        try:
+            return int(await self.client.get(config_keys(namespace)[1]) or 0)
+        except Exception as exc:
+            raise _translate(exc) from exc
 
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         args = [f"{section}\0{name}", "0" if value is None else "1", value or ""]

@@ -5,13 +5,12 @@
 -- These rules mirror nasca_core/_policy.py line for line.
 
 local function held_total(hkey, now)
-  -- Holds are zset members "<hold id>:<amount>" scored by expiry; "<id>:s" marks a settled hold.
+  -- Holds are zset members "<hold id>:<amount>" scored by expiry; only live holds remain.
   redis.call('ZREMRANGEBYSCORE', hkey, '-inf', now)
   local members = redis.call('ZRANGE', hkey, 0, -1)
   local total = 0
   for i = 1, #members do
-    local amt = string.match(members[i], ':(%d+)$')
-    if amt then total = total + tonumber(amt) end
+    total = total + tonumber(string.match(members[i], ':(%d+)$'))
   end
   return total
 end
@@ -43,11 +42,16 @@ local function balance_of(lots)
   return b
 end
 
-local function resolve_tier(meta, requested, cfg_json)
-  -- A tier stored for the user (set_user_tier, a subscription) beats the caller's.
-  local cfg = cjson.decode(cfg_json)
+local function resolve_tier(meta, requested, cfg_json, base)
+  -- A tier stored for the user (set_user_tier, a subscription) beats the caller's. The
+  -- caller's tier comes pre-compiled in ARGV[base .. base+5] (limits d, w, m; hard d, w, m),
+  -- so the tiers JSON is decoded only for users with a stored tier.
   local name = redis.call('HGET', meta, 'tier')
-  if name and cfg[name] then return name, cfg[name] end
-  if cfg[requested] then return requested, cfg[requested] end
-  return nil, nil
+  if name and name ~= requested then
+    local cfg = cjson.decode(cfg_json)
+    if cfg[name] then return name, cfg[name] end
+  end
+  local a = tonumber
+  return requested, {l = {a(ARGV[base]), a(ARGV[base + 1]), a(ARGV[base + 2])},
+                     h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])}}
 end

@@ -3,7 +3,8 @@
 --       6 credit lots hash, [7 config version] (standalone only: stale config check)
 -- ARGV: 1 now ms, 2 hold member "<id>:<estimate>", 3 estimate nanos, 4 hold expiry ms,
 --       5 strict 0|1, 6 requested tier, 7 tiers JSON {name: {l: [d,w,m], h: [d,w,m]}},
---       8 config version the caller holds ('' = don't check)
+--       8 config version the caller holds ('' = don't check),
+--       9..14 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
 -- Returns {status (1 admitted, 0 blocked, -1 stale config), tier, blocking window (0 = none),
 --          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
 if KEYS[7] and ARGV[8] ~= '' and (redis.call('GET', KEYS[7]) or '0') ~= ARGV[8] then
@@ -12,8 +13,7 @@ end
 local now = tonumber(ARGV[1])
 local est = tonumber(ARGV[3])
 local strict = ARGV[5] == '1'
-local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7])
-if not name then return redis.error_reply('NASCA unknown tier ' .. ARGV[6]) end
+local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9)
 local held = held_total(KEYS[2], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local extra = strict and est or 0

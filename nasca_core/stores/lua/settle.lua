@@ -1,19 +1,20 @@
 -- settle: replace a hold by the call's real cost on every window, drawing credits for the excess.
--- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash, 6 credit lots hash
+-- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash, 6 credit lots hash,
+--       7 settled-holds zset (hold ids scored by when they may be forgotten: dedupes retried settles)
 -- ARGV: 1 now ms, 2 hold id, 3 hold estimate nanos, 4 real cost nanos, 5 requested tier,
 --       6 tiers JSON, 7 day TTL ms, 8 week TTL ms, 9 month TTL ms, 10 settled-marker expiry ms,
---       11 input tokens, 12 output tokens (counted on the month hash for reports)
+--       11 input tokens, 12 output tokens (counted on the month hash for reports),
+--       13..18 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
 -- Returns {status (1 applied, 2 already settled), tier-funded nanos (cost - credit-funded), credit-funded nanos,
 --          spent d, spent w, spent m}
 -- A hold that expired (or never reached the store) is still charged: spend is never dropped.
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
-if redis.call('ZSCORE', KEYS[2], id .. ':s') then return {2, 0, 0, 0, 0, 0} end
+if redis.call('ZSCORE', KEYS[7], id) then return {2, 0, 0, 0, 0, 0} end
 redis.call('ZREM', KEYS[2], id .. ':' .. ARGV[3])
 local cost = tonumber(ARGV[4])
-local name, tier = resolve_tier(KEYS[1], ARGV[5], ARGV[6])
-local limits, hard = {-1, -1, -1}, {0, 0, 0}
-if name then limits, hard = tier.l, tier.h end
+local _, tier = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 13)
+local limits, hard = tier.l, tier.h
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local room = nil
 for i = 1, 3 do
@@ -54,6 +55,7 @@ if ARGV[11] ~= '0' then redis.call('HINCRBY', KEYS[5], 'ti', ARGV[11]) end
 if ARGV[12] ~= '0' then redis.call('HINCRBY', KEYS[5], 'to', ARGV[12]) end
 redis.call('PEXPIRE', KEYS[5], ARGV[9])
 local marker = tonumber(ARGV[10])
-redis.call('ZADD', KEYS[2], marker, id .. ':s')
-if redis.call('PTTL', KEYS[2]) < marker - now then redis.call('PEXPIRE', KEYS[2], marker - now) end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+redis.call('ZADD', KEYS[7], marker, id)
+redis.call('PEXPIRE', KEYS[7], marker - now)
 return {1, cost - credit_part, credit_part, d, w, m}

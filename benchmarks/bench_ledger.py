@@ -1,0 +1,140 @@
+"""Ledger hot path: reserve+settle on Redis and on the memory store, against a bare GET.
+
+    .venv/bin/python benchmarks/bench_ledger.py [--redis-url redis://...] [-n 5000]
+
+Prints, from one run: a bare redis-py GET round trip (p50), reserve+settle on Redis and
+on the memory store (p50), the final spend of 200 concurrent callers on a $1 budget
+(default admission and strict), and Redis memory per active user-month.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redis
+from _util import interleaved, redis_server
+
+from nasca_core import Nasca, NascaBlockedError, Tier
+
+
+def make(store: str, **kw: object) -> Nasca:
+    return Nasca(store, tiers={"t": Tier(monthly=10**6)}, default_tier="t",
+                 namespace=f"bench{uuid.uuid4().hex[:6]}", **kw)  # type: ignore[arg-type]
+
+
+def reserve_settle(n: Nasca) -> None:
+    r = n.reserve(nanos=1000, user="bench-user")
+    n.settle(r, nanos=900)
+
+
+def concurrency(store: str, strict: bool, callers: int = 200) -> tuple[Decimal, Decimal]:
+    n = Nasca(store, tiers={"t": Tier(monthly=1)}, default_tier="t", strict=strict,
+              namespace=f"conc{uuid.uuid4().hex[:6]}")
+    cost = Decimal("0.07")
+    start = threading.Barrier(callers)
+
+    def caller() -> None:
+        start.wait()
+        while True:
+            try:
+                r = n.reserve(cost, user="hot")
+            except NascaBlockedError:
+                return
+            n.settle(r, cost)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n.get_usage("hot").monthly_spent or Decimal(0), cost
+
+
+async def aconcurrency(store: str, strict: bool, callers: int = 200) -> Decimal:
+    n = Nasca(store, tiers={"t": Tier(monthly=1)}, default_tier="t", strict=strict,
+              namespace=f"aconc{uuid.uuid4().hex[:6]}")
+
+    async def caller() -> None:
+        while True:
+            try:
+                r = await n.areserve("0.07", user="hot")
+            except NascaBlockedError:
+                return
+            await asyncio.sleep(0)
+            await n.asettle(r, "0.07")
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return (await n.aget_usage("hot")).monthly_spent or Decimal(0)
+
+
+def memory_per_user_month(url: str, users: int = 200, calls: int = 100) -> float:
+    """Bytes of the keys an active user holds in a month: month hash, today's and this week's
+    counters, recent settled markers (older day/week counters expire by TTL)."""
+    clock = {"now": 1_795_003_200.0}
+    n = Nasca(url, tiers={"t": Tier(monthly=100, daily=10)}, default_tier="t",
+              namespace="mem", clock=lambda: clock["now"])
+    client = redis.Redis.from_url(url)
+    for i in range(calls):
+        for u in range(users):
+            n.settle(n.reserve("0.001", user=f"user-{u:05d}"), "0.0009")
+        clock["now"] += 6 * 3600 if i < calls - 1 else 0
+    total = 0
+    ws = n._windows.at(clock["now"])
+    for u in range(users):
+        k = n._keys(f"user-{u:05d}", ws)
+        for key in (k.meta, k.holds, k.day, k.week, k.month, k.credits):
+            total += client.memory_usage(key) or 0
+    return total / users
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--redis-url")
+    ap.add_argument("-n", type=int, default=5000)
+    args = ap.parse_args()
+    with redis_server(args.redis_url) as url:
+        client = redis.Redis.from_url(url)
+        client.set("bench:k", "1")
+        on_redis, on_memory = make(url), make("memory://")
+        p50 = interleaved({
+            "bare GET": lambda: client.get("bench:k"),
+            "reserve+settle redis": lambda: reserve_settle(on_redis),
+            "reserve+settle memory": lambda: reserve_settle(on_memory),
+        }, args.n)
+        get = p50["bare GET"]
+        print(f"{'operation':<28}{'p50 µs':>10}{'× GET':>8}   target")
+        print(f"{'redis-py GET (baseline)':<28}{get:>10.1f}{1:>8.2f}")
+        rs = p50["reserve+settle redis"]
+        print(f"{'reserve+settle, Redis':<28}{rs:>10.1f}{rs / get:>8.2f}   ≤ 2.5× GET "
+              f"{'OK' if rs / get <= 2.5 else 'MISSED'}")
+        ms = p50["reserve+settle memory"]
+        print(f"{'reserve+settle, memory':<28}{ms:>10.1f}{ms / get:>8.2f}   ≤ 20 µs "
+              f"{'OK' if ms <= 20 else 'MISSED'}")
+        print()
+        print("200 concurrent callers, one user, $1 monthly budget, $0.07 per call:")
+        for store_name, store in (("memory", "memory://"), ("redis", url)):
+            for strict in (False, True):
+                spent, cost = concurrency(store, strict)
+                aspent = asyncio.run(aconcurrency(store, strict))
+                over, aover = max(Decimal(0), spent - 1), max(Decimal(0), aspent - 1)
+                bound = Decimal(0) if strict else cost
+                ok = over <= bound and aover <= bound
+                print(f"  {store_name:<7} {'strict' if strict else 'default':<8} threads spent ${spent} "
+                      f"(over ${over}), asyncio spent ${aspent} (over ${aover})   bound ${bound} "
+                      f"{'OK' if ok else 'MISSED'}")
+        print()
+        per_user = memory_per_user_month(url)
+        print(f"Redis memory per active user-month (100 calls): {per_user:.0f} bytes   ≤ 1024 "
+              f"{'OK' if per_user <= 1024 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

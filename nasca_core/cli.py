@@ -1,0 +1,47 @@
+"""The ``nasca`` command. Each subcommand registers itself in ``SUBCOMMANDS``.
+
+A registration is ``(name, help, setup)``: ``setup(parser)`` declares the arguments and
+returns the function that runs the parsed namespace and returns the exit code. Add
+``serve``/``report`` by appending to ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+Runner = Callable[[argparse.Namespace], int]
+Setup = Callable[[argparse.ArgumentParser], Runner]
+
+
+def _setup_prices(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.pricing._refresh import add_prices_arguments, run_prices
+
+    add_prices_arguments(parser)
+    return run_prices
+
+
+SUBCOMMANDS: list[tuple[str, str, Setup]] = [
+    ("prices", "manage the model price table", _setup_prices),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="nasca", description="Nasca command line.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, setup in SUBCOMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_run=setup(command))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nasca``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    run: Runner = args._run
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

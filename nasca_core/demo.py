@@ -1,0 +1,80 @@
+"""The Nasca demo: a simulated chat app whose users hit their limits.
+
+    python -m nasca_core.demo
+
+Runs on the embedded store and the local provider server: no keys, no network.
+"""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+
+from nasca_core import Nasca, NascaBlockedError, Tier, Usage
+from nasca_core._display import money
+from nasca_core.testing import ProviderServer, Reply
+from nasca_core.testing import Usage as ReplyUsage
+
+QUESTIONS = [
+    "Summarise this quarter's sales call notes.",
+    "Draft a friendly reply to the customer asking about refunds.",
+    "Translate the onboarding checklist into Spanish.",
+    "Explain the difference between our two pricing plans.",
+]
+
+
+def bar(percent: float, width: int = 24) -> str:
+    filled = min(width, round(percent / 100 * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+def show(usage: Usage) -> None:
+    print(f"    {usage.user_id} ({usage.tier})")
+    for w in usage.windows:
+        print(f"      {w.window:<8}{bar(w.percent)} {money(w.spent)} of {money(w.limit)} "
+              f"({w.percent:.0f}%), resets {w.resets_at:%b %d %H:%M %Z}")
+    if usage.credit_balance_display:
+        print(f"      credits  {money(usage.credit_balance_display)} left, in what they paid")
+
+
+def main() -> int:
+    nasca = Nasca(
+        "memory://",
+        tiers={"free": Tier(daily="0.002", monthly="0.02"),
+               "pro": Tier(daily="0.50", weekly=2, monthly=5)},
+        default_tier="free",
+        namespace="demo",
+    )
+    users = [("alice", "free", 2), ("bob", "pro", 6), ("carol", "free", 40)]
+    with ProviderServer() as provider:
+        client = provider.openai_client()
+        chat = nasca.wrap(client.chat.completions.create)
+        print("Nasca demo: three users of a chat app on gpt-4o-mini, through nasca.wrap()\n")
+        for user, tier, calls in users:
+            print(f"{user} ({tier}) asks {calls} questions:")
+            for i in range(calls):
+                provider.queue(Reply(text="Here you go. " * 40, usage=ReplyUsage(1500, 480)))
+                try:
+                    with nasca.user(user, tier=tier):
+                        reply = chat(model="gpt-4o-mini", max_tokens=500,
+                                     messages=[{"role": "user", "content": QUESTIONS[i % 4]}])
+                    print(f"  #{i + 1:<3} ok, {reply.usage.total_tokens} tokens")
+                except NascaBlockedError as blocked:
+                    print(f"  #{i + 1:<3} BLOCKED before reaching the provider ({blocked.window} limit)")
+                    print(f"        upgrade prompt: {blocked.upgrade_message}")
+                    break
+            show(nasca.get_usage(user, tier=tier))
+            print()
+        print(f"Provider requests made: {provider.request_count} "
+              "(blocked calls never reached the provider).")
+        nasca.set_tier("free", Tier(daily="0.01", monthly="0.05"))
+        print("\nThe owner raises the free tier's daily limit without a deploy:")
+        show(nasca.get_usage("carol", tier="free"))
+        spent = nasca.get_usage("carol", tier="free").monthly_spent or Decimal(0)
+        print(f"  carol can spend again: {not nasca.get_usage('carol', tier='free').blocked} "
+              f"(month so far ${spent:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""A price table plus an explicit policy for models the table does not know."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from nasca_core._errors import ConfigurationError, UnknownModelError
+from nasca_core.pricing._table import ModelPrice, PriceTable
+from nasca_core.pricing._usage import TokenUsage
+
+logger = logging.getLogger("nasca.pricing")
+
+_POLICIES = "'block', 'warn' or 'price_as:<model>'"
+
+
+class Pricer:
+    """Prices model calls; what happens for an unknown model is always an explicit choice.
+
+    ``unknown_model``:
+
+    * ``"block"`` (default): raise ``UnknownModelError`` (its message says how to fix it).
+    * ``"warn"``: log one warning per unknown model on the ``nasca.pricing`` logger and
+      price the call at $0. This is an explicit opt-in, never a silent default.
+    * ``"price_as:<model>"``: price unknown models as ``<model>``, which must be in the table.
+
+    Raises ConfigurationError for an unknown policy or a ``price_as`` model the table lacks.
+    """
+
+    __slots__ = ("_fallback", "_lock", "_policy", "_table", "_warned")
+
+    def __init__(self, table: PriceTable | None = None, *, unknown_model: str = "block") -> None:
+        self._table = table if table is not None else PriceTable.default()
+        self._policy = unknown_model
+        self._fallback: str | None = None
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        if not isinstance(unknown_model, str):
+            raise ConfigurationError(f"unknown_model must be {_POLICIES}, got {unknown_model!r}")
+        if unknown_model.startswith("price_as:"):
+            target = unknown_model.removeprefix("price_as:").strip()
+            canonical = self._table.normalize(target) if target else None
+            if canonical is None:
+                raise ConfigurationError(
+                    f"unknown_model={unknown_model!r}: {target!r} is not in the price table; "
+                    "name a priced model or add its price first"
+                )
+            self._fallback = canonical
+        elif unknown_model not in ("block", "warn"):
+            raise ConfigurationError(f"unknown_model must be {_POLICIES}, got {unknown_model!r}")
+
+    @property
+    def table(self) -> PriceTable:
+        return self._table
+
+    @property
+    def unknown_model(self) -> str:
+        return self._policy
+
+    def cost(self, model: str, usage: TokenUsage) -> int:
+        """Cost in integer nano-dollars. Raises UnknownModelError under the "block" policy."""
+        try:
+            return self._table.cost_nanos(model, usage)
+        except UnknownModelError:
+            if self._fallback is not None:
+                return self._table.cost_nanos(self._fallback, usage)
+            if self._policy == "warn":
+                self._warn(model)
+                return 0
+            raise
+
+    def price(self, model: str) -> tuple[str, ModelPrice] | None:
+        """``(canonical, price)`` used for ``model``; None when "warn" prices it at $0.
+
+        Under ``price_as`` an unknown model returns the fallback model's entry.
+        Raises UnknownModelError under the "block" policy.
+        """
+        canonical = self._table.normalize(model)
+        if canonical is not None:
+            return self._table.resolve(canonical)
+        if self._fallback is not None:
+            return self._table.resolve(self._fallback)
+        if self._policy == "warn":
+            self._warn(model)
+            return None
+        raise UnknownModelError(model)
+
+    def _warn(self, model: str) -> None:
+        with self._lock:
+            if model in self._warned:
+                return
+            self._warned.add(model)
+        logger.warning(
+            "Model %r has no price: calls to it are counted as $0 because "
+            "unknown_model='warn'. Add its price, alias it, or use 'price_as:<model>'.",
+            model,
+        )
+
+    def __repr__(self) -> str:
+        return f"Pricer({self._table!r}, unknown_model={self._policy!r})"

@@ -1,0 +1,420 @@
+"""One token-usage model, and parsers for every provider shape we meet.
+
+Convention (the one OpenAI and Gemini report, and the one our cost formula needs):
+
+    input_tokens        ALL input tokens, cache reads and cache writes included
+      cache_read_tokens   subset of input read from a prompt cache
+      cache_write_tokens  subset of input written to a prompt cache
+    output_tokens       ALL output tokens, reasoning included
+      reasoning_tokens    subset of output spent on hidden reasoning/thinking
+
+Providers that report otherwise (Anthropic's ``input_tokens`` excludes cache traffic;
+Gemini's ``candidatesTokenCount`` excludes thoughts) are converted here, once, so the
+pricing code never has to know who sent the numbers.
+
+Every parser raises ``UsageParseError`` on a payload it cannot read. None of them
+returns a silent zero for garbage: a missing *required* count is an error. Optional
+detail counts that are absent or ``null`` mean 0 (providers omit them when unused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nasca_core._errors import UsageParseError
+
+_MAX_TOKENS = 2**53  # no real call comes near; a bigger count is a corrupt payload
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Token counts of one model call, in the convention described in the module docstring.
+
+    Raises UsageParseError when a count is not a non-negative int, or a subset exceeds its total.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        i, o = self.input_tokens, self.output_tokens
+        cr, cw, rs = self.cache_read_tokens, self.cache_write_tokens, self.reasoning_tokens
+        # Fast path (one usage per model call): exact ints (not bool), in range, subsets fit.
+        if (
+            type(i) is int
+            and type(o) is int
+            and type(cr) is int
+            and type(cw) is int
+            and type(rs) is int
+            and 0 <= i <= _MAX_TOKENS
+            and 0 <= o <= _MAX_TOKENS
+            and cr >= 0
+            and cw >= 0
+            and 0 <= rs <= o
+            and cr + cw <= i
+        ):
+            return
+        for name in _FIELDS:
+            _check_count(getattr(self, name), name)
+        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+            raise UsageParseError(
+                f"cache_read_tokens ({self.cache_read_tokens}) + cache_write_tokens "
+                f"({self.cache_write_tokens}) exceed input_tokens ({self.input_tokens})"
+            )
+        if self.reasoning_tokens > self.output_tokens:
+            raise UsageParseError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceed output_tokens ({self.output_tokens})"
+            )
+
+    def __add__(self, other: object) -> TokenUsage:
+        if not isinstance(other, TokenUsage):
+            return NotImplemented
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def _check_count(value: object, name: str) -> int:
+    # bool is an int subclass: True tokens is a bug upstream, not a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageParseError(f"{name} must be an int, got {value!r}")
+    if value < 0:
+        raise UsageParseError(f"{name} must be >= 0, got {value}")
+    if value > _MAX_TOKENS:
+        raise UsageParseError(f"{name} is implausibly large: {value}")
+    return value
+
+
+def _as_mapping(payload: object, what: str) -> Mapping[str, Any]:
+    """A dict, or an SDK pydantic object turned into one (openai/anthropic types, google-genai)."""
+    if isinstance(payload, Mapping):
+        return payload
+    dump = getattr(payload, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    raise UsageParseError(f"{what} usage must be a mapping or an SDK model, got {type(payload)!r}")
+
+
+def _required(data: Mapping[str, Any], key: str, what: str) -> int:
+    if key not in data or data[key] is None:
+        raise UsageParseError(f"{what} usage is missing {key!r}: {dict(data)!r}")
+    return _check_count(data[key], f"{what} {key}")
+
+
+def _optional(data: Mapping[str, Any] | None, key: str, what: str) -> int:
+    if data is None:
+        return 0
+    value = data.get(key)
+    if value is None:
+        return 0
+    return _check_count(value, f"{what} {key}")
+
+
+def _details(data: Mapping[str, Any], key: str, what: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    return _as_mapping(value, f"{what} {key}")
+
+
+def _build(what: str, **counts: int) -> TokenUsage:
+    try:
+        return TokenUsage(**counts)
+    except UsageParseError as exc:
+        raise UsageParseError(f"{what} usage is inconsistent: {exc}") from None
+
+
+# --------------------------------------------------------------------------- LangChain
+
+
+def usage_from_langchain(usage_metadata: object) -> TokenUsage:
+    """Read LangChain's ``AIMessage.usage_metadata``.
+
+    LangChain already normalises to all-inclusive ``input_tokens``/``output_tokens`` with
+    ``input_token_details.cache_read``/``cache_creation`` and ``output_token_details.reasoning``
+    as subsets. Two integration quirks are handled:
+
+    * langchain-anthropic reports cache writes split by TTL
+      (``ephemeral_5m_input_tokens``/``ephemeral_1h_input_tokens``) and then sets
+      ``cache_creation`` to 0 to avoid double counting; we sum the TTL keys back.
+      Both TTLs are priced at the table's single cache-write price (the 5-minute one).
+    * langchain-openai prefixes details with the service tier on ``priority``/``flex``
+      (``priority_cache_read``, ``flex_reasoning``); we add those in.
+
+    Raises UsageParseError.
+    """
+    what = "LangChain"
+    data = _as_mapping(usage_metadata, what)
+    input_tokens = _required(data, "input_tokens", what)
+    output_tokens = _required(data, "output_tokens", what)
+    inp = _details(data, "input_token_details", what)
+    out = _details(data, "output_token_details", what)
+
+    cache_read = sum(_optional(inp, k, what) for k in _tiered("cache_read"))
+    cache_write = sum(_optional(inp, k, what) for k in _tiered("cache_creation"))
+    if cache_write == 0:
+        cache_write = _optional(inp, "ephemeral_5m_input_tokens", what) + _optional(
+            inp, "ephemeral_1h_input_tokens", what
+        )
+    reasoning = sum(_optional(out, k, what) for k in _tiered("reasoning"))
+    return _build(
+        what,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+    )
+
+
+def _tiered(key: str) -> tuple[str, ...]:
+    return (key, f"priority_{key}", f"flex_{key}")
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def usage_from_openai(usage: object) -> TokenUsage:
+    """Read OpenAI usage: Chat Completions (``prompt_tokens``…) or Responses (``input_tokens``…).
+
+    Accepts a dict or the SDK objects (``openai.types.CompletionUsage``,
+    ``openai.types.responses.ResponseUsage``), also the final ``include_usage`` stream chunk's
+    ``usage``. ``prompt_tokens`` already includes ``cached_tokens`` (and ``cache_write_tokens``),
+    and ``completion_tokens`` already includes ``reasoning_tokens``: both are subsets, unlike
+    Anthropic's counters.
+
+    Raises UsageParseError.
+    """
+    data = _as_mapping(usage, "OpenAI")
+    if "prompt_tokens" in data or "completion_tokens" in data:
+        what = "OpenAI chat.completions"
+        inp = _details(data, "prompt_tokens_details", what)
+        out = _details(data, "completion_tokens_details", what)
+        cached = _optional(inp, "cached_tokens", what)
+        if cached == 0:
+            # DeepSeek's OpenAI-compatible API reports cache hits at the top level.
+            cached = _optional(data, "prompt_cache_hit_tokens", what)
+        return _build(
+            what,
+            input_tokens=_required(data, "prompt_tokens", what),
+            output_tokens=_required(data, "completion_tokens", what),
+            cache_read_tokens=cached,
+            cache_write_tokens=_optional(inp, "cache_write_tokens", what),
+            reasoning_tokens=_optional(out, "reasoning_tokens", what),
+        )
+    if "input_tokens" in data or "output_tokens" in data:
+        what = "OpenAI responses"
+        inp = _details(data, "input_tokens_details", what)
+        out = _details(data, "output_tokens_details", what)
+        return _build(
+            what,
+            input_tokens=_required(data, "input_tokens", what),
+            output_tokens=_required(data, "output_tokens", what),
+            cache_read_tokens=_optional(inp, "cached_tokens", what),
+            cache_write_tokens=_optional(inp, "cache_write_tokens", what),
+            reasoning_tokens=_optional(out, "reasoning_tokens", what),
+        )
+    raise UsageParseError(f"not an OpenAI usage payload: {dict(data)!r}")
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def usage_from_anthropic(usage: object) -> TokenUsage:
+    """Read Anthropic Messages ``usage`` (dict or ``anthropic.types.Usage``).
+
+    Anthropic's ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens``: the three are disjoint and each is billed (writes at
+    1.25x input, reads at 0.1x). We add them into ``input_tokens`` so they are subsets like
+    everyone else's; pricing the raw ``input_tokens`` as "all input" and the cache counters
+    again on top is the double-billing trap, forgetting them is the under-billing one.
+    ``output_tokens`` includes thinking (``output_tokens_details.thinking_tokens``).
+
+    Raises UsageParseError.
+    """
+    what = "Anthropic"
+    data = _as_mapping(usage, what)
+    uncached = _required(data, "input_tokens", what)
+    output = _required(data, "output_tokens", what)
+    return _anthropic(data, uncached, output, what)
+
+
+def _anthropic(data: Mapping[str, Any], uncached: int, output: int, what: str) -> TokenUsage:
+    cache_read = _optional(data, "cache_read_input_tokens", what)
+    cache_write = _optional(data, "cache_creation_input_tokens", what)
+    if cache_write == 0:
+        # Older payloads carry only the per-TTL breakdown.
+        ttl = _details(data, "cache_creation", what)
+        cache_write = _optional(ttl, "ephemeral_5m_input_tokens", what) + _optional(
+            ttl, "ephemeral_1h_input_tokens", what
+        )
+    out = _details(data, "output_tokens_details", what)
+    return _build(
+        what,
+        input_tokens=uncached + cache_read + cache_write,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=_optional(out, "thinking_tokens", what),
+    )
+
+
+class AnthropicStreamUsage:
+    """Accumulates usage over an Anthropic Messages stream.
+
+    ``message_start`` carries ``message.usage`` (input and cache counts, output so far);
+    each ``message_delta`` carries ``usage`` whose counts are CUMULATIVE (the SDK documents
+    every field as "the cumulative number"), so a later value replaces an earlier one rather
+    than adding to it. Summing deltas over-counts whenever a stream sends more than one.
+    Fields a delta leaves ``null`` keep their ``message_start`` value.
+
+    Feed every event (others are ignored); read ``usage`` at the end. Raises UsageParseError
+    from ``add`` on a malformed usage event.
+    """
+
+    __slots__ = ("_data", "_started")
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._started = False
+
+    def add(self, event: object) -> None:
+        """Take one stream event (dict or SDK event). Raises UsageParseError."""
+        kind = _get(event, "type")
+        if kind == "message_start":
+            message = _get(event, "message")
+            raw = _get(message, "usage")
+            if raw is None:
+                raise UsageParseError("Anthropic message_start has no message.usage")
+            self._merge(_as_mapping(raw, "Anthropic message_start"))
+            self._started = True
+        elif kind == "message_delta":
+            raw = _get(event, "usage")
+            if raw is not None:
+                self._merge(_as_mapping(raw, "Anthropic message_delta"))
+
+    def _merge(self, data: Mapping[str, Any]) -> None:
+        for key, value in data.items():
+            if value is not None:
+                self._data[key] = value
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """The usage so far, or None before ``message_start``. Raises UsageParseError."""
+        if not self._started:
+            return None
+        return usage_from_anthropic(self._data)
+
+
+def usage_from_anthropic_stream(events: Iterable[object]) -> TokenUsage | None:
+    """Usage of a whole Anthropic event stream; None if it never started. Raises UsageParseError."""
+    acc = AnthropicStreamUsage()
+    for event in events:
+        acc.add(event)
+    return acc.usage
+
+
+def _get(obj: object, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+# --------------------------------------------------------------------------- Gemini
+
+_GEMINI_KEYS = {
+    # camelCase is the REST wire format; snake_case is google-genai's pydantic model.
+    "prompt": ("promptTokenCount", "prompt_token_count"),
+    "cached": ("cachedContentTokenCount", "cached_content_token_count"),
+    "candidates": ("candidatesTokenCount", "candidates_token_count"),
+    "thoughts": ("thoughtsTokenCount", "thoughts_token_count"),
+    "tool_prompt": ("toolUsePromptTokenCount", "tool_use_prompt_token_count"),
+    "total": ("totalTokenCount", "total_token_count"),
+}
+
+
+def usage_from_gemini(usage_metadata: object) -> TokenUsage:
+    """Read Gemini ``usageMetadata`` (REST camelCase dict, or google-genai's snake_case model).
+
+    ``promptTokenCount`` includes ``cachedContentTokenCount``. ``thoughtsTokenCount`` is NOT
+    part of ``candidatesTokenCount`` (``totalTokenCount`` = prompt + candidates + tool-use
+    prompt + thoughts) and thoughts are billed as output, so output = candidates + thoughts.
+    ``toolUsePromptTokenCount`` is extra input. Proto3 JSON omits zero counts, so an absent
+    count is 0; a payload with none of the counts at all is an error.
+
+    Raises UsageParseError.
+    """
+    what = "Gemini"
+    data = _as_mapping(usage_metadata, what)
+    found: dict[str, int] = {}
+    for name, keys in _GEMINI_KEYS.items():
+        for key in keys:
+            if data.get(key) is not None:
+                found[name] = _check_count(data[key], f"{what} {key}")
+                break
+    if not found:
+        raise UsageParseError(f"not a Gemini usageMetadata payload: {dict(data)!r}")
+    thoughts = found.get("thoughts", 0)
+    return _build(
+        what,
+        input_tokens=found.get("prompt", 0) + found.get("tool_prompt", 0),
+        output_tokens=found.get("candidates", 0) + thoughts,
+        cache_read_tokens=found.get("cached", 0),
+        reasoning_tokens=thoughts,
+    )
+
+
+# --------------------------------------------------------------------------- LlamaIndex
+
+
+def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
+    """Read a LlamaIndex ``ChatResponse``/``CompletionResponse``; None when it carries no usage.
+
+    Prefers ``raw.usage`` (llama-index-llms-openai keeps cached and reasoning counts only
+    there; an Anthropic-shaped usage is recognised by its cache counters), then falls back
+    to ``additional_kwargs`` ``prompt_tokens``/``completion_tokens``. None means "no usage
+    reported" (streams without ``include_usage``, other integrations): the caller must then
+    count the text itself. A usage that is present but malformed raises UsageParseError.
+    """
+    raw = getattr(chat_response, "raw", None)
+    usage = _get(raw, "usage") if raw is not None else None
+    if usage is not None:
+        data = _as_mapping(usage, "LlamaIndex raw")
+        if "cache_creation_input_tokens" in data or "cache_read_input_tokens" in data:
+            return usage_from_anthropic(data)
+        return usage_from_openai(data)
+    extra = getattr(chat_response, "additional_kwargs", None)
+    if isinstance(extra, Mapping) and (
+        extra.get("prompt_tokens") is not None or extra.get("completion_tokens") is not None
+    ):
+        what = "LlamaIndex additional_kwargs"
+        return _build(
+            what,
+            input_tokens=_required(extra, "prompt_tokens", what),
+            output_tokens=_required(extra, "completion_tokens", what),
+        )
+    return None

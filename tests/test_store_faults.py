@@ -1,0 +1,71 @@
+"""What the ledger does when Redis is unreachable: an explicit policy, and no lost spend."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from nasca_core import ConfigurationError, Nasca, StoreError, Tier
+
+TIERS = {"free": Tier(daily="0.10", monthly=1)}
+DEAD = "redis://127.0.0.1:1/0?socket_connect_timeout=0.2"
+
+
+def test_block_policy_refuses_the_call():
+    n = Nasca(DEAD, tiers=TIERS, default_tier="free", on_store_error="block")
+    with pytest.raises(StoreError, match="unavailable"):
+        n.reserve("0.01", user="u1")
+    assert n.stats.store_errors >= 1
+
+
+async def test_allow_policy_admits_unchecked_and_logs(caplog):
+    n = Nasca(DEAD, tiers=TIERS, default_tier="free", on_store_error="allow")
+    with caplog.at_level(logging.WARNING, logger="nasca"):
+        r = n.reserve("0.01", user="u1")
+        ra = await n.areserve("0.01", user="u1")
+    assert r.degraded and ra.degraded
+    assert "admitting" in caplog.text
+
+
+def test_bad_policy_is_a_configuration_error():
+    with pytest.raises(ConfigurationError):
+        Nasca("memory://", tiers=TIERS, on_store_error="maybe")
+
+
+@pytest.mark.redis
+def test_settle_during_an_outage_is_deferred_then_applied(redis_server_factory, caplog):
+    server = redis_server_factory()
+    url = f"redis://127.0.0.1:{server.port}/0?socket_connect_timeout=0.5&socket_timeout=0.5"
+    n = Nasca(url, tiers=TIERS, default_tier="free", namespace="faults")
+    r1 = n.reserve("0.02", user="u1")
+    r2 = n.reserve("0.03", user="u1")
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="nasca"):
+        c1 = n.settle(r1, "0.02")
+        c2 = n.settle(r2, "0.03")
+    assert c1.deferred and c2.deferred
+    assert n.stats.deferred == 2 and n.stats.deferred_pending == 2
+    assert "deferred a settle" in caplog.text
+    with pytest.raises(StoreError):
+        n.get_usage("u1")
+    # The server comes back (empty: it kept nothing on disk) and the queued spend lands.
+    server.__init__(server.port, server.workdir)
+    n._store.sync.client.connection_pool.disconnect()
+    assert n.flush_deferred() == 2
+    assert n.stats.deferred_pending == 0
+    assert n.get_usage("u1").daily_spent == Decimal("0.05")
+    assert n.flush_deferred() == 0
+    n.close()
+
+
+@pytest.mark.redis
+def test_retried_settle_is_not_charged_twice(redis_url):
+    n = Nasca(redis_url, tiers=TIERS, default_tier="free", namespace="retry")
+    r = n.reserve("0.02", user="u9")
+    n.settle(r, "0.02")
+    n._deferred.append(n._settle_op(r, 20_000_000))  # as if the first reply had been lost
+    assert n.flush_deferred() == 1
+    assert n.get_usage("u9").daily_spent == Decimal("0.02")
+    n.close()

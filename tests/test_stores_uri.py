@@ -1,0 +1,71 @@
+"""Stores chosen by URI or client, and their bad-input errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import redis
+
+from nasca_core import ConfigurationError, Nasca, Tier
+
+TIERS = {"free": Tier(daily=1)}
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["mysql://x", "redis://", "redis+cluster://", "redis+cluster://host", "redis+cluster://h:p",
+     "no-scheme", "", "redis://[::1"],
+)
+def test_malformed_uris_are_configuration_errors(uri):
+    with pytest.raises(ConfigurationError) as info:
+        Nasca(uri, tiers=TIERS, default_tier="free")
+    assert "URI" in str(info.value) or "scheme" in str(info.value) or "node" in str(info.value)
+
+
+def test_non_store_object_is_rejected():
+    with pytest.raises(ConfigurationError, match="redis-py client"):
+        Nasca(object(), tiers=TIERS)
+
+
+def test_named_memory_store_is_shared_in_process():
+    a = Nasca("memory://shared-test", tiers=TIERS, default_tier="free")
+    b = Nasca("memory://shared-test", tiers=TIERS, default_tier="free")
+    a.settle(a.reserve("0.5", user="u"), "0.5")
+    assert b.get_usage("u").daily_spent == Decimal("0.5")
+    c = Nasca("memory://", tiers=TIERS, default_tier="free")
+    assert c.get_usage("u").daily_spent == 0
+
+
+@pytest.mark.redis
+def test_existing_clients_and_unix_socket(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    n = Nasca(client, tiers=TIERS, default_tier="free", namespace="clients")
+    n.settle(n.reserve("0.25", user="u"), "0.25")
+    aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    m = Nasca(aclient, tiers=TIERS, default_tier="free", namespace="clients")
+    assert m.get_usage("u").daily_spent == Decimal("0.25")
+
+    async def via_async():
+        r = await m.areserve("0.25", user="u")
+        await m.asettle(r, "0.25")
+        return await m.aget_usage("u")
+
+    import asyncio
+
+    assert asyncio.run(via_async()).daily_spent == Decimal("0.5")
+    assert repr(n).startswith("Nasca(store='redis (client)'")
+
+
+@pytest.mark.cluster
+def test_existing_cluster_client(cluster_url):
+    from redis.cluster import ClusterNode, RedisCluster
+
+    host, port = cluster_url.removeprefix("redis+cluster://").split(",")[0].split(":")
+    client = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+    n = Nasca(client, tiers=TIERS, default_tier="free", namespace="cclient")
+    for user in ("a", "b", "c", "d"):  # users hash to different slots
+        n.settle(n.reserve("0.1", user=user), "0.1")
+    assert all(n.get_usage(u).daily_spent == Decimal("0.1") for u in "abcd")
+    slots = {client.keyslot(n._keys(u, n._windows.at(n._now())).meta) for u in "abcd"}
+    assert len(slots) > 1
