@@ -509,9 +509,8 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         now = self._now()
         now_ms = int(now * 1000)
         ws = self._windows.at(now)
-        keys = reservation.keys
-        if keys.day.rpartition(":")[2] != ws.ids[0] or keys.month.rpartition(":")[2] != ws.ids[2]:
-            keys = self._keys(reservation.user_id, ws)  # the call crossed a window boundary
+        # The call may have crossed a window boundary: charge the windows where it ended.
+        keys = self._keys(reservation.user_id, ws)
         return SettleOp(keys=keys, now_ms=now_ms, hold_id=reservation.hold_id,
                         estimate=reservation.estimate_nanos, cost=cost, tier=reservation.tier,
                         tiers_json=state.tiers_json,

@@ -26,7 +26,7 @@ def check_user_id(user_id: object) -> str:
         )
     if not user_id.strip():
         raise InvalidUserError("user id must be a non-empty string")
-    if len(user_id) > MAX_USER_ID or any(ord(c) < 32 for c in user_id):
+    if len(user_id) > MAX_USER_ID or not user_id.isprintable():
         raise InvalidUserError(
             f"user id must be at most {MAX_USER_ID} printable characters, got {user_id[:40]!r}..."
         )

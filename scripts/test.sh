@@ -11,4 +11,8 @@ apt_install "${need[@]}"
 python_env
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy" && .venv/bin/mypy
-echo "== pytest" && .venv/bin/pytest "$@"
+# Plugins are loaded by name, not auto-loaded: auto-loading marks whole packages (langsmith,
+# hypothesis, anyio) for assertion rewriting, and CPython 3.11 before 3.11.9 can fail with
+# "AST constructor recursion depth mismatch" when two threads parse at once (gh-106905).
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+echo "== pytest" && .venv/bin/pytest -p pytest_asyncio.plugin -p pytest_timeout -p _hypothesis_pytestplugin "$@"

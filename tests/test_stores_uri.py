@@ -69,3 +69,21 @@ def test_existing_cluster_client(cluster_url):
     assert all(n.get_usage(u).daily_spent == Decimal("0.1") for u in "abcd")
     slots = {client.keyslot(n._keys(u, n._windows.at(n._now())).meta) for u in "abcd"}
     assert len(slots) > 1
+
+
+@pytest.mark.redis
+def test_unix_socket_uri(tmp_path):
+    from tests.conftest import REDIS_SERVER, RedisProcess, _free_port
+
+    if REDIS_SERVER is None:
+        pytest.fail("redis-server missing")
+    sock = tmp_path / "redis.sock"
+    server = RedisProcess(_free_port(), tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700")
+    try:
+        n = Nasca(f"unix://{sock}?db=0", tiers=TIERS, default_tier="free", namespace="unix")
+        n.settle(n.reserve("0.3", user="u"), "0.3")
+        assert n.get_usage("u").daily_spent == Decimal("0.3")
+        assert redis.Redis(unix_socket_path=str(sock)).exists(n._keys("u", n._windows.at(n._now())).day)
+        n.close()
+    finally:
+        server.stop()

@@ -701,16 +701,17 @@ def test_lifecycle_and_latency() -> None:
 def test_auto_tokenizer_falls_back_to_words_without_a_tiktoken_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    from nasca_core.testing import _tokens
+    from nasca_core.pricing import _estimate
 
-    _tokens._load_tiktoken.cache_clear()
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: no download tried
+    _estimate.clear_encoder_cache()
+    monkeypatch.setattr(_estimate, "search_dirs", lambda: [tmp_path])  # no BPE file anywhere
+    monkeypatch.delenv(_estimate.DOWNLOAD_ENV, raising=False)
     try:
         assert ProviderServer().tokenizer == "words"
         with pytest.raises(ConfigurationError, match="offline"):
             ProviderServer(tokenizer="o200k_base")
     finally:
-        _tokens._load_tiktoken.cache_clear()
+        _estimate.clear_encoder_cache()
 
 
 def test_finish_reasons_are_translated_per_wire_format(srv: ProviderServer, oai: Any, ant: Any) -> None:
