@@ -1,7 +1,7 @@
 """Nasca: per-end-user AI spend limits, prepaid credits and upgrade prompts."""
 
 from nasca_core._calls import LLMCall
-from nasca_core._client import Charge, LedgerStats, Nasca, Reservation
+from nasca_core._client import LedgerStats, Nasca
 from nasca_core._config import Tier
 from nasca_core._errors import (
     ConfigurationError,
@@ -18,6 +18,7 @@ from nasca_core._errors import (
     UsageParseError,
     WebhookError,
 )
+from nasca_core._types import Charge, Reservation
 from nasca_core._usage import Usage, WindowUsage
 
 __all__ = [

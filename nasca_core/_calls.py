@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nasca_core._errors import ConfigurationError
+from nasca_core._types import Charge, Reservation
 from nasca_core.pricing import (
     ModelPrice,
     Pricer,
@@ -31,7 +32,10 @@ from nasca_core.pricing import (
 )
 
 if TYPE_CHECKING:
-    from nasca_core._client import Charge, Nasca, Reservation
+    from nasca_core._client import Nasca
+
+
+_PENDING = Charge(0, 0, 0)
 
 
 class LLMCall:
@@ -72,9 +76,7 @@ class LLMCall:
         with self._lock:
             if self._charge is not None:
                 return False
-            from nasca_core._client import Charge
-
-            self._charge = Charge(0, 0, 0)  # placeholder until the store answers
+            self._charge = _PENDING  # until the store answers
             return True
 
     def finish(self, usage: TokenUsage | None = None) -> Charge:
@@ -228,7 +230,7 @@ class CallsMixin:
         be made), UnknownModelError, InvalidInputError, StoreError."""
         user_id, tier_name = self.resolve_user(user, tier, ctx)  # type: ignore[attr-defined]
         tokens, estimate = self._call_estimate(model, messages, prompt, prompt_tokens, max_tokens, tier_name)
-        reservation = self.reserve(nanos=estimate, user=user_id, tier=tier_name)  # type: ignore[attr-defined]
+        reservation = self._reserve(estimate, user_id, tier_name, None)  # type: ignore[attr-defined]
         return LLMCall(self, reservation, model, tokens)  # type: ignore[arg-type]
 
     async def astart_call(
@@ -247,7 +249,7 @@ class CallsMixin:
         user_id, tier_name = self.resolve_user(user, tier, ctx)  # type: ignore[attr-defined]
         await self._aconfig_now()  # type: ignore[attr-defined]
         tokens, estimate = self._call_estimate(model, messages, prompt, prompt_tokens, max_tokens, tier_name)
-        reservation = await self.areserve(nanos=estimate, user=user_id, tier=tier_name)  # type: ignore[attr-defined]
+        reservation = await self._areserve(estimate, user_id, tier_name, None)  # type: ignore[attr-defined]
         return LLMCall(self, reservation, model, tokens)  # type: ignore[arg-type]
 
     def cost_of(self, model: str, usage: TokenUsage) -> int:

@@ -32,6 +32,7 @@ from nasca_core._errors import (
     UnknownTierError,
 )
 from nasca_core._money import Amount, check_nanos, to_nanos, to_usd
+from nasca_core._types import Charge, Reservation
 from nasca_core._usage import Usage
 from nasca_core._windows import WINDOWS, Window, WindowClock, WindowSet, load_zone
 from nasca_core._wrap import WrapMixin
@@ -53,36 +54,6 @@ StoreErrorPolicy = Literal["allow", "block"]
 _hold_seq = itertools.count(1)
 _HOLD_PREFIX = os.urandom(4).hex()
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A hold on a user's budget for one call: settle it with the real cost, or release it."""
-
-    user_id: str
-    tier: str
-    hold_id: str
-    estimate_nanos: int
-    keys: UserKeys
-    degraded: bool = False  # admitted without the store (on_store_error="allow")
-
-    @property
-    def estimate(self) -> Decimal:
-        return to_usd(self.estimate_nanos)
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What a settled call cost and who paid: the tier's allowance or the user's credits."""
-
-    cost_nanos: int
-    tier_nanos: int
-    credit_nanos: int
-    deferred: bool = False  # the store was unreachable; the charge is queued for retry
-
-    @property
-    def cost(self) -> Decimal:
-        return to_usd(self.cost_nanos)
 
 
 @dataclass
@@ -137,6 +108,13 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         model_aliases: Mapping[str, str] | None = None,
         unknown_model: str = "block",
         default_output_tokens: int = 256,
+        packs: Any = None,
+        plans: Any = None,
+        stripe: Any = None,
+        success_url: str | None = None,
+        cancel_url: str | None = None,
+        webhook_secret: str | None = None,
+        allow_bonus_credits: bool = True,
     ) -> None:
         if not isinstance(tiers, Mapping) or not tiers:
             raise ConfigurationError("tiers must be a non-empty mapping of name -> Tier(...)")
@@ -177,6 +155,9 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         self._keys_cache: dict[tuple[str, str], UserKeys] = {}
         self.block_listeners: list[Callable[[NascaBlockedError], None]] = []
         self._init_pricing(prices, model_aliases, unknown_model, default_output_tokens)
+        self._init_billing(packs=packs, plans=plans, stripe=stripe, success_url=success_url,
+                           cancel_url=cancel_url, webhook_secret=webhook_secret,
+                           allow_bonus_credits=allow_bonus_credits)
 
     # -- identity ----------------------------------------------------------------------
     @contextmanager
@@ -394,6 +375,9 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         """
         amount = self._estimate_nanos(estimate, nanos)
         user_id, tier_name = self.resolve_user(user, tier, ctx)
+        return self._reserve(amount, user_id, tier_name, strict)
+
+    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
         for _ in range(3):
             state = self._config_now()
             op = self._reserve_op(state, user_id, tier_name, amount, strict)
@@ -424,6 +408,9 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         """Async twin of reserve()."""
         amount = self._estimate_nanos(estimate, nanos)
         user_id, tier_name = self.resolve_user(user, tier, ctx)
+        return await self._areserve(amount, user_id, tier_name, strict)
+
+    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
         for _ in range(3):
             state = await self._aconfig_now()
             op = self._reserve_op(state, user_id, tier_name, amount, strict)
@@ -709,6 +696,13 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
             log.error("nasca: closing with %d settles never applied (%d nanos)", len(self._deferred),
                       sum(op.cost for op in self._deferred))
         self._store.close()
+
+    async def aclose(self) -> None:
+        """Async twin of close(): flush deferred settles, close this loop's connections."""
+        if self._deferred:
+            await self.aflush_deferred()
+        await self._store.aclose()
+        self.close()
 
     def __repr__(self) -> str:
         return (f"Nasca(store={self._store.description!r}, tiers={sorted(self._base_tiers)}, "

@@ -24,6 +24,7 @@ cl100k_base is an approximation (usually within ~10-20% for English text).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -108,6 +109,7 @@ _encoders: dict[str, _Encoder | None] = {}  # None: no file found, approximate
 _warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=1024)
 def encoding_name_for(model: str | None) -> str:
     """``o200k_base`` for gpt-4o/4.1/5 and o-series models, else ``cl100k_base``."""
     if model:

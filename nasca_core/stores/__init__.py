@@ -41,6 +41,9 @@ __all__ = [
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# Per node. redis-py's cluster clients have no blocking pool: past this a caller gets
+# "Too many connections", so leave room for bursts of concurrent callers.
+_CLUSTER_CONNECTIONS = 1024
 
 
 class StoreHandle:
@@ -73,8 +76,14 @@ class StoreHandle:
         return isinstance(self._sync, MemoryStore)
 
     def close(self) -> None:
-        if self._sync is not None and hasattr(self._sync, "close"):
+        if hasattr(self._sync, "close"):
             self._sync.close()
+
+    async def aclose(self) -> None:
+        """Close the async store of the running loop (others close with their loop)."""
+        store = self._async.pop(asyncio.get_running_loop(), None)
+        if store is not None:
+            await store.close()
 
 
 def open_store(spec: Any) -> StoreHandle:
@@ -131,11 +140,13 @@ def _from_uri(uri: str) -> StoreHandle:
         pw = parts.password
         return StoreHandle(
             lambda: RedisStore(
-                RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], ssl=ssl, password=pw),
+                RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], ssl=ssl, password=pw,
+                             max_connections=_CLUSTER_CONNECTIONS),
                 owns_client=True,
             ),
             lambda: AsyncRedisStore(
-                AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in nodes], ssl=ssl, password=pw),
+                AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in nodes], ssl=ssl, password=pw,
+                                  max_connections=_CLUSTER_CONNECTIONS),
                 owns_client=True,
             ),
             f"redis cluster {nodes[0][0]}:{nodes[0][1]}",

@@ -215,6 +215,9 @@ class RedisStore:
     def close(self) -> None:
         if self._owns:
             self.client.close()
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect()
 
 
 class AsyncRedisStore:
@@ -233,6 +236,10 @@ class AsyncRedisStore:
         # redis-py's asyncio connections.
         async with self._load_lock:
             if not self._loaded:
+                if self.cluster:
+                    # A fresh asyncio RedisCluster fails concurrent first commands until its
+                    # slot map is loaded.
+                    await self.client.initialize()  # type: ignore[union-attr]
                 for script in self._scripts.values():
                     await self.client.script_load(script.script)
                 self._loaded = True
@@ -327,4 +334,7 @@ class AsyncRedisStore:
     async def close(self) -> None:
         if self._owns:
             await self.client.aclose()
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:  # a pool we built and passed in is not closed by aclose()
+                await pool.disconnect()
 

@@ -1,0 +1,209 @@
+"""Per-call overhead of NascaCallbackHandler against no handler and against LangChain's
+UsageMetadataCallbackHandler, on the memory store and on Redis, from one run.
+
+    .venv/bin/python benchmarks/bench_langchain.py [--redis-url redis://...] [-n 6000]
+
+The model is a fake chat model that answers at once with usage_metadata, so a call's time
+is LangChain's plus the handlers'. Without --redis-url a throwaway redis-server is started
+on a free loopback port. Figures are p50 per call, sampled in interleaved rounds;
+overhead = p50 - p50 with no handler. A do-nothing handler separates LangChain's cost of
+dispatching to any handler from the handlers' own work, and a breakdown times the
+handler's steps directly.
+
+Targets (issue 4): memory-store overhead <= 2x UsageMetadataCallbackHandler's; Redis
+overhead <= that plus two bare Redis GET round trips (measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import redis
+from _util import interleaved, redis_server
+from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+
+from nasca_core import Nasca, Tier
+from nasca_core.pricing import TokenUsage, count_message_tokens, usage_from_langchain
+from nasca_langchain import NascaCallbackHandler
+
+PROMPT = [SystemMessage("You are a helpful assistant."),
+          HumanMessage("What is the capital of France? Answer in one sentence.")]
+USAGE = {"input_tokens": 25, "output_tokens": 8, "total_tokens": 33}
+REPLY = AIMessage("The capital of France is Paris.", usage_metadata=USAGE,  # type: ignore[arg-type]
+                  response_metadata={"model_name": "gpt-4o-mini"})
+
+
+class FakeChat(BaseChatModel):
+    """Answers at once and reports usage, like a provider integration."""
+
+    model_name: str = "gpt-4o-mini"
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=REPLY)])
+
+    @property
+    def _llm_type(self) -> str:
+        return "bench-fake-chat"
+
+
+class NoOp(BaseCallbackHandler):
+    """Handles nothing: what LangChain charges for dispatching to one handler."""
+
+
+def make_nasca(store: str) -> Nasca:
+    return Nasca(store, tiers={"free": Tier(daily=10**6)}, default_tier="free",
+                 namespace=f"bench{uuid.uuid4().hex[:6]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--redis-url")
+    ap.add_argument("-n", type=int, default=6000, help="samples per configuration")
+    args = ap.parse_args()
+    model = FakeChat()
+    users = (f"user-{i}" for i in itertools.count())  # a user's first call of the window
+
+    with redis_server(args.redis_url) as url:
+        mem, red = make_nasca("memory://"), make_nasca(url)
+        bare = redis.Redis.from_url(url)
+        bare.set("bench:get", "1")
+
+        def invoke(*handlers: Any) -> Callable[[], object]:
+            return lambda: model.invoke(PROMPT, config={
+                "callbacks": list(handlers), "metadata": {"nasca_user_id": next(users)}})
+
+        p50 = interleaved({
+            "no handler": invoke(),
+            "do-nothing handler": invoke(NoOp()),
+            "UsageMetadataCallbackHandler": invoke(UsageMetadataCallbackHandler()),
+            "Nasca, memory store": invoke(NascaCallbackHandler(mem)),
+            "Nasca, Redis store": invoke(NascaCallbackHandler(red)),
+            "bare Redis GET (redis-py)": lambda: bare.get("bench:get"),
+        }, args.n, rounds=10)
+        steps = breakdown(make_nasca("memory://"), make_nasca(url), args.n, users)
+        async_rows = asyncio.run(bench_async(model, mem, args.n // 2, users))
+        bare.close()
+        red.close()
+
+    report(p50, steps, async_rows, args.n)
+
+
+def report(p50: dict[str, float], steps: dict[str, float], async_rows: dict[str, float],
+           n: int) -> None:
+    base, get_us = p50["no handler"], p50["bare Redis GET (redis-py)"]
+    over = {k: v - base for k, v in p50.items() if not k.startswith("bare")}
+    umch = over["UsageMetadataCallbackHandler"]
+    print(f"\nsync invoke of a fake chat model, p50 of {n} calls each (interleaved), "
+          "a fresh user per call\n")
+    print(f"{'configuration':32s}{'p50 µs':>9s}{'overhead µs':>13s}{'× UMCH':>9s}")
+    for name, v in p50.items():
+        if name.startswith("bare"):
+            print(f"{name:32s}{v:9.1f}")
+        else:
+            ratio = f"{over[name] / umch:8.2f}×" if name != "no handler" else ""
+            print(f"{name:32s}{v:9.1f}{over[name]:13.1f}{ratio:>9s}")
+    m, r = over["Nasca, memory store"], over["Nasca, Redis store"]
+    print(f"\nmemory: overhead {m:.1f} µs vs target 2 × UMCH = {2 * umch:.1f} µs: "
+          f"{'MET' if m <= 2 * umch else 'MISSED'}")
+    print(f"Redis:  overhead {r:.1f} µs vs target 2 × UMCH + 2 × GET = "
+          f"{2 * umch + 2 * get_us:.1f} µs: {'MET' if r <= 2 * umch + 2 * get_us else 'MISSED'}"
+          f"   (Redis - memory = {r - m:.1f} µs = {(r - m) / get_us:.1f} GETs)")
+    print("\nwhere the memory-store overhead goes (p50 of each step, timed directly):")
+    for name, v in steps.items():
+        print(f"  {name:58s}{v:7.1f} µs")
+    glue = steps["handler start+end, called directly (no LangChain)"] \
+        - steps["  the same core calls without the handler"]
+    label = "=> the handler's own code (the difference)"
+    print(f"  {label:58s}{glue:7.1f} µs")
+    print(f"  {'=> LangChain dispatching to one handler (do-nothing row)':58s}"
+          f"{over['do-nothing handler']:7.1f} µs")
+    print("\nasync ainvoke, memory store: overhead per call over no handler")
+    for name, v in async_rows.items():
+        print(f"  {name:58s}{v:7.1f} µs")
+
+
+def breakdown(mem: Nasca, red: Nasca, n: int, users: Any) -> dict[str, float]:
+    handler = NascaCallbackHandler(mem)
+    result = LLMResult(generations=[[ChatGeneration(message=REPLY)]])
+    params = {"model_name": "gpt-4o-mini", "_type": "bench-fake-chat", "stop": None}
+    prompt = [{"role": "system", "content": PROMPT[0].content, "name": None, "tool_calls": None},
+              {"role": "user", "content": PROMPT[1].content, "name": None, "tool_calls": None}]
+
+    def handler_direct() -> None:
+        run_id = uuid.uuid4()
+        handler.on_chat_model_start({}, [PROMPT], run_id=run_id, invocation_params=params,
+                                    metadata={"nasca_user_id": next(users)})
+        handler.on_llm_end(result, run_id=run_id)
+
+    core = make_nasca("memory://")
+
+    def core_equivalent() -> None:  # the handler's work minus its glue: same inputs, same calls
+        uuid.uuid4()
+        user = next(users)
+        tokens = count_message_tokens(prompt, "gpt-4o-mini")
+        call = core.start_call("gpt-4o-mini", prompt_tokens=tokens, user=user)
+        call.finish(usage_from_langchain(REPLY.usage_metadata))
+
+    def core_call(nasca: Nasca) -> Callable[[], None]:
+        def run() -> None:
+            nasca.start_call("gpt-4o-mini", prompt_tokens=30, user=next(users)).finish(
+                TokenUsage(25, 8))
+        return run
+
+    def reserve_settle(nasca: Nasca) -> Callable[[], None]:
+        def run() -> None:
+            nasca.settle(nasca.reserve(nanos=1000, user=next(users)), nanos=900, tokens=(25, 8))
+        return run
+
+    return interleaved({
+        "handler start+end, called directly (no LangChain)": handler_direct,
+        "  the same core calls without the handler": core_equivalent,
+        "  core: start_call + finish (estimate, price, reserve, settle)": core_call(mem),
+        "  core: reserve + settle alone": reserve_settle(mem),
+        "  core: count_message_tokens (prompt estimate)":
+            lambda: count_message_tokens(prompt, "gpt-4o-mini"),
+        "  core: usage_from_langchain": lambda: usage_from_langchain(USAGE),
+        "  Redis: core start_call + finish": core_call(red),
+    }, n // 2, rounds=5)
+
+
+async def bench_async(model: FakeChat, nasca: Nasca, n: int, users: Any) -> dict[str, float]:
+    pooled = NascaCallbackHandler(nasca)
+    pooled.run_inline = False  # for comparison only: the handler's docstring says why not
+    configs: dict[str, list[Any]] = {
+        "no handler": [],
+        "UsageMetadataCallbackHandler (LangChain's thread pool)": [UsageMetadataCallbackHandler()],
+        "Nasca (inline on the event loop)": [NascaCallbackHandler(nasca)],
+        "Nasca forced into LangChain's thread pool": [pooled],
+    }
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _round in range(5):
+        for name, handlers in configs.items():
+            for i in range(n // 5 + 20):
+                config = {"callbacks": handlers, "metadata": {"nasca_user_id": next(users)}}
+                t0 = time.perf_counter_ns()
+                await model.ainvoke(PROMPT, config=config)
+                if i >= 20:
+                    times[name].append((time.perf_counter_ns() - t0) / 1000)
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    return {k: v - p50["no handler"] for k, v in p50.items() if k != "no handler"}
+
+
+if __name__ == "__main__":
+    main()

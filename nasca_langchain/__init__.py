@@ -1,0 +1,46 @@
+"""Nasca for LangChain: per-end-user spend limits on every model call of a chain or agent.
+
+    from nasca_langchain import NascaCallbackHandler
+    handler = NascaCallbackHandler(nasca)
+    chain.invoke(question, config={"callbacks": [handler],
+                                   "metadata": {"nasca_user_id": "u_42", "nasca_tier": "free"}})
+
+What a call is charged:
+
+- a finished call: the usage the provider reported (``AIMessage.usage_metadata``, the final
+  streamed chunk's included: cache reads/writes and reasoning priced as such); a stream
+  without usage: the prompt and the streamed text, counted with the model's tokenizer;
+- a stream the consumer abandons, or a cancelled call: the prompt plus the text streamed so
+  far (an LCEL chain's ``stream()`` finishes its model's stream anyway: that is charged in
+  full, as the provider bills it);
+- a provider error: nothing (the hold is released), unless output had already streamed,
+  which is charged like an abandoned stream;
+- a LangChain LLM-cache hit: nothing (no provider request; the hold is released). The
+  budget is still checked first: a blocked user is blocked even when the answer is cached.
+
+``UpgradePromptMiddleware`` is imported on first use: it pulls in ``langchain.agents``.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from nasca_langchain._handler import NascaCallbackHandler
+from nasca_langchain._upgrade import upgrade_fields, upgrade_reply, with_upgrade_prompt
+
+if TYPE_CHECKING:
+    from nasca_langchain._middleware import UpgradePromptMiddleware
+
+__all__ = [
+    "NascaCallbackHandler",
+    "UpgradePromptMiddleware",
+    "upgrade_fields",
+    "upgrade_reply",
+    "with_upgrade_prompt",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "UpgradePromptMiddleware":
+        from nasca_langchain._middleware import UpgradePromptMiddleware
+
+        return UpgradePromptMiddleware
+    raise AttributeError(f"module 'nasca_langchain' has no attribute {name!r}")
