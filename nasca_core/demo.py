@@ -12,8 +12,12 @@ from decimal import Decimal
 
 from nasca_core import Nasca, NascaBlockedError, Tier, Usage
 from nasca_core._display import money
+from nasca_core.billing import CreditPack
 from nasca_core.testing import ProviderServer, Reply
 from nasca_core.testing import Usage as ReplyUsage
+from nasca_core.testing.stripe import simulate_purchase
+
+WEBHOOK_SECRET = "whsec_demo_not_a_real_secret"
 
 QUESTIONS = [
     "Summarise this quarter's sales call notes.",
@@ -44,6 +48,8 @@ def main() -> int:
                "pro": Tier(daily="0.50", weekly=2, monthly=5)},
         default_tier="free",
         namespace="demo",
+        packs=[CreditPack(id="starter", price=5, spend=3, name="Starter pack")],
+        webhook_secret=WEBHOOK_SECRET,
     )
     users = [("alice", "free", 2), ("bob", "pro", 6), ("carol", "free", 40)]
     with ProviderServer() as provider:
@@ -66,13 +72,26 @@ def main() -> int:
             show(nasca.get_usage(user, tier=tier))
             print()
         print(f"Provider requests made: {provider.request_count} "
-              "(blocked calls never reached the provider).")
-        nasca.set_tier("free", Tier(daily="0.01", monthly="0.05"))
-        print("\nThe owner raises the free tier's daily limit without a deploy:")
+              "(blocked calls never reached the provider).\n")
+
+        print("carol buys the Starter pack (pay $5, get $3 of AI spend); Stripe's signed")
+        print("checkout.session.completed webhook grants it exactly once:")
+        show(simulate_purchase(nasca, "carol", "starter", tier="free"))
+        print("  ...and carries on, paid from her credits while the free tier is spent:")
+        for i in range(6):
+            provider.queue(Reply(text="Here you go. " * 400, usage=ReplyUsage(12_000, 4_800)))
+            with nasca.user("carol", tier="free"):
+                chat(model="gpt-4o", max_tokens=5000,
+                     messages=[{"role": "user", "content": QUESTIONS[i % 4]}])
         show(nasca.get_usage("carol", tier="free"))
-        spent = nasca.get_usage("carol", tier="free").monthly_spent or Decimal(0)
-        print(f"  carol can spend again: {not nasca.get_usage('carol', tier='free').blocked} "
-              f"(month so far ${spent:.4f})")
+        usage = nasca.get_usage("carol", tier="free")
+        print(f"  (the balance is in what she paid; {money(usage.credit_balance)} of AI spend is left)\n")
+
+        nasca.set_tier("free", Tier(daily="0.01", monthly="0.05"))
+        print("The owner raises the free tier's daily limit without a deploy:")
+        show(nasca.get_usage("alice", tier="free"))
+        spent = nasca.get_usage("alice", tier="free").monthly_spent or Decimal(0)
+        print(f"  alice's month so far: {money(spent)}")
     return 0
 
 
