@@ -139,9 +139,10 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         self.hold_ttl_ms = int(hold_ttl * 1000)
         self.get_user_id = get_user_id
         self.get_user_tier = get_user_tier
+        # {action} says what can unblock the user: credits can't lift a hard cap.
         self.upgrade_message_template = upgrade_message or (
             "You've used your {window} AI allowance on the {tier} plan "
-            "({spent} of {limit}). It resets {resets}. Upgrade or buy credits to keep going now."
+            "({spent} of {limit}). It resets {resets}. {action}"
         )
         self.checkout_url_factory = checkout_url
         self.stats = LedgerStats()
@@ -466,9 +467,12 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
         limit = tier.limit(window) or Decimal(0)
         from nasca_core._display import money
 
+        hard = tier.hard_windows()[result.window - 1]
+        action = ("Upgrade your plan to keep going now." if hard
+                  else "Upgrade or buy credits to keep going now.")
         message = self.upgrade_message_template.format(
             window=window, tier=result.tier, spent=money(spent), limit=money(limit),
-            resets=f"on {resets_at:%b %d at %H:%M %Z}", user=user_id,
+            resets=f"on {resets_at:%b %d at %H:%M %Z}", user=user_id, action=action,
         )
         err = NascaBlockedError(
             user_id=user_id, tier=result.tier, window=window, usage=usage, resets_at=resets_at,

@@ -48,7 +48,7 @@ def main() -> int:
                "pro": Tier(daily="0.50", weekly=2, monthly=5)},
         default_tier="free",
         namespace="demo",
-        packs=[CreditPack(id="starter", price=5, spend=3, name="Starter pack")],
+        packs=[CreditPack(id="starter", price=Decimal(5), spend=Decimal(3), name="Starter pack")],
         webhook_secret=WEBHOOK_SECRET,
     )
     users = [("alice", "free", 2), ("bob", "pro", 6), ("carol", "free", 40)]

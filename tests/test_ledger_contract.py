@@ -297,6 +297,7 @@ def test_hard_daily_cap_ignores_credits(make_nasca):
     with pytest.raises(NascaBlockedError) as info:
         n.reserve("0.01", user="u1")
     assert info.value.window == "daily"
+    assert "Upgrade your plan" in info.value.upgrade_message and "credits" not in info.value.upgrade_message
     assert n.get_usage("u1").credit_balance == Decimal(1)
 
 
