@@ -27,13 +27,14 @@ class Pricer:
     Raises ConfigurationError for an unknown policy or a ``price_as`` model the table lacks.
     """
 
-    __slots__ = ("_fallback", "_lock", "_policy", "_table", "_warned")
+    __slots__ = ("_fallback", "_lock", "_policy", "_priced_as", "_table", "_warned")
 
     def __init__(self, table: PriceTable | None = None, *, unknown_model: str = "block") -> None:
         self._table = table if table is not None else PriceTable.default()
         self._policy = unknown_model
         self._fallback: str | None = None
         self._warned: set[str] = set()
+        self._priced_as: dict[str, str] = {}  # unknown model -> the model it is priced as
         self._lock = threading.Lock()
         if not isinstance(unknown_model, str):
             raise ConfigurationError(f"unknown_model must be {_POLICIES}, got {unknown_model!r}")
@@ -59,10 +60,16 @@ class Pricer:
 
     def cost(self, model: str, usage: TokenUsage) -> int:
         """Cost in integer nano-dollars. Raises UnknownModelError under the "block" policy."""
+        known = self._priced_as.get(model)
+        if known is not None:
+            return self._table.cost_nanos(known, usage)
         try:
             return self._table.cost_nanos(model, usage)
         except UnknownModelError:
             if self._fallback is not None:
+                # Remember the answer: building and catching the error costs more than pricing.
+                if len(self._priced_as) < 4096:
+                    self._priced_as[model] = self._fallback
                 return self._table.cost_nanos(self._fallback, usage)
             if self._policy == "warn":
                 self._warn(model)
