@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nasca_core import _identity, _policy
 from nasca_core._calls import CallsMixin
@@ -47,6 +47,9 @@ from nasca_core.stores import (
     UserKeys,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from nasca_core.analytics import Analytics
 
 log = logging.getLogger("nasca")
 
@@ -690,6 +693,14 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
             blocked_window=WINDOWS[blocked] if blocked >= 0 else None,
             hard_windows=frozenset(w for w, h in zip(WINDOWS, hard, strict=True) if h),
         )
+
+    @property
+    def analytics(self) -> Analytics:
+        """Conversion analytics (the funnel, revenue, AI cost and profit per month); it starts
+        listening to blocks and purchases on first use."""
+        from nasca_core.analytics import analytics_for
+
+        return analytics_for(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:

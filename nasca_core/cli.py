@@ -21,8 +21,22 @@ def _setup_prices(parser: argparse.ArgumentParser) -> Runner:
     return run_prices
 
 
+def _setup_serve(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._cli import setup_serve
+
+    return setup_serve(parser)
+
+
+def _setup_report(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._cli import setup_report
+
+    return setup_report(parser)
+
+
 SUBCOMMANDS: list[tuple[str, str, Setup]] = [
     ("prices", "manage the model price table", _setup_prices),
+    ("serve", "run the upgrade page, overlay, Stripe webhook and dashboard", _setup_serve),
+    ("report", "print a month's conversion funnel, revenue, AI cost and top users", _setup_report),
 ]
 
 

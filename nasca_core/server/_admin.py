@@ -1,0 +1,347 @@
+"""The owner's dashboard: the month's funnel and unit economics, and live editing of tiers,
+credit packs and plans (saved in the store: every process applies them on its next call).
+
+Access: ``Authorization: Bearer <admin_token>``, a session cookie from ``/admin/login``,
+or the owner's ``auth(request)`` hook. Forms carry a CSRF token (see ``_security``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, cast, get_args
+from urllib.parse import urlencode
+
+from markupsafe import Markup
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from nasca_core._config import Tier
+from nasca_core._errors import ConfigurationError, InvalidInputError, StoreError
+from nasca_core._windows import WINDOWS
+from nasca_core.analytics import UserSort
+from nasca_core.analytics._events import month_id, month_label
+from nasca_core.billing import CreditPack, Plan
+from nasca_core.server import _charts
+from nasca_core.server._context import Context, offer_order, price
+from nasca_core.server._security import (
+    ADMIN_COOKIE,
+    CSRF_COOKIE,
+    SESSION_TTL,
+    csrf_ok,
+    csrf_token,
+    new_csrf_cookie,
+    origin_allowed,
+    session_ok,
+    session_value,
+    token_ok,
+)
+
+log = logging.getLogger("nasca.server")
+
+_SORTS: tuple[str, ...] = get_args(UserSort)
+_NOTICES = {
+    "tier_saved": "Tier {name} saved: it applies from the next call, in every process.",
+    "tier_removed": "Tier {name}: the stored override was removed.",
+    "pack_saved": "Credit pack {name} saved.",
+    "pack_retired": "Credit pack {name} retired: no new checkouts (purchases under way still grant).",
+    "plan_saved": "Plan {name} saved.",
+    "plan_retired": "Plan {name} retired: no new checkouts (subscribers keep their tier).",
+}
+
+
+class AdminRoutes:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        s = ctx.settings
+        if s.admin_token is None and s.auth is None:
+            log.warning("nasca: no admin_token and no auth hook: the dashboard answers 401 to everyone")
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/admin", self.dashboard, methods=["GET"], name="admin"),
+            Route("/admin/report.json", self.report_json, methods=["GET"], name="admin_report"),
+            Route("/admin/login", self.login, methods=["GET", "POST"], name="admin_login"),
+            Route("/admin/logout", self.logout, methods=["POST"], name="admin_logout"),
+            Route("/admin/tiers", self.save_tier, methods=["POST"], name="admin_tiers"),
+            Route("/admin/packs", self.save_pack, methods=["POST"], name="admin_packs"),
+            Route("/admin/plans", self.save_plan, methods=["POST"], name="admin_plans"),
+        ]
+
+    # -- access ------------------------------------------------------------------------------
+    async def _who(self, request: Request) -> str | None:
+        """How the request is authenticated: "bearer", "session", "hook", or None."""
+        keys = self.ctx.keys
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer " and token_ok(keys, header[7:].strip()):
+            return "bearer"
+        if session_ok(keys, request.cookies.get(ADMIN_COOKIE), self.ctx.now()):
+            return "session"
+        hook = self.ctx.settings.auth
+        if hook is not None:
+            try:
+                verdict = hook(request)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception:
+                log.exception("nasca: the dashboard auth hook failed")
+                verdict = False
+            if verdict is True:
+                return "hook"
+        return None
+
+    def _unauthorized(self, request: Request) -> Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="nasca"'}
+        if "application/json" in request.headers.get("accept", "") or request.url.path.endswith(".json"):
+            return self.ctx.json({"error": "unauthorized"}, 401, headers)
+        return self.ctx.page(request, "login.html", {
+            "login_url": self.ctx.path(request, "admin_login"),
+            "token_login": self.ctx.keys.admin_token is not None, "error": None,
+        }, status=401, headers=headers)
+
+    def _cookie_path(self, request: Request) -> str:
+        return self.ctx.path(request, "admin")
+
+    def _secure(self, request: Request) -> bool:
+        public = self.ctx.settings.public_url or ""
+        return request.url.scheme == "https" or public.startswith("https:")
+
+    async def _guarded_form(self, request: Request) -> tuple[FormData | None, Response | None]:
+        """The form of an authenticated, same-origin, CSRF-checked POST (or the refusal)."""
+        who = await self._who(request)
+        if who is None:
+            return None, self._unauthorized(request)
+        if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
+                              self.ctx.own_origins(request)):
+            return None, self._refused(request)
+        try:
+            form = await request.form(max_files=0, max_fields=50)
+        except Exception:
+            return None, self._bad(request, "Malformed form.")
+        # A bearer token is never sent by a browser on its own: only cookie or hook
+        # authentication can be ridden by another site, so only they need the CSRF token.
+        if who != "bearer" and not csrf_ok(self.ctx.keys, request.cookies.get(CSRF_COOKIE),
+                                           _field(form, "csrf")):
+            return None, self._refused(request)
+        return form, None
+
+    def _refused(self, request: Request) -> Response:
+        return self.ctx.page(request, "message.html", {
+            "title": "Request refused",
+            "text": "This form was not sent from the dashboard (or the page was too old). Reload and retry.",
+        }, status=403)
+
+    def _bad(self, request: Request, text: str) -> Response:
+        return self.ctx.page(request, "message.html", {"title": "Not saved", "text": text,
+                                                       "back": self.ctx.path(request, "admin")},
+                             status=400)
+
+    def _back(self, request: Request, notice: str, name: str) -> Response:
+        url = self.ctx.path(request, "admin")
+        return RedirectResponse(f"{url}?{urlencode({'notice': notice, 'name': name})}", status_code=303)
+
+    # -- login -------------------------------------------------------------------------------
+    async def login(self, request: Request) -> Response:
+        context = {"login_url": self.ctx.path(request, "admin_login"),
+                   "token_login": self.ctx.keys.admin_token is not None, "error": None}
+        if request.method == "GET":
+            return self.ctx.page(request, "login.html", context)
+        if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
+                              self.ctx.own_origins(request)):
+            return self._refused(request)
+        try:
+            form = await request.form(max_files=0, max_fields=5)
+        except Exception:
+            form = FormData()
+        if not token_ok(self.ctx.keys, _field(form, "token")):
+            return self.ctx.page(request, "login.html", {**context, "error": "Wrong token."}, status=401)
+        response = RedirectResponse(self.ctx.path(request, "admin"), status_code=303)
+        response.set_cookie(ADMIN_COOKIE, session_value(self.ctx.keys, self.ctx.now()), max_age=SESSION_TTL,
+                            path=self._cookie_path(request), secure=self._secure(request), httponly=True,
+                            samesite="strict")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        _, refusal = await self._guarded_form(request)
+        if refusal is not None:
+            return refusal
+        response = RedirectResponse(self.ctx.path(request, "admin_login"), status_code=303)
+        response.delete_cookie(ADMIN_COOKIE, path=self._cookie_path(request), secure=self._secure(request),
+                               httponly=True, samesite="strict")
+        return response
+
+    # -- reading -----------------------------------------------------------------------------
+    async def dashboard(self, request: Request) -> Response:
+        if await self._who(request) is None:
+            return self._unauthorized(request)
+        try:
+            month = month_id(request.query_params.get("month") or _this_month(self.ctx))
+        except InvalidInputError as exc:
+            return self._bad(request, str(exc))
+        asked = request.query_params.get("sort", "ai_cost")
+        sort = cast(UserSort, asked if asked in _SORTS else "ai_cost")
+        nasca = self.ctx.nasca
+        try:
+            report = await self.ctx.analytics.amonth(month)
+            trend = await self.ctx.analytics.atrend(6, month)
+            state = await nasca._aconfig_fresh()
+        except StoreError:
+            log.exception("nasca: dashboard could not read the store")
+            return self.ctx.page(request, "message.html", {
+                "title": "Store unavailable", "text": "The store did not answer. Retry shortly."}, status=503)
+        cookie = request.cookies.get(CSRF_COOKIE) or new_csrf_cookie()
+        users = report.top_users(sort, 25)
+        stored_tiers = set(state.stored.sections.get("tier", {}))
+        notice = request.query_params.get("notice")
+        response = self.ctx.page(request, "admin.html", {
+            "report": report, "month": month_label(month), "sort": sort, "sorts": _SORTS,
+            "users": users, "trend": trend,
+            "funnel_svg": Markup(_charts.funnel_svg(report.funnel)),
+            "trend_svg": Markup(_charts.trend_svg(trend)),
+            "profit_svg": Markup(_charts.profit_svg(users[:12])),
+            "tiers": [_tier_row(name, tier, name in stored_tiers)
+                      for name, tier in sorted(state.tiers.items())],
+            "packs": sorted(nasca.packs.values(), key=offer_order),
+            "plans": sorted(nasca.plans.values(), key=offer_order),
+            "price": price, "csrf": csrf_token(self.ctx.keys, cookie),
+            "notice": _NOTICES[notice].format(name=request.query_params.get("name", ""))
+            if notice in _NOTICES else None,
+            "urls": {name: self.ctx.path(request, name) for name in
+                     ("admin", "admin_tiers", "admin_packs", "admin_plans", "admin_logout", "admin_report")},
+            "months": _month_choices(month, _this_month(self.ctx)),
+        })
+        if CSRF_COOKIE not in request.cookies:
+            response.set_cookie(CSRF_COOKIE, cookie, path=self._cookie_path(request),
+                                secure=self._secure(request), httponly=True, samesite="strict")
+        return response
+
+    async def report_json(self, request: Request) -> Response:
+        if await self._who(request) is None:
+            return self._unauthorized(request)
+        try:
+            month = month_id(request.query_params.get("month") or _this_month(self.ctx))
+            report = await self.ctx.analytics.amonth(month)
+        except InvalidInputError as exc:
+            return self.ctx.json({"error": str(exc)}, 400)
+        except StoreError:
+            return self.ctx.json({"error": "store unavailable"}, 503)
+        return self.ctx.json(report.model_dump(mode="json"))
+
+    # -- editing -----------------------------------------------------------------------------
+    async def _edit(self, request: Request, apply: Callable[[FormData], Any]) -> Response:
+        form, refusal = await self._guarded_form(request)
+        if refusal is not None:
+            return refusal
+        assert form is not None
+        try:
+            notice, name = await apply(form)
+        except (ConfigurationError, InvalidInputError) as exc:
+            return self._bad(request, str(exc))
+        except StoreError:
+            log.exception("nasca: dashboard could not save")
+            return self._bad(request, "The store did not answer; nothing was saved.")
+        return self._back(request, notice, name)
+
+    async def save_tier(self, request: Request) -> Response:
+        async def apply(form: FormData) -> tuple[str, str]:
+            name = _required(form, "name")
+            if _field(form, "action") == "remove":
+                await self.ctx.nasca.aset_tier(name, None)
+                return "tier_removed", name
+            cover = {"monthly"} | {w for w in ("daily", "weekly") if _field(form, f"credits_{w}")}
+            tier = Tier(**{w: _money_or_none(form, w) for w in WINDOWS}, credits_cover=frozenset(cover))
+            await self.ctx.nasca.aset_tier(name, tier)
+            return "tier_saved", name
+        return await self._edit(request, apply)
+
+    async def save_pack(self, request: Request) -> Response:
+        async def apply(form: FormData) -> tuple[str, str]:
+            pack_id = _required(form, "id")
+            if _field(form, "action") == "retire":
+                await self.ctx.nasca.aset_pack(pack_id, None)
+                return "pack_retired", pack_id
+            pack = CreditPack(**_clean({
+                "id": pack_id, "price": _required(form, "price"), "spend": _required(form, "spend"),
+                "currency": _field(form, "currency") or "usd", "name": _field(form, "name"),
+                "stripe_price": _field(form, "stripe_price"),
+                "expires_in_days": _int_or_none(form, "expires_in_days"),
+            }))
+            await self.ctx.nasca.aset_pack(pack_id, pack)
+            return "pack_saved", pack_id
+        return await self._edit(request, apply)
+
+    async def save_plan(self, request: Request) -> Response:
+        async def apply(form: FormData) -> tuple[str, str]:
+            plan_id = _required(form, "id")
+            if _field(form, "action") == "retire":
+                await self.ctx.nasca.aset_plan(plan_id, None)
+                return "plan_retired", plan_id
+            plan = Plan(**_clean({
+                "id": plan_id, "tier": _required(form, "tier"), "price": _required(form, "price"),
+                "interval": _field(form, "interval") or "month",
+                "currency": _field(form, "currency") or "usd",
+                "name": _field(form, "name"), "stripe_price": _field(form, "stripe_price"),
+            }))
+            await self.ctx.nasca.aset_plan(plan_id, plan)
+            return "plan_saved", plan_id
+        return await self._edit(request, apply)
+
+
+# -- form helpers -------------------------------------------------------------------------------
+def _field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _required(form: FormData, name: str) -> str:
+    value = _field(form, name)
+    if value is None:
+        raise InvalidInputError(f"{name} is required")
+    return value
+
+
+def _money_or_none(form: FormData, name: str) -> Decimal | None:
+    value = _field(form, name)
+    if value is None:
+        return None
+    try:
+        return Decimal(value.lstrip("$"))
+    except ArithmeticError:
+        raise InvalidInputError(f"{name} must be an amount of dollars, got {value!r}") from None
+
+
+def _int_or_none(form: FormData, name: str) -> int | None:
+    value = _field(form, name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _tier_row(name: str, tier: Tier, stored: bool) -> dict[str, Any]:
+    return {"name": name, "tier": tier, "stored": stored,
+            "daily": tier.daily, "weekly": tier.weekly, "monthly": tier.monthly,
+            "credits_daily": "daily" in tier.credits_cover, "credits_weekly": "weekly" in tier.credits_cover}
+
+
+def _this_month(ctx: Context) -> str:
+    return ctx.nasca._windows.at(ctx.now()).ids[2]
+
+
+def _month_choices(selected: str, current: str) -> list[dict[str, Any]]:
+    from nasca_core.analytics._events import previous_months
+
+    months = reversed(previous_months(current, 12))
+    return [{"value": month_label(m), "selected": m == selected} for m in months]

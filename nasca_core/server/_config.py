@@ -1,0 +1,163 @@
+"""``nasca.toml``: what ``nasca serve`` and ``nasca report`` run on. Secrets never live in
+the file: they come from environment variables, read by the CLI and passed in here.
+
+    store = "redis://localhost:6379/0"      # or memory://, redis+cluster://h:p,h:p
+    namespace = "myapp"
+    timezone = "UTC"
+    default_tier = "free"
+
+    [tiers.free]                            # Tier(...) fields
+    daily = "0.10"
+    monthly = "0.50"
+
+    [packs.p5]                              # CreditPack(...) fields; the key is the id
+    price = 5
+    spend = 3
+
+    [plans.pro]                             # Plan(...) fields; the key is the id
+    tier = "pro"
+    price = 20
+
+    [stripe]
+    api_base = "https://api.stripe.com"     # optional
+
+    [server]                                # ServerSettings(...) fields, and where to listen
+    host = "127.0.0.1"
+    port = 8000
+    public_url = "https://app.example.com/nasca"
+    allowed_origins = ["https://app.example.com"]
+
+Environment: NASCA_SECRET (required), NASCA_ADMIN_TOKEN, STRIPE_API_KEY,
+STRIPE_WEBHOOK_SECRET.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from nasca_core._client import Nasca
+from nasca_core._config import Tier, _first_error
+from nasca_core._errors import ConfigurationError
+from nasca_core.billing import CreditPack, Plan, StripeConfig
+from nasca_core.server._settings import ServerSettings
+
+ENV_SECRET = "NASCA_SECRET"
+ENV_ADMIN_TOKEN = "NASCA_ADMIN_TOKEN"
+ENV_STRIPE_KEY = "STRIPE_API_KEY"
+ENV_WEBHOOK_SECRET = "STRIPE_WEBHOOK_SECRET"
+_SECRET_KEYS = {"secret", "admin_token", "api_key", "webhook_secret", "stripe_webhook_secret",
+                "previous_secrets"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StripeSection(_Section):
+    api_base: str | None = None
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    success_url: str | None = None
+    cancel_url: str | None = None
+    return_url: str | None = None
+    app_name: str | None = None
+    link_ttl: int | None = None
+
+
+class ServeConfig(_Section):
+    """The parsed ``nasca.toml``. Raises ConfigurationError (through ``load``/``parse``)."""
+
+    store: str = "memory://"
+    namespace: str = "nasca"
+    timezone: str = "UTC"
+    default_tier: str | None = None
+    tiers: dict[str, dict[str, Any]] = {}
+    packs: dict[str, dict[str, Any]] = {}
+    plans: dict[str, dict[str, Any]] = {}
+    stripe: StripeSection = StripeSection()
+    server: ServerSection = ServerSection()
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], source: str = "nasca.toml") -> ServeConfig:
+        _refuse_secrets(data, source)
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigurationError(f"{source}: {_first_error(exc)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ServeConfig:
+        """Read and check a ``nasca.toml``. Raises ConfigurationError."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"{p}: no such file (give --config PATH)") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"{p}: {exc}") from None
+        return cls.parse(data, str(p))
+
+    def tier_models(self) -> dict[str, Tier]:
+        return {name: Tier(**dict(values)) for name, values in self.tiers.items()}
+
+    def pack_models(self) -> list[CreditPack]:
+        return [CreditPack(id=pid, **dict(values)) for pid, values in self.packs.items()]
+
+    def plan_models(self) -> list[Plan]:
+        return [Plan(id=pid, **dict(values)) for pid, values in self.plans.items()]
+
+
+def _refuse_secrets(data: Mapping[str, Any], source: str, where: str = "") -> None:
+    for key, value in data.items():
+        if key in _SECRET_KEYS:
+            raise ConfigurationError(
+                f"{source}: {where}{key} looks like a secret: put secrets in environment variables "
+                f"({ENV_SECRET}, {ENV_ADMIN_TOKEN}, {ENV_STRIPE_KEY}, {ENV_WEBHOOK_SECRET}), not in the file")
+        if isinstance(value, Mapping) and key in ("server", "stripe"):
+            _refuse_secrets(value, source, f"[{key}] ")
+
+
+def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = None,
+                stripe: Any = None, webhook_secret: str | None = None) -> Nasca:
+    """The Nasca a config describes (``store``/``stripe`` override it: the demo passes its own).
+
+    Raises ConfigurationError."""
+    tiers = config.tier_models() or {"default": Tier()}
+    default = config.default_tier or (next(iter(tiers)) if len(tiers) == 1 else None)
+    nasca = Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
+                  namespace=config.namespace, timezone=config.timezone)
+    if stripe is None and env.get(ENV_STRIPE_KEY):
+        stripe = StripeConfig(api_key=SecretStr(env[ENV_STRIPE_KEY]), api_base=config.stripe.api_base)
+    nasca._init_billing(packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
+                        webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
+    return nasca
+
+
+def build_settings(config: ServeConfig, env: Mapping[str, str], *, public_url: str | None = None,
+                   secret: str | None = None, admin_token: str | None = None) -> ServerSettings:
+    """The ServerSettings of a config, secrets from ``env``. Raises ConfigurationError."""
+    s = config.server
+    secret = secret or env.get(ENV_SECRET)
+    if not secret:
+        raise ConfigurationError(f"set {ENV_SECRET} to a long random string (python -c "
+                                 "'import secrets; print(secrets.token_urlsafe(32))')")
+    fields: dict[str, Any] = {
+        "secret": secret, "admin_token": admin_token or env.get(ENV_ADMIN_TOKEN) or None,
+        "public_url": s.public_url or public_url, "allowed_origins": s.allowed_origins,
+        "success_url": s.success_url, "cancel_url": s.cancel_url, "return_url": s.return_url,
+    }
+    if s.app_name:
+        fields["app_name"] = s.app_name
+    if s.link_ttl:
+        fields["link_ttl"] = s.link_ttl
+    return ServerSettings(**fields)

@@ -1,0 +1,115 @@
+"""``ServerSettings``: what the upgrade page, the overlay and the dashboard need to know."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from nasca_core._config import _first_error
+from nasca_core._errors import ConfigurationError
+
+AuthHook = Callable[[Any], bool | Awaitable[bool]]
+MIN_SECRET = 16
+
+
+def origin_of(url: str) -> str:
+    """``https://app.example.com/x?y`` -> ``https://app.example.com`` (lower-cased)."""
+    p = urlsplit(url)
+    return f"{p.scheme.lower()}://{p.netloc.lower()}"
+
+
+def _absolute(value: Any, what: str) -> str:
+    p = urlsplit(value) if isinstance(value, str) else None
+    if p is None or p.scheme not in ("http", "https") or not p.netloc:
+        raise ValueError(f"{what} must be an absolute http(s) URL, got {value!r}")
+    return str(value)
+
+
+class ServerSettings(BaseModel):
+    """Settings of ``create_app``; keyword-only, frozen, secrets kept out of reprs.
+
+    - ``secret``: signs upgrade links and the dashboard's cookies (16+ characters; keep
+      it out of source: ``nasca serve`` reads it from ``NASCA_SECRET``).
+      ``previous_secrets`` still verify links signed before a rotation.
+    - ``public_url``: where the app is reachable, mount path included
+      (``https://app.example.com/nasca``). Needed to put upgrade links on
+      ``NascaBlockedError.checkout_url``; without it pages use the request's own URL.
+    - ``allowed_origins``: origins of pages that may open the upgrade page in the overlay
+      (``https://app.example.com``); the app's own origin is always allowed.
+    - ``admin_token`` and/or ``auth`` (``auth(request) -> bool``, sync or async, e.g. your
+      own session check) protect the dashboard; with neither it answers 401 to everyone.
+    - ``stripe_webhook_secret``: the endpoint's ``whsec_...`` when the Nasca has none.
+    - ``success_url``/``cancel_url``: where Stripe Checkout returns (default: this app's
+      own success and cancel pages); ``return_url``: the "back to the app" link.
+    - ``link_ttl``: seconds an upgrade link stays valid.
+
+    Raises ConfigurationError.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    secret: SecretStr
+    previous_secrets: tuple[SecretStr, ...] = ()
+    public_url: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    admin_token: SecretStr | None = None
+    auth: AuthHook | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    success_url: str | None = None
+    cancel_url: str | None = None
+    return_url: str | None = None
+    link_ttl: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    app_name: str = Field(default="AI assistant", min_length=1, max_length=80)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(f"Invalid ServerSettings: {_first_error(exc)}") from None
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_SECRET:
+            raise ValueError(f"secret must be at least {MIN_SECRET} characters (use secrets.token_urlsafe())")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET:
+            raise ValueError(f"admin_token must be at least {MIN_SECRET} characters")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value, "public_url").rstrip("/")
+
+    @field_validator("success_url", "cancel_url", "return_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value, "success_url, cancel_url and return_url")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        out = []
+        for item in value or ():
+            _absolute(item, "allowed_origins entries")
+            p = urlsplit(item)
+            if p.path not in ("", "/") or p.query or p.fragment:
+                raise ValueError(f"allowed_origins entries are origins (scheme://host[:port]), got {item!r}")
+            out.append(origin_of(item))
+        return tuple(out)
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """The current secret first, then the previous ones."""
+        return tuple(s.get_secret_value().encode() for s in (self.secret, *self.previous_secrets))

@@ -1,0 +1,190 @@
+"""The owner's dashboard over HTTP: 401 without credentials, token, session cookie and auth
+hook; CSRF-protected live edits of tiers, packs and plans that another process applies on
+its next call; the month's numbers and the JSON report."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+
+from nasca_core import NascaBlockedError, Tier
+from nasca_core.analytics import analytics_for
+from nasca_core.server import create_app
+from nasca_core.testing.stripe import completed_session_event
+from tests._webapp import ADMIN, PUBLIC, billed, block, client, settings
+
+BEARER = {"Authorization": f"Bearer {ADMIN}"}
+ORIGIN = {"Origin": PUBLIC}
+
+
+async def signed_in(c):
+    """Log in through the form; the dashboard's CSRF token."""
+    r = await c.post("/admin/login", data={"token": ADMIN}, headers=ORIGIN)
+    assert r.status_code == 303 and r.headers["location"] == "/admin"
+    cookie = r.headers["set-cookie"]
+    assert "nasca_admin=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "Path=/admin" in cookie
+    page = await c.get("/admin")
+    assert page.status_code == 200
+    return re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text).group(1)
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_no_credentials_no_dashboard(make_nasca, clock):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    async with client(app) as c:
+        for path in ("/admin", "/admin/report.json"):
+            r = await c.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="nasca"'
+        assert "Admin token" in (await c.get("/admin")).text and "Revenue" not in (await c.get("/admin")).text
+        for wrong in ("Bearer nope", f"Bearer {ADMIN}x", f"Basic {ADMIN}", ADMIN):
+            assert (await c.get("/admin", headers={"Authorization": wrong})).status_code == 401
+        assert (await c.post("/admin/tiers", data={"name": "free", "daily": "9"})).status_code == 401
+        r = await c.post("/admin/login", data={"token": "wrong"}, headers=ORIGIN)
+        assert r.status_code == 401 and "Wrong token" in r.text and "set-cookie" not in r.headers
+        c.cookies.set("nasca_admin", "9999999999.forged")
+        assert (await c.get("/admin")).status_code == 401
+        c.cookies.clear()
+        assert (await c.get("/admin", headers=BEARER)).status_code == 200
+        await signed_in(c)
+        clock.advance(13 * 3600)  # sessions last 12 hours
+        assert (await c.get("/admin")).status_code == 401
+    nobody = create_app(n, settings(admin_token=None))  # neither token nor hook: closed
+    async with client(nobody) as c:
+        assert (await c.get("/admin", headers=BEARER)).status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_auth_hook_sync_or_async(make_nasca):
+    n = billed(make_nasca)
+
+    async def owner_session(request):
+        return request.cookies.get("owner_session") == "ok"
+
+    for hook in (owner_session, lambda request: request.headers.get("x-owner") == "yes"):
+        app = create_app(n, settings(admin_token=None, auth=hook))
+        async with client(app) as c:
+            assert (await c.get("/admin")).status_code == 401
+            c.cookies.set("owner_session", "ok")
+            ok = await c.get("/admin", headers={"x-owner": "yes"})
+            assert ok.status_code == 200 and "Upgrade funnel" in ok.text
+
+    def broken(request):
+        raise RuntimeError("auth service down")
+
+    async with client(create_app(n, settings(admin_token=None, auth=broken))) as c:
+        assert (await c.get("/admin")).status_code == 401
+
+
+async def test_live_edits_apply_in_every_process(make_nasca):
+    n = billed(make_nasca)
+    other_process = billed(make_nasca)  # same store and namespace, its own config cache
+    app = create_app(n, settings())
+    with pytest.raises(NascaBlockedError):
+        other_process.reserve(Decimal("0.20"), user="u1", strict=True)  # over free's $0.10 daily
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        r = await c.post("/admin/tiers", headers=ORIGIN, data={
+            "csrf": csrf, "name": "free", "daily": "0.50", "weekly": "", "monthly": "2", "action": "save"})
+        assert r.status_code == 303 and "notice=tier_saved" in r.headers["location"]
+        page = await c.get(r.headers["location"])
+        assert "Tier free saved" in page.text and 'value="0.5"' in page.text and "edited" in page.text
+        # a new pack and plan, then a retirement
+        r = await c.post("/admin/packs", headers=ORIGIN, data={
+            "csrf": csrf, "id": "p50", "price": "50", "spend": "45", "currency": "usd", "name": "Huge",
+            "expires_in_days": "365", "action": "save"})
+        assert r.status_code == 303
+        r = await c.post("/admin/plans", headers=ORIGIN, data={
+            "csrf": csrf, "id": "team", "tier": "pro", "price": "99", "interval": "year", "action": "save"})
+        assert r.status_code == 303
+        r = await c.post("/admin/packs", headers=ORIGIN, data={"csrf": csrf, "id": "p5", "action": "retire"})
+        assert r.status_code == 303 and "pack_retired" in r.headers["location"]
+        r = await c.post("/admin/tiers", headers=ORIGIN, data={
+            "csrf": csrf, "name": "team", "monthly": "100", "credits_daily": "on", "action": "save"})
+        assert r.status_code == 303
+        # bad input is a 400 that says why, and saves nothing
+        r = await c.post("/admin/tiers", headers=ORIGIN, data={"csrf": csrf, "name": "free", "daily": "-1"})
+        assert r.status_code == 400 and "Not saved" in r.text
+        r = await c.post("/admin/packs", headers=ORIGIN, data={"csrf": csrf, "id": "bad id!", "price": "1",
+                                                              "spend": "1"})
+        assert r.status_code == 400
+        r = await c.post("/admin/plans", headers=ORIGIN, data={"csrf": csrf, "id": "x", "tier": "nope",
+                                                              "price": "1"})
+        assert r.status_code == 400 and "nope" in r.text
+    # the other process applies it on its next call, without a restart
+    other_process.reserve(Decimal("0.20"), user="u1", strict=True)
+    assert other_process.tiers["free"].daily == Decimal("0.5")
+    assert other_process.tiers["team"] == Tier(monthly=100, credits_cover=frozenset({"monthly", "daily"}))
+    assert set(other_process.packs) == {"p10", "e5", "p50"}
+    assert other_process.packs["p50"].expires_in_days == 365
+    assert other_process.plans["team"].interval == "year"
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        remove = {"csrf": csrf, "name": "free", "action": "remove"}
+        r = await c.post("/admin/tiers", headers=ORIGIN, data=remove)
+        assert r.status_code == 303
+    assert other_process.tiers["free"].daily == Decimal("0.10")  # back to the constructor's
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_cross_site_forms_are_refused(make_nasca):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    form = {"name": "free", "daily": "99", "action": "save"}
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        attempts = [
+            ({**form}, ORIGIN),  # no token
+            ({**form, "csrf": "0" * 64}, ORIGIN),  # a made-up token
+            ({**form, "csrf": csrf}, {"Origin": "https://evil.example"}),
+            ({**form, "csrf": csrf}, {"Origin": "null"}),
+            ({**form, "csrf": csrf}, {"Referer": "https://evil.example/page"}),
+        ]
+        for data, headers in attempts:
+            r = await c.post("/admin/tiers", data=data, headers=headers)
+            assert r.status_code == 403 and "Request refused" in r.text
+        # a token is bound to its cookie: another browser's cookie does not match it
+        c.cookies.set("nasca_csrf", "someone-elses-cookie", path="/admin")
+        r = await c.post("/admin/tiers", data={**form, "csrf": csrf}, headers=ORIGIN)
+        assert r.status_code == 403
+        assert (await c.post("/admin/logout", data={}, headers=ORIGIN)).status_code == 403
+        r = await c.post("/admin/login", data={"token": ADMIN}, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+    assert n.tiers["free"].daily == Decimal("0.10")
+    async with client(app) as c:  # a bearer token is never sent by a browser on its own: no CSRF needed
+        r = await c.post("/admin/tiers", data={"name": "free", "daily": "0.2"}, headers=BEARER)
+        assert r.status_code == 303
+    assert n.tiers["free"].daily == Decimal("0.2")
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_dashboard_shows_the_month(make_nasca):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    err = block(n, "whale")
+    await analytics_for(n).arecord("prompt_shown", "whale", err.prompt_id)
+    signed = completed_session_event(n, "whale", "p10", prompt_id=err.prompt_id)
+    n.handle_stripe_webhook(signed.payload, signed.signature)
+    block(n, "<script>x</script>")
+    async with client(app) as c:
+        r = await c.get("/admin", headers=BEARER, params={"sort": "revenue"})
+        page = r.text
+        assert r.status_code == 200 and r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert 'id="kpi-revenue">$10.00<' in page and 'id="kpi-orders">1<' in page
+        assert '<tr data-step="blocked"><td>blocked</td><td class="num">2</td>' in page
+        assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x</script>" not in page
+        assert page.index(">whale<") < page.index("&lt;script&gt;")  # sorted by revenue
+        assert "<svg" in page and 'aria-label="Conversion funnel"' in page
+        js = await c.get("/admin/report.json", headers=BEARER, params={"month": "2026-11"})
+        data = js.json()
+        assert data["month"] == "2026-11" and data["funnel"]["purchase_completed"] == 1
+        assert data["revenue_usd"] == "10" and data["users"][0]["user_id"] in ("whale", "<script>x</script>")
+        assert (await c.get("/admin", headers=BEARER, params={"month": "nope"})).status_code == 400
+        bad = await c.get("/admin/report.json", headers=BEARER, params={"month": "2026-13"})
+        assert bad.status_code == 400
+        old = await c.get("/admin", headers=BEARER, params={"month": "2026-10"})
+        assert 'id="kpi-revenue">$0.00<' in old.text
