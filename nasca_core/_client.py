@@ -576,34 +576,37 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
 
     def flush_deferred(self) -> int:
         """Retry settles that could not reach the store; returns how many went through."""
-        return self._flush(lambda op: self._sync_store("settle", op))
+        done = 0
+        # Take before trying, put back on failure: two threads flushing at once never apply
+        # (or drop) the same entry. A retry of a settle the store did apply is a no-op there.
+        while (op := self._take_deferred()) is not None:
+            try:
+                self._sync_store("settle", op)
+            except StoreError:
+                self._deferred.appendleft(op)
+                break
+            done += 1
+        self._after_flush(done)
+        return done
 
     async def aflush_deferred(self) -> int:
         """Async twin of flush_deferred()."""
         done = 0
-        while self._deferred:
-            op = self._deferred[0]
+        while (op := self._take_deferred()) is not None:
             try:
                 await self._async_store("settle", op)
             except StoreError:
+                self._deferred.appendleft(op)
                 break
-            self._deferred.popleft()
             done += 1
         self._after_flush(done)
         return done
 
-    def _flush(self, run: Callable[[SettleOp], object]) -> int:
-        done = 0
-        while self._deferred:
-            op = self._deferred[0]
-            try:
-                run(op)  # the hold id makes a retry of an applied settle a no-op
-            except StoreError:
-                break
-            self._deferred.popleft()
-            done += 1
-        self._after_flush(done)
-        return done
+    def _take_deferred(self) -> SettleOp | None:
+        try:
+            return self._deferred.popleft()
+        except IndexError:
+            return None
 
     def _after_flush(self, done: int) -> None:
         self.stats.deferred_retried += done

@@ -69,3 +69,20 @@ def test_retried_settle_is_not_charged_twice(redis_url):
     assert n.flush_deferred() == 1
     assert n.get_usage("u9").daily_spent == Decimal("0.02")
     n.close()
+
+
+def test_concurrent_flushes_apply_every_deferred_settle_once():
+    import threading
+
+    n = Nasca("memory://", tiers={"free": Tier(monthly=100)}, default_tier="free")
+    for _ in range(400):
+        r = n.reserve("0.01", user="u1")
+        n._deferred.append(n._settle_op(r, 10_000_000))  # as if the store had been down
+    threads = [threading.Thread(target=n.flush_deferred) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    u = n.get_usage("u1")
+    assert u.monthly_spent == Decimal(4) and u.month_calls == 400 and u.in_flight == 0
+    assert not n._deferred and n.stats.deferred_retried == 400
