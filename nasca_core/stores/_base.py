@@ -23,13 +23,14 @@ class UserKeys:
     week: str
     month: str
     credits: str
+    held: str  # the running sum of the live holds
 
     @classmethod
     def build(cls, namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
         base = f"{namespace}:{{{user_id}}}"
         d, w, m = window_ids
         return cls(base, f"{base}:h", f"{base}:s", f"{base}:d:{d}", f"{base}:w:{w}", f"{base}:m:{m}",
-                   f"{base}:c")
+                   f"{base}:c", f"{base}:hs")
 
 
 @dataclass(frozen=True, slots=True)

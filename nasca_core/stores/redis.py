@@ -48,7 +48,7 @@ def config_keys(namespace: str) -> tuple[str, str]:
 # -- pure encoding shared by the sync and async stores ---------------------------------
 def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[Any]]:
     k = op.keys
-    keys = [k.meta, k.holds, k.day, k.week, k.month, k.credits]
+    keys = [k.meta, k.holds, k.day, k.week, k.month, k.credits, k.held]
     if check_version:
         keys.append(config_keys(_namespace(k))[1])
     args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
@@ -64,7 +64,7 @@ def reserve_result(raw: Sequence[Any]) -> ReserveResult:
 
 def settle_args(op: SettleOp) -> tuple[list[str], list[Any]]:
     k = op.keys
-    return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled],
+    return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled, k.held],
             [op.now_ms, op.hold_id, op.estimate, op.cost, op.tier, op.tiers_json,
              *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, *op.tier_compiled])
 
@@ -74,7 +74,7 @@ def settle_result(raw: Sequence[Any]) -> SettleResult:
 
 
 def user_keys(k: UserKeys) -> list[str]:
-    return [k.meta, k.holds, k.day, k.week, k.month, k.credits]
+    return [k.meta, k.holds, k.day, k.week, k.month, k.credits, k.held]
 
 
 def snapshot_result(raw: Sequence[Any]) -> Snapshot:
@@ -169,10 +169,7 @@ class RedisStore:
         return settle_result(self._run("settle", keys, args, op.tier))
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
-        try:
-            self.client.zrem(keys.holds, f"{hold_id}:{estimate}")
-        except Exception as exc:
-            raise _translate(exc) from exc
+        self._run("release", [keys.holds, keys.held], [f"{hold_id}:{estimate}"])
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         return snapshot_result(self._run("snapshot", user_keys(keys), [now_ms]))
@@ -288,10 +285,7 @@ class AsyncRedisStore:
         return settle_result(await self._run("settle", keys, args, op.tier))
 
     async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
-        try:
-            await self.client.zrem(keys.holds, f"{hold_id}:{estimate}")
-        except Exception as exc:
-            raise _translate(exc) from exc
+        await self._run("release", [keys.holds, keys.held], [f"{hold_id}:{estimate}"])
 
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         return snapshot_result(await self._run("snapshot", user_keys(keys), [now_ms]))

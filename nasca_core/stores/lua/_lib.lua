@@ -4,15 +4,46 @@
 -- Windows are indexed 1 = daily, 2 = weekly, 3 = monthly; NO_LIMIT = -1.
 -- These rules mirror nasca_core/_policy.py line for line.
 
-local function held_total(hkey, now)
-  -- Holds are zset members "<hold id>:<amount>" scored by expiry; only live holds remain.
-  redis.call('ZREMRANGEBYSCORE', hkey, '-inf', now)
-  local members = redis.call('ZRANGE', hkey, 0, -1)
+local function amount_of(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+
+local function held_total(hkey, skey, now)
+  -- Holds are zset members "<hold id>:<amount>" scored by expiry; skey keeps their sum, so
+  -- a reserve costs O(expired holds), not O(live holds), however many calls are in flight.
+  local raw = redis.call('GET', skey)
   local total = 0
-  for i = 1, #members do
-    total = total + tonumber(string.match(members[i], ':(%d+)$'))
+  if raw then
+    total = tonumber(raw)
+    local expired = redis.call('ZRANGEBYSCORE', hkey, '-inf', now)
+    if #expired > 0 then
+      for i = 1, #expired do total = total - amount_of(expired[i]) end
+      if total < 0 then total = 0 end
+      redis.call('ZREMRANGEBYSCORE', hkey, '-inf', now)
+      redis.call('SET', skey, string.format('%d', total), 'KEEPTTL')
+    end
+  else
+    -- No sum (it expired with the holds, or predates it): rebuild it from the live holds.
+    redis.call('ZREMRANGEBYSCORE', hkey, '-inf', now)
+    local members = redis.call('ZRANGE', hkey, 0, -1)
+    for i = 1, #members do total = total + amount_of(members[i]) end
+    local ttl = redis.call('PTTL', hkey)
+    if ttl > 0 then redis.call('SET', skey, string.format('%d', total), 'PX', ttl) end
   end
   return total
+end
+
+local function add_hold(hkey, skey, member, amount, expiry, now)
+  redis.call('ZADD', hkey, expiry, member)
+  redis.call('INCRBY', skey, amount)
+  if redis.call('PTTL', hkey) < expiry - now then redis.call('PEXPIRE', hkey, expiry - now) end
+  redis.call('PEXPIRE', skey, redis.call('PTTL', hkey))
+end
+
+local function drop_hold(hkey, skey, member)
+  if redis.call('ZREM', hkey, member) == 1 then
+    redis.call('DECRBY', skey, amount_of(member))
+  end
 end
 
 local function spent_of(dkey, wkey, mkey)

@@ -1,20 +1,20 @@
 -- reserve: admit a call and hold its estimated cost, or say which window blocks it.
 -- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash,
---       6 credit lots hash, [7 config version] (standalone only: stale config check)
+--       6 credit lots hash, 7 sum of the live holds, [8 config version] (standalone only)
 -- ARGV: 1 now ms, 2 hold member "<id>:<estimate>", 3 estimate nanos, 4 hold expiry ms,
 --       5 strict 0|1, 6 requested tier, 7 tiers JSON {name: {l: [d,w,m], h: [d,w,m]}},
 --       8 config version the caller holds ('' = don't check),
 --       9..14 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
 -- Returns {status (1 admitted, 0 blocked, -1 stale config), tier, blocking window (0 = none),
 --          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
-if KEYS[7] and ARGV[8] ~= '' and (redis.call('GET', KEYS[7]) or '0') ~= ARGV[8] then
+if KEYS[8] and ARGV[8] ~= '' and (redis.call('GET', KEYS[8]) or '0') ~= ARGV[8] then
   return {-1, '', 0, 0, 0, 0, 0, -1}
 end
 local now = tonumber(ARGV[1])
 local est = tonumber(ARGV[3])
 local strict = ARGV[5] == '1'
 local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9)
-local held = held_total(KEYS[2], now)
+local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local extra = strict and est or 0
 local deficit, worst = nil, 0
@@ -37,7 +37,5 @@ if deficit ~= nil then
   if strict then covered = deficit <= credits else covered = deficit < credits end
   if not covered then return {0, name, worst, spent[1], spent[2], spent[3], held, credits} end
 end
-local expiry = tonumber(ARGV[4])
-redis.call('ZADD', KEYS[2], expiry, ARGV[2])
-if redis.call('PTTL', KEYS[2]) < expiry - now then redis.call('PEXPIRE', KEYS[2], expiry - now) end
+add_hold(KEYS[2], KEYS[7], ARGV[2], ARGV[3], tonumber(ARGV[4]), now)
 return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits}

@@ -1,6 +1,7 @@
 -- settle: replace a hold by the call's real cost on every window, drawing credits for the excess.
 -- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash, 6 credit lots hash,
---       7 settled-holds zset (hold ids scored by when they may be forgotten: dedupes retried settles)
+--       7 settled-holds zset (hold ids scored by when they may be forgotten: dedupes retried settles),
+--       8 sum of the live holds
 -- ARGV: 1 now ms, 2 hold id, 3 hold estimate nanos, 4 real cost nanos, 5 requested tier,
 --       6 tiers JSON, 7 day TTL ms, 8 week TTL ms, 9 month TTL ms, 10 settled-marker expiry ms,
 --       11 input tokens, 12 output tokens (counted on the month hash for reports),
@@ -11,7 +12,7 @@
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
 if redis.call('ZSCORE', KEYS[7], id) then return {2, 0, 0, 0, 0, 0} end
-redis.call('ZREM', KEYS[2], id .. ':' .. ARGV[3])
+drop_hold(KEYS[2], KEYS[8], id .. ':' .. ARGV[3])
 local cost = tonumber(ARGV[4])
 local _, tier = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 13)
 local limits, hard = tier.l, tier.h

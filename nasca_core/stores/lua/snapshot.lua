@@ -1,11 +1,12 @@
 -- snapshot: read a user's state for get_usage (writes nothing but the purge of expired holds).
--- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash, 6 credit lots hash
+-- KEYS: 1 meta hash, 2 holds zset, 3 day counter, 4 week counter, 5 month hash, 6 credit lots hash,
+--       7 sum of the live holds
 -- ARGV: 1 now ms
 -- Returns {stored tier ('' = none), held nanos, spent d, spent w, spent m,
 --          month cost, month credit-funded, month calls, JSON array of live lots oldest first,
 --          month input tokens, month output tokens}
 local now = tonumber(ARGV[1])
-local held = held_total(KEYS[2], now)
+local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local month = redis.call('HMGET', KEYS[5], 'c', 'k', 'n', 'ti', 'to')
 local lots = live_lots(KEYS[6], now)
