@@ -90,7 +90,7 @@ def memory_per_user_month(url: str, users: int = 200, calls: int = 100) -> float
     ws = n._windows.at(clock["now"])
     for u in range(users):
         k = n._keys(f"user-{u:05d}", ws)
-        for key in (k.meta, k.holds, k.day, k.week, k.month, k.credits):
+        for key in (k.meta, k.holds, k.held, k.settled, k.day, k.week, k.month, k.credits):
             total += client.memory_usage(key) or 0
     return total / users
 
