@@ -103,16 +103,10 @@ class MemoryAnalytics:
 
     def _ledger(self, namespace: str, month: str, now_ms: int) -> dict[str, LedgerMonth]:
         # The MemoryStore's month hashes, read under its lock (the same data model as Redis).
-        store = self.store
         out = {}
-        with store._lock:
-            for key, value in store._data.items():
-                user = ledger_user(key, namespace, month)
-                if user is None or not isinstance(value, dict):
-                    continue
-                expiry = store._expiry.get(key)
-                if expiry is not None and expiry <= now_ms:
-                    continue
+        for key, value in self.store.scan_hashes(f"{namespace}:{{", now_ms):
+            user = ledger_user(key, namespace, month)
+            if user is not None:
                 out[user] = _ledger([value.get(f, 0) for f in LEDGER_FIELDS])
         return out
 

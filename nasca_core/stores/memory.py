@@ -232,6 +232,13 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
+    def scan_hashes(self, prefix: str, now_ms: int) -> list[tuple[str, dict[str, Any]]]:
+        """Copies of the live hashes whose key starts with ``prefix`` (what SCAN gives on Redis)."""
+        with self._lock:
+            return [(key, dict(value)) for key, value in self._data.items()
+                    if key.startswith(prefix) and isinstance(value, dict)
+                    and self._expiry.get(key, now_ms + 1) > now_ms]
+
     def key_count(self) -> int:
         with self._lock:
             return len(self._data)
