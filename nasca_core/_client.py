@@ -55,7 +55,18 @@ log = logging.getLogger("nasca")
 
 StoreErrorPolicy = Literal["allow", "block"]
 _hold_seq = itertools.count(1)
-_HOLD_PREFIX = os.urandom(4).hex()
+_HOLD_PREFIX = os.urandom(6).hex()
+
+
+def _new_hold_prefix() -> None:
+    # Hold ids dedupe retried settles: a forked worker (multiprocessing, Celery, gunicorn
+    # --preload) must not reuse its parent's ids, or its settles would look like replays.
+    global _HOLD_PREFIX, _hold_seq
+    _HOLD_PREFIX = os.urandom(6).hex()
+    _hold_seq = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_hold_prefix)
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
 
 

@@ -57,7 +57,7 @@ def main() -> int:
         chat = nasca.wrap(client.chat.completions.create)
         print("Nasca demo: three users of a chat app on gpt-4o-mini, through nasca.wrap()\n")
         for user, tier, calls in users:
-            print(f"{user} ({tier}) asks {calls} questions:")
+            print(f"{user} ({tier}) tries to ask {calls} questions:")
             for i in range(calls):
                 provider.queue(Reply(text="Here you go. " * 40, usage=ReplyUsage(1500, 480)))
                 try:
@@ -77,7 +77,8 @@ def main() -> int:
         print("carol buys the Starter pack (pay $5, get $3 of AI spend); Stripe's signed")
         print("checkout.session.completed webhook grants it exactly once:")
         show(simulate_purchase(nasca, "carol", "starter", tier="free"))
-        print("  ...and carries on, paid from her credits while the free tier is spent:")
+        print("  ...and carries on with longer gpt-4o answers, paid from her credits while the")
+        print("  free tier is spent:")
         for i in range(6):
             provider.queue(Reply(text="Here you go. " * 400, usage=ReplyUsage(12_000, 4_800)))
             with nasca.user("carol", tier="free"):

@@ -11,6 +11,9 @@ apt_install() {
 
 python_env() {
   local py="${PYTHON:-python3}"
+  if [ ! -x .venv/bin/python ] && ! "$py" -c "import ensurepip" >/dev/null 2>&1; then
+    apt_install python3-venv  # Debian's python3 ships venv without ensurepip
+  fi
   if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$py" -m venv .venv

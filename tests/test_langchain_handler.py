@@ -227,12 +227,24 @@ def test_prompt_cache_tokens_are_priced_as_reported(srv: ProviderServer, provide
     assert_ledger(nasca, 2000, 12, Decimal(expected) / 10**9, calls=1)
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_stream_without_usage_charges_counted_tokens(make_nasca: Any, srv: ProviderServer,
-                                                           mode: str) -> None:
-    # ChatOpenAI with a base_url streams no usage unless stream_usage=True: the handler
-    # charges the prompt and the streamed text, counted with the model's tokenizer.
+                                                           mode: str, provider: str) -> None:
+    # ChatOpenAI with a base_url streams no usage unless stream_usage=True (and ChatAnthropic
+    # with stream_usage=False): the handler charges the prompt and the streamed text,
+    # counted with the model's tokenizer.
     nasca = make_nasca()
+    if provider == "anthropic":
+        model: Any = claude(srv, stream_usage=False)
+        c = cfg(NascaCallbackHandler(nasca))
+        chunks = list(model.stream(QUESTION, config=c)) if mode == "sync" else \
+            await _alist(model.astream(QUESTION, config=c))
+        assert "".join(str(x.content) for x in chunks) == REPLY
+        assert all(getattr(x, "usage_metadata", None) is None for x in chunks)
+        ins, outs = prompt_tokens(QUESTION, CLAUDE), count_tokens(REPLY, CLAUDE)
+        assert_ledger(nasca, ins, outs, cost(CLAUDE, ins, outs), calls=1)
+        return
     model, c = gpt(srv), cfg(NascaCallbackHandler(nasca))
     if mode == "sync":
         chunks = list(model.stream(QUESTION, config=c))

@@ -338,3 +338,33 @@ def test_many_holds_in_flight_are_summed_and_expire(make_nasca, clock, backend):
     assert n.get_usage("busy").in_flight == Decimal("0.01")
     n.settle(late, "0.01")
     assert n.get_usage("busy").in_flight == 0
+
+
+def _spend_in_child(uri: str, namespace: str) -> None:
+    from nasca_core import Nasca
+
+    n = Nasca(uri, tiers={"t": Tier(monthly=10)}, default_tier="t", namespace=namespace)
+    n.settle(n.reserve("0.10", user="forked"), "0.10")
+    n.close()
+
+
+@pytest.mark.redis
+def test_forked_workers_never_share_hold_ids(redis_url):
+    """Hold ids dedupe retried settles, so two forked workers must not draw the same ones."""
+    import multiprocessing
+    import uuid
+
+    from nasca_core import Nasca
+
+    namespace = f"fork{uuid.uuid4().hex[:8]}"
+    n = Nasca(redis_url, tiers={"t": Tier(monthly=10)}, default_tier="t", namespace=namespace)
+    n.get_usage("forked")  # the parent has imported and used Nasca before forking
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_spend_in_child, args=(redis_url, namespace)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+        assert w.exitcode == 0
+    u = n.get_usage("forked")
+    assert u.monthly_spent == Decimal("0.40") and u.month_calls == 4

@@ -205,3 +205,19 @@ def test_reference_model_sanity():
     assert m.admits("a", ids, 0)
     m.settle("a", ids, 7)  # 5 from credits, 2 over the tier
     assert m.credits("a") == 0 and m.spent[("a", "m")] == 100_000_002
+
+
+@pytest.mark.cluster
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequences)
+@example(HARD_CAP_WITH_CREDITS)
+def test_cluster_store_agrees_with_reference_model(make_cluster_nasca, sequence):
+    run(make_cluster_nasca, sequence)
+
+
+@pytest.fixture
+def make_cluster_nasca(cluster_url):
+    make, made = _maker(lambda: cluster_url)
+    yield make
+    for n in made:
+        n.close()

@@ -86,3 +86,22 @@ def test_concurrent_flushes_apply_every_deferred_settle_once():
     u = n.get_usage("u1")
     assert u.monthly_spent == Decimal(4) and u.month_calls == 400 and u.in_flight == 0
     assert not n._deferred
+
+
+@pytest.mark.redis
+async def test_async_settle_during_an_outage_is_deferred_then_applied(redis_server_factory):
+    server = redis_server_factory()
+    url = f"redis://127.0.0.1:{server.port}/0?socket_connect_timeout=0.5&socket_timeout=0.5"
+    n = Nasca(url, tiers=TIERS, default_tier="free", namespace="afaults", on_store_error="allow")
+    r = await n.areserve("0.02", user="u1")
+    server.stop()
+    charge = await n.asettle(r, "0.02")
+    degraded = await n.areserve("0.03", user="u1")  # admitted unchecked under "allow"
+    assert charge.deferred and degraded.degraded
+    late = await n.asettle(degraded, "0.03")
+    assert late.deferred and n.stats.deferred_pending == 2
+    server.__init__(server.port, server.workdir)
+    await n._store.aclose()  # drop the dead connections; the next call opens new ones
+    assert await n.aflush_deferred() == 2
+    assert (await n.aget_usage("u1")).daily_spent == Decimal("0.05")
+    await n.aclose()

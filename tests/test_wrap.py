@@ -85,13 +85,14 @@ def test_charges_exactly_what_the_provider_reported(srv, nasca, kind, is_async, 
 
 @pytest.mark.parametrize("kind", ["chat", "responses", "messages"])
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_blocked_user_makes_no_request(srv, nasca, kind, is_async):
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_blocked_user_makes_no_request(srv, nasca, kind, is_async, stream):
     fn, model = _create(srv, kind, is_async)
     wrapped = nasca.wrap(fn)
     nasca.settle(nasca.reserve("0.50", user="broke"), "0.50")
     before = srv.request_count
     with pytest.raises(NascaBlockedError) as info:
-        _run(wrapped, is_async, **_args(kind, model), user="broke")
+        _run(wrapped, is_async, **_args(kind, model), user="broke", stream=stream)
     assert info.value.window == "daily"
     assert srv.request_count == before
 
@@ -168,3 +169,22 @@ def test_unknown_model_price_as_policy(srv, make_nasca):
     expected = n.cost_of("gpt-4o", TokenUsage(input_tokens=1000, output_tokens=100))
     assert n.get_usage("p").month_cost == Decimal(expected) / 10**9 > 0
     assert isinstance(Nasca, type)
+
+
+def test_expected_output_defaults_per_nasca_and_per_tier(srv, make_nasca):
+    """Without max_tokens, the hold is the prompt plus a default output, per tier if set."""
+    from nasca_core.pricing import count_message_tokens
+
+    n = make_nasca(tiers={"small": Tier(daily=1), "long": Tier(daily=1, default_output_tokens=1000)},
+                   default_tier="small", default_output_tokens=300)
+    prompt = count_message_tokens(MSG, "gpt-4o-mini")
+    for tier, out in (("small", 300), ("long", 1000)):
+        call = n.start_call("gpt-4o-mini", messages=MSG, user=f"d-{tier}", tier=tier)
+        expected = n.cost_of("gpt-4o-mini", TokenUsage(input_tokens=prompt, output_tokens=out))
+        assert call.reservation.estimate_nanos == expected
+        assert n.get_usage(f"d-{tier}", tier=tier).in_flight == Decimal(expected) / 10**9
+        call.fail()
+    capped = n.start_call("gpt-4o-mini", messages=MSG, user="d-cap", max_tokens=10)
+    assert capped.reservation.estimate_nanos == n.cost_of(
+        "gpt-4o-mini", TokenUsage(input_tokens=prompt, output_tokens=10))
+    capped.fail()
