@@ -87,3 +87,34 @@ def test_unix_socket_uri(tmp_path):
         n.close()
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+def test_rediss_tls_uri(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import REDIS_SERVER, RedisProcess, _free_port
+
+    if REDIS_SERVER is None or shutil.which("openssl") is None:
+        pytest.fail("redis-server and openssl are needed for the TLS store test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls_port = _free_port()
+    server = RedisProcess(_free_port(), tmp_path, "--tls-port", str(tls_port), "--tls-cert-file",
+                          str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                          "--tls-auth-clients", "no")
+    try:
+        n = Nasca(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}", tiers=TIERS,
+                  default_tier="free", namespace="tls")
+        n.settle(n.reserve("0.2", user="u"), "0.2")
+        assert n.get_usage("u").daily_spent == Decimal("0.2")
+        n.close()
+        plain = Nasca(f"redis://127.0.0.1:{server.port}/0", tiers=TIERS, default_tier="free",
+                      namespace="tls")
+        assert plain.get_usage("u").daily_spent == Decimal("0.2")  # the same server, in clear
+        plain.close()
+    finally:
+        server.stop()
