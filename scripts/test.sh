@@ -7,6 +7,7 @@ source scripts/_setup.sh
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 apt_install "${need[@]}"
 python_env
 echo "== ruff" && .venv/bin/ruff check .
