@@ -199,6 +199,7 @@ def clear_encoder_cache() -> None:
     with _lock:
         _encoders.clear()
         _warned.clear()
+        _counts.clear()
 
 
 def _approximate(text: str, encoding_name: str) -> int:
@@ -219,6 +220,11 @@ def _approximate(text: str, encoding_name: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
+_CACHE_TEXT_CHARS = 4096
+_CACHE_ENTRIES = 8192
+_counts: dict[tuple[str, str], int] = {}
+
+
 def count_tokens(text: str, model: str | None = None) -> int:
     """Tokens in ``text`` for ``model`` (special-token strings count as plain text).
 
@@ -229,10 +235,19 @@ def count_tokens(text: str, model: str | None = None) -> int:
     if not text:
         return 0
     name = encoding_name_for(model)
+    # A chat resends its whole history every turn: remember the counts of short texts.
+    cacheable = len(text) <= _CACHE_TEXT_CHARS
+    if cacheable and (known := _counts.get((name, text))) is not None:
+        return known
     encoder = get_encoder(name)
     if encoder is None:
         return _approximate(text, name)
-    return len(encoder.encode_ordinary(text))
+    count = len(encoder.encode_ordinary(text))
+    if cacheable:
+        if len(_counts) >= _CACHE_ENTRIES:
+            _counts.clear()
+        _counts[(name, text)] = count
+    return count
 
 
 def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str | None = None) -> int:

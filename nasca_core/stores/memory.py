@@ -131,7 +131,12 @@ class MemoryStore:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             self._holds(op.keys.holds, op.now_ms).drop(f"{op.hold_id}:{op.estimate}")
             _, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
-            spent = self._spent(op.keys, op.now_ms)
+            keys, now_ms, ttls = op.keys, op.now_ms, op.ttls_ms
+            day, week = self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0
+            month = self._get(keys.month, now_ms)
+            if month is None:
+                month = self._data[keys.month] = {"s": 0, "c": 0, "k": 0, "n": 0, "ti": 0, "to": 0}
+            spent = (day, week, month["s"])
             tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
             if op.cost > tier_part:
                 lots = self._live_lots(op.keys, op.now_ms)
@@ -141,27 +146,20 @@ class MemoryStore:
                     credit_part += lot["r"] - left
                     lot["r"] = left
             charges = _policy.window_charges(op.cost, credit_part, limits, hard)
-            d = self._incr(op.keys.day, charges[0], op.now_ms, op.ttls_ms[0])
-            w = self._incr(op.keys.week, charges[1], op.now_ms, op.ttls_ms[1])
-            month = self._get(op.keys.month, op.now_ms)
-            if month is None:
-                month = self._data[op.keys.month] = {"s": 0, "c": 0, "k": 0, "n": 0, "ti": 0, "to": 0}
+            data, expiry = self._data, self._expiry
+            d = data[keys.day] = day + charges[0]
+            w = data[keys.week] = week + charges[1]
+            expiry[keys.day], expiry[keys.week] = now_ms + ttls[0], now_ms + ttls[1]
             month["s"] += charges[2]
             month["c"] += op.cost
             month["k"] += credit_part
             month["n"] += 1
             month["ti"] += op.input_tokens
             month["to"] += op.output_tokens
-            self._expire(op.keys.month, op.now_ms + op.ttls_ms[2])
+            expiry[keys.month] = now_ms + ttls[2]
             settled[op.hold_id] = op.marker_expiry_ms
             self._expire(op.keys.settled, op.marker_expiry_ms)
             return SettleResult(1, op.cost - credit_part, credit_part, (d, w, month["s"]))
-
-    def _incr(self, key: str, by: int, now_ms: int, ttl_ms: int) -> int:
-        value: int = (self._get(key, now_ms) or 0) + by
-        self._data[key] = value
-        self._expiry[key] = now_ms + ttl_ms
-        return value
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self._lock:
