@@ -19,7 +19,7 @@ detail counts that are absent or ``null`` mean 0 (providers omit them when unuse
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,15 +107,41 @@ def _check_count(value: object, name: str) -> int:
     return value
 
 
+class _ModelView(Mapping[str, Any]):
+    """An SDK pydantic object read as a mapping, attribute by attribute: model_dump() of a
+    usage object costs more than the whole rest of a call's accounting."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            value = getattr(self._obj, key)
+        except AttributeError:
+            raise KeyError(key) from None
+        return _ModelView(value) if callable(getattr(value, "model_dump", None)) else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and hasattr(self._obj, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._obj.model_dump())
+
+    def __len__(self) -> int:
+        return len(self._obj.model_dump())
+
+    def __repr__(self) -> str:
+        return repr(self._obj.model_dump())
+
+
 def _as_mapping(payload: object, what: str) -> Mapping[str, Any]:
-    """A dict, or an SDK pydantic object turned into one (openai/anthropic types, google-genai)."""
+    """A dict, or an SDK pydantic object read as one (openai/anthropic types, google-genai)."""
     if isinstance(payload, Mapping):
         return payload
-    dump = getattr(payload, "model_dump", None)
-    if callable(dump):
-        dumped = dump()
-        if isinstance(dumped, Mapping):
-            return dumped
+    if callable(getattr(payload, "model_dump", None)):
+        return _ModelView(payload)
     raise UsageParseError(f"{what} usage must be a mapping or an SDK model, got {type(payload)!r}")
 
 
