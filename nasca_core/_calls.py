@@ -183,14 +183,10 @@ class CallsMixin:
     def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
         """Add or change a model's price for every process sharing the store (None removes
         the override). Raises ConfigurationError."""
-        payload = self._price_payload(model, price)
-        self._sync_store("save_config", self.namespace, "price", model, payload)  # type: ignore[attr-defined]
-        self._config = None
+        self._save_config("price", model, self._price_payload(model, price))  # type: ignore[attr-defined]
 
     async def aset_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
-        payload = self._price_payload(model, price)
-        await self._async_store("save_config", self.namespace, "price", model, payload)  # type: ignore[attr-defined]
-        self._config = None
+        await self._asave_config("price", model, self._price_payload(model, price))  # type: ignore[attr-defined]
 
     def _call_estimate(
         self,

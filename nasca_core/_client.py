@@ -291,13 +291,19 @@ class Nasca(CallsMixin, WrapMixin, BillingMixin):
     def set_tier(self, name: str, tier: Tier | None) -> None:
         """Define or change a tier for every process sharing the store (None removes the
         stored override). Raises ConfigurationError."""
-        payload = self._tier_payload(name, tier)
-        self._sync_store("save_config", self.namespace, "tier", name, payload)
-        self._config = None
+        self._save_config("tier", name, self._tier_payload(name, tier))
 
     async def aset_tier(self, name: str, tier: Tier | None) -> None:
-        payload = self._tier_payload(name, tier)
-        await self._async_store("save_config", self.namespace, "tier", name, payload)
+        await self._asave_config("tier", name, self._tier_payload(name, tier))
+
+    def _save_config(self, section: str, name: str, payload: str | None) -> None:
+        """Write one owner-editable entry (None deletes it); every process, this one
+        included, reloads the config on its next call."""
+        self._sync_store("save_config", self.namespace, section, name, payload)
+        self._config = None
+
+    async def _asave_config(self, section: str, name: str, payload: str | None) -> None:
+        await self._async_store("save_config", self.namespace, section, name, payload)
         self._config = None
 
     def set_user_tier(self, user: str, tier: str | None) -> None:

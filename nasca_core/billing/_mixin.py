@@ -263,16 +263,12 @@ class BillingMixin:
 
         Raises ConfigurationError, UnknownPackError (retiring a pack not on offer)."""
         n = self._core
-        payload = self._pack_payload(n._config_now(), pack_id, pack)
-        n._sync_store("save_config", n.namespace, "pack", pack_id, payload)
-        n._config = None
+        n._save_config("pack", pack_id, self._pack_payload(n._config_now(), pack_id, pack))
 
     async def aset_pack(self, pack_id: str, pack: CreditPack | None) -> None:
         """Async twin of set_pack()."""
         n = self._core
-        payload = self._pack_payload(await n._aconfig_now(), pack_id, pack)
-        await n._async_store("save_config", n.namespace, "pack", pack_id, payload)
-        n._config = None
+        await n._asave_config("pack", pack_id, self._pack_payload(await n._aconfig_now(), pack_id, pack))
 
     def set_plan(self, plan_id: str, plan: Plan | None) -> None:
         """Offer or change a plan for every process sharing the store; None retires it
@@ -280,16 +276,12 @@ class BillingMixin:
 
         Raises ConfigurationError, UnknownPlanError, UnknownTierError."""
         n = self._core
-        payload = self._plan_payload(n._config_now(), plan_id, plan)
-        n._sync_store("save_config", n.namespace, "plan", plan_id, payload)
-        n._config = None
+        n._save_config("plan", plan_id, self._plan_payload(n._config_now(), plan_id, plan))
 
     async def aset_plan(self, plan_id: str, plan: Plan | None) -> None:
         """Async twin of set_plan()."""
         n = self._core
-        payload = self._plan_payload(await n._aconfig_now(), plan_id, plan)
-        await n._async_store("save_config", n.namespace, "plan", plan_id, payload)
-        n._config = None
+        await n._asave_config("plan", plan_id, self._plan_payload(await n._aconfig_now(), plan_id, plan))
 
     # -- driving flows -------------------------------------------------------------------------
     def _drive(self, flow: _Flow[T]) -> T:
