@@ -72,7 +72,8 @@ async def test_tampered_expired_or_foreign_links_get_the_same_403(memory_nasca, 
     forged = sign(UpgradeToken("user-bo-9", "free", "p1", int(clock.now) + 600), b"x" * 32).split(".")[0]
     other_secret = sign(UpgradeToken("user-ann-7", "free", "p1", int(clock.now) + 600),
                         b"another-secret-0123456789")
-    bad = [f"{payload}.{mac[:-2]}AA", f"{forged}.{mac}", other_secret, "garbage", "a.b", "",
+    flipped = mac[:-2] + ("AA" if mac[-2:] != "AA" else "QQ")  # always a different MAC
+    bad = [f"{payload}.{flipped}", f"{forged}.{mac}", other_secret, "garbage", "a.b", "",
            good + "x", payload]
     async with client(app) as c:
         assert (await c.get(f"/u/{good}")).status_code == 200
