@@ -36,10 +36,11 @@ from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackH
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.runnables import RunnableConfig
 
 from nasca_core import Nasca, Tier
-from nasca_core.pricing import TokenUsage, count_message_tokens, usage_from_langchain
-from nasca_langchain import NascaCallbackHandler
+from nasca_core.pricing import TokenUsage, count_message_tokens
+from nasca_langchain import NascaCallbackHandler, usage_from_langchain
 
 PROMPT = [SystemMessage("You are a helpful assistant."),
           HumanMessage("What is the capital of France? Answer in one sentence.")]
@@ -155,9 +156,7 @@ def breakdown(mem: Nasca, red: Nasca, n: int, users: Any) -> dict[str, float]:
 
     def core_equivalent() -> None:  # the handler's work minus its glue: same inputs, same calls
         uuid.uuid4()
-        user = next(users)
-        tokens = count_message_tokens(prompt, "gpt-4o-mini")
-        call = core.start_call("gpt-4o-mini", prompt_tokens=tokens, user=user)
+        call = core.start_call("gpt-4o-mini", messages=prompt, user=next(users))
         call.finish(usage_from_langchain(REPLY.usage_metadata))
 
     def core_call(nasca: Nasca) -> Callable[[], None]:
@@ -178,7 +177,7 @@ def breakdown(mem: Nasca, red: Nasca, n: int, users: Any) -> dict[str, float]:
         "  core: reserve + settle alone": reserve_settle(mem),
         "  core: count_message_tokens (prompt estimate)":
             lambda: count_message_tokens(prompt, "gpt-4o-mini"),
-        "  core: usage_from_langchain": lambda: usage_from_langchain(USAGE),
+        "  adapter: usage_from_langchain": lambda: usage_from_langchain(USAGE),
         "  Redis: core start_call + finish": core_call(red),
     }, n // 2, rounds=5)
 
@@ -196,7 +195,8 @@ async def bench_async(model: FakeChat, nasca: Nasca, n: int, users: Any) -> dict
     for _round in range(5):
         for name, handlers in configs.items():
             for i in range(n // 5 + 20):
-                config = {"callbacks": handlers, "metadata": {"nasca_user_id": next(users)}}
+                config: RunnableConfig = {"callbacks": handlers,
+                                          "metadata": {"nasca_user_id": next(users)}}
                 t0 = time.perf_counter_ns()
                 await model.ainvoke(PROMPT, config=config)
                 if i >= 20:

@@ -87,9 +87,8 @@ def memory_per_user_month(url: str, users: int = 200, calls: int = 100) -> float
             n.settle(n.reserve("0.001", user=f"user-{u:05d}"), "0.0009")
         clock["now"] += 6 * 3600 if i < calls - 1 else 0
     total = 0
-    ws = n._windows.at(clock["now"])
     for u in range(users):
-        k = n._keys(f"user-{u:05d}", ws)
+        k = n.user_keys(f"user-{u:05d}", clock["now"])
         for key in (k.meta, k.holds, k.held, k.settled, k.day, k.week, k.month, k.credits):
             total += client.memory_usage(key) or 0
     return total / users

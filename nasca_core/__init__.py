@@ -1,10 +1,11 @@
 """Nasca: per-end-user AI spend limits, prepaid credits and upgrade prompts."""
 
 from nasca_core._calls import LLMCall
-from nasca_core._client import LedgerStats, Nasca
 from nasca_core._config import Tier
 from nasca_core._errors import (
+    CheckoutError,
     ConfigurationError,
+    CurrencyMismatchError,
     InvalidAmountError,
     InvalidInputError,
     InvalidUserError,
@@ -14,16 +15,21 @@ from nasca_core._errors import (
     SignatureError,
     StoreError,
     UnknownModelError,
+    UnknownPackError,
+    UnknownPlanError,
     UnknownTierError,
     UsageParseError,
     WebhookError,
 )
-from nasca_core._types import Charge, Reservation
+from nasca_core._ledger import Nasca
+from nasca_core._types import Charge, LedgerStats, Reservation
 from nasca_core._usage import Usage, WindowUsage
 
 __all__ = [
     "Charge",
+    "CheckoutError",
     "ConfigurationError",
+    "CurrencyMismatchError",
     "InvalidAmountError",
     "InvalidInputError",
     "InvalidUserError",
@@ -38,6 +44,8 @@ __all__ = [
     "StoreError",
     "Tier",
     "UnknownModelError",
+    "UnknownPackError",
+    "UnknownPlanError",
     "UnknownTierError",
     "Usage",
     "UsageParseError",

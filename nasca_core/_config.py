@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nasca_core._errors import ConfigurationError
+from nasca_core._errors import ConfigurationError, UnknownTierError
 from nasca_core._money import to_nanos
 from nasca_core._windows import WINDOWS, Window
 
@@ -34,7 +35,7 @@ class Tier(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(f"Invalid Tier: {_first_error(exc)}") from None
+            raise ConfigurationError(f"Invalid Tier: {first_error(exc)}") from None
 
     @field_validator("daily", "weekly", "monthly", mode="before")
     @classmethod
@@ -71,7 +72,36 @@ class Tier(BaseModel):
         }
 
 
-def _first_error(exc: ValidationError) -> str:
+def check_tier_name(name: object) -> str:
+    """Raises ConfigurationError unless ``name`` can name a tier."""
+    if not isinstance(name, str) or not name or len(name) > 64 or "\0" in name:
+        raise ConfigurationError(f"tier names must be non-empty strings up to 64 chars, got {name!r}")
+    return name
+
+
+def check_ledger_args(tiers: Any, default_tier: str | None, namespace: Any, on_store_error: Any,
+                      hold_ttl: Any, default_output_tokens: Any) -> None:
+    """Nasca's constructor checks. Raises ConfigurationError, UnknownTierError."""
+    if not isinstance(tiers, Mapping) or not tiers:
+        raise ConfigurationError("tiers must be a non-empty mapping of name -> Tier(...)")
+    for name, tier in tiers.items():
+        check_tier_name(name)
+        if not isinstance(tier, Tier):
+            raise ConfigurationError(f"tiers[{name!r}] must be a Tier, got {type(tier).__name__}")
+    if default_tier is not None and default_tier not in tiers:
+        raise UnknownTierError(default_tier, list(tiers))
+    if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
+        raise ConfigurationError("namespace must be a non-empty string without braces")
+    if on_store_error not in ("allow", "block"):
+        raise ConfigurationError("on_store_error must be 'allow' or 'block'")
+    if not (isinstance(hold_ttl, int | float) and 1 <= hold_ttl <= 86400):
+        raise ConfigurationError("hold_ttl must be between 1 and 86400 seconds")
+    if isinstance(default_output_tokens, bool) or not isinstance(default_output_tokens, int) \
+            or default_output_tokens <= 0:
+        raise ConfigurationError("default_output_tokens must be a positive int")
+
+
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     msg = str(err.get("ctx", {}).get("error", err["msg"]))

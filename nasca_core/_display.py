@@ -1,9 +1,10 @@
 """HTML for Jupyter: usage as per-window progress bars, a block as an upgrade card, records as a table.
 
 Pure functions of their argument (no store, no clock): ``Usage._repr_html_`` and
-``NascaBlockedError._repr_html_`` call them. Every value is escaped, and a link is only
-made of an ``http(s)`` URL. The ``data-*`` attributes name what each element shows, so
-tests can read the figures back without parsing styles.
+``NascaBlockedError._repr_html_`` call them, so this module imports those types only
+for type checking. Every value is escaped, and a link is only made of an ``http(s)``
+URL. The ``data-*`` attributes name what each element shows, so tests can read the
+figures back without parsing styles.
 """
 
 from __future__ import annotations
@@ -143,18 +144,23 @@ def blocked_html(err: NascaBlockedError) -> str:
     if err.usage is not None and err.window in err.usage.hard_windows:
         bars += (f"<div class='nasca-hard-cap' style='color:{_GREY}'>Credits do not extend the "
                  f"{escape(err.window)} limit on the {escape(err.tier)} tier: it is a hard cap.</div>")
-    # The bars show when each window resets; without them, say it.
+    # The bars show the spend and when each window resets; without them, say it.
+    figures = (f"<div class='nasca-spent'>Spent {money(err.spent)} of the {escape(err.window)} "
+               f"limit of {money(err.limit)}.</div>"
+               if err.usage is None and err.spent is not None and err.limit is not None else "")
     resets = (f"<div style='color:{_GREY}'>The {escape(err.window)} allowance resets "
               f"{escape(_when(err.resets_at))}.</div>" if err.resets_at and err.usage is None else "")
     return (
         f"<div class='nasca-blocked' data-user='{escape(err.user_id)}' data-tier='{escape(err.tier)}' "
         f"data-window='{escape(err.window)}' data-prompt-id='{escape(err.prompt_id or '')}' "
+        f"data-spent='{'' if err.spent is None else err.spent}' "
+        f"data-limit='{'' if err.limit is None else err.limit}' "
         f"style='{_CARD};border:1px solid {_RED};border-left-width:5px;border-radius:8px;"
         "padding:10px 14px;max-width:640px'>"
         f"<div style='font-weight:600;font-size:14px'>{escape(err.window.capitalize())} limit reached "
         f"<span style='font-weight:normal;color:{_GREY}'>· {escape(err.user_id)} on "
         f"{escape(err.tier)}</span></div>"
-        f"<div style='margin:4px 0'>{escape(err.upgrade_message)}</div>{bars}{resets}{action}</div>"
+        f"<div style='margin:4px 0'>{escape(err.upgrade_message)}</div>{bars}{figures}{resets}{action}</div>"
     )
 
 

@@ -1,26 +1,35 @@
 """Every exception Nasca raises.
 
     NascaError
-    ├── ConfigurationError      bad setup: tier, limit, store URI, price file   (also ValueError)
-    │   └── UnknownTierError    a tier name that no config defines
-    ├── InvalidInputError       bad call-time input: amount, user id, token counts (also ValueError)
+    ├── ConfigurationError          bad setup: tier, limit, store URI, price file (also ValueError)
+    │   ├── UnknownTierError        a tier name that no config defines
+    │   ├── UnknownPackError        a credit pack id that no config defines
+    │   └── UnknownPlanError        a plan id that no config defines
+    ├── InvalidInputError           bad call-time input: amount, user id, tokens (also ValueError)
     │   ├── InvalidAmountError
     │   ├── InvalidUserError
-    │   └── UsageParseError     a provider usage payload that cannot be read
+    │   ├── UsageParseError         a provider usage payload that cannot be read
+    │   └── CurrencyMismatchError   money in another currency than the pack's
     ├── PricingError
-    │   └── UnknownModelError   a model missing from the price table under unknown_model="block"
-    ├── NascaBlockedError       the end user may not spend now: show an upgrade prompt
-    ├── StoreError              the store could not be reached and the policy says block
-    └── WebhookError            a Stripe webhook that must be answered with 400
+    │   └── UnknownModelError       a model missing from the price table under unknown_model="block"
+    ├── NascaBlockedError           the end user may not spend now: show an upgrade prompt
+    ├── StoreError                  the store could not be reached and the policy says block
+    ├── CheckoutError               Stripe refused, or could not be reached, creating a session
+    └── WebhookError                a Stripe webhook to answer with 400 (``__cause__`` says why)
         └── SignatureError
 
-Every error is raised before anything is written: the ledger is unchanged.
+Every error is raised before anything is written: the ledger is unchanged (no spend
+recorded, no lot granted, no tier changed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from nasca_core._display import blocked_html
 
 if TYPE_CHECKING:
     from nasca_core._usage import Usage
@@ -42,6 +51,22 @@ class UnknownTierError(ConfigurationError):
         super().__init__(f"Unknown tier {tier!r}.{hint} Define it with Tier(...) or set_tier().")
 
 
+class UnknownPackError(ConfigurationError):
+    def __init__(self, pack: str, known: Iterable[str] = ()) -> None:
+        self.pack = pack
+        self.known = tuple(sorted(known))
+        hint = f" Known packs: {', '.join(self.known)}." if self.known else " No packs are defined."
+        super().__init__(f"Unknown credit pack {pack!r}.{hint} Define it with packs=[...] or set_pack().")
+
+
+class UnknownPlanError(ConfigurationError):
+    def __init__(self, plan: str, known: Iterable[str] = ()) -> None:
+        self.plan = plan
+        self.known = tuple(sorted(known))
+        hint = f" Known plans: {', '.join(self.known)}." if self.known else " No plans are defined."
+        super().__init__(f"Unknown plan {plan!r}.{hint} Define it with plans=[...] or set_plan().")
+
+
 class InvalidInputError(NascaError, ValueError):
     """A call-time argument is invalid; nothing was recorded."""
 
@@ -56,6 +81,15 @@ class InvalidUserError(InvalidInputError):
 
 class UsageParseError(InvalidInputError):
     pass
+
+
+class CurrencyMismatchError(InvalidInputError):
+    def __init__(self, pack: str, expected: str, got: str) -> None:
+        self.pack = pack
+        self.expected = expected
+        self.got = got
+        super().__init__(f"Credit pack {pack!r} is priced in {expected.upper()}, "
+                         f"but the payment is in {got.upper()}: nothing was granted.")
 
 
 class PricingError(NascaError):
@@ -75,6 +109,17 @@ class StoreError(NascaError):
     """The store failed and on_store_error='block' refuses to guess."""
 
 
+class CheckoutError(NascaError):
+    """Stripe did not create the Checkout Session (the Stripe error is the ``__cause__``)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, code: str | None = None,
+                 request_id: str | None = None) -> None:
+        self.http_status = http_status
+        self.code = code
+        self.request_id = request_id
+        super().__init__(message)
+
+
 class WebhookError(NascaError):
     """A webhook payload that must be rejected (HTTP 400); nothing was changed."""
 
@@ -87,7 +132,8 @@ class NascaBlockedError(NascaError):
     """The end user has spent their allowance for a window.
 
     Apps catch this and show ``upgrade_message`` (and ``checkout_url`` once the
-    upgrade page is configured) instead of calling the model.
+    upgrade page is configured) instead of calling the model. ``spent`` and ``limit``
+    are the blocked window's figures in USD, known even when ``usage`` is None.
     """
 
     def __init__(
@@ -101,6 +147,8 @@ class NascaBlockedError(NascaError):
         upgrade_message: str,
         checkout_url: str | None = None,
         prompt_id: str | None = None,
+        limit: Decimal | None = None,
+        spent: Decimal | None = None,
     ) -> None:
         self.user_id = user_id
         self.tier = tier
@@ -110,15 +158,20 @@ class NascaBlockedError(NascaError):
         self.upgrade_message = upgrade_message
         self.checkout_url = checkout_url
         self.prompt_id = prompt_id
+        self.limit = limit
+        self.spent = spent
         super().__init__(upgrade_message)
+
+    def __repr__(self) -> str:
+        return (f"NascaBlockedError(user_id={self.user_id!r}, tier={self.tier!r}, "
+                f"window={self.window!r}, spent={self.spent!r}, limit={self.limit!r}, "
+                f"resets_at={self.resets_at!r})")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only __init__: teach pickle (multiprocessing, Celery) to rebuild it.
         return (_rebuild_blocked, (self.__dict__.copy(),))
 
     def _repr_html_(self) -> str:
-        from nasca_core._display import blocked_html
-
         return blocked_html(self)
 
 

@@ -6,9 +6,10 @@ and into threads started with ``contextvars.copy_context().run``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from nasca_core._errors import InvalidUserError
 
@@ -44,3 +45,36 @@ def acting_as(user_id: str, tier: str | None) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def resolve(
+    user: str | None,
+    tier: str | None,
+    ctx: Any,
+    get_user_id: Callable[[Any], str] | None,
+    get_user_tier: Callable[[Any], str | None] | None,
+    default_tier: str | None,
+) -> tuple[str, str]:
+    """Who is calling and on which tier, by precedence: explicit ``user``, ``get_user_id(ctx)``,
+    the ``acting_as`` context; the tier likewise, then ``default_tier``.
+
+    Raises InvalidUserError when none names a user or a tier."""
+    if user is None and ctx is not None and get_user_id is not None:
+        user = get_user_id(ctx)
+        if tier is None and get_user_tier is not None:
+            tier = get_user_tier(ctx)
+    if user is None:
+        current = _current.get()
+        if current is not None:
+            user = current[0]
+            tier = tier if tier is not None else current[1]
+    if user is None:
+        raise InvalidUserError(
+            "No user for this call: pass user=..., wrap the call in `with nasca.user(id):`, "
+            "or give Nasca(get_user_id=...)."
+        )
+    check_user_id(user)
+    tier = tier if tier is not None else default_tier
+    if tier is None:
+        raise InvalidUserError(f"No tier for user {user!r}: pass tier=..., or set Nasca(default_tier=...).")
+    return user, tier

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-from nasca_core._errors import InvalidAmountError
+from nasca_core._errors import ConfigurationError, InvalidAmountError
 
 NANOS_PER_USD = 1_000_000_000
 MAX_NANOS = 2**53  # exact in Lua doubles
@@ -53,6 +53,20 @@ def check_nanos(nanos: int, *, what: str = "amount", maximum: int = MAX_OP_NANOS
     if nanos < 0 or nanos > maximum:
         raise InvalidAmountError(f"{what} must be between 0 and {maximum} nano-dollars, got {nanos}")
     return nanos
+
+
+def amount_arg(dollars: Amount | None, nanos: int | None, *, what: str, default: int | None = None) -> int:
+    """An amount given in dollars or as ``nanos=`` (not both), checked, in nanos; ``default``
+    when neither is given. Raises ConfigurationError, InvalidAmountError."""
+    if nanos is not None:
+        if dollars is not None:
+            raise ConfigurationError(f"pass the {what} in dollars or nanos=, not both")
+        return check_nanos(nanos, what=what)
+    if dollars is None:
+        if default is None:
+            raise ConfigurationError(f"settle() needs the call's real {what} (dollars or nanos=)")
+        return default
+    return check_nanos(to_nanos(dollars, what=what), what=what)
 
 
 def to_usd(nanos: int) -> Decimal:

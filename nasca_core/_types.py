@@ -1,12 +1,65 @@
-"""The ledger's small result types, shared by the client and the call tracker."""
+"""The ledger's small result types, shared by the ledger, its services and the call tracker."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass
 from decimal import Decimal
 
+from nasca_core._errors import StoreError
 from nasca_core._money import to_usd
 from nasca_core.stores import UserKeys
+
+_hold_seq = itertools.count(1)
+_HOLD_PREFIX = os.urandom(6).hex()
+
+
+def next_hold_id() -> str:
+    """A hold id unique across processes: it dedupes retried settles."""
+    return f"{_HOLD_PREFIX}{next(_hold_seq)}"
+
+
+def _new_hold_prefix() -> None:
+    # A forked worker (multiprocessing, Celery, gunicorn --preload) must not reuse its
+    # parent's ids, or its settles would look like replays.
+    global _HOLD_PREFIX, _hold_seq
+    _HOLD_PREFIX = os.urandom(6).hex()
+    _hold_seq = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_hold_prefix)
+
+
+@dataclass
+class LedgerStats:
+    """Counters of what happened in this process (for logs and health checks)."""
+
+    reserved: int = 0
+    blocked: int = 0
+    settled: int = 0
+    released: int = 0
+    store_errors: int = 0
+    deferred: int = 0
+    deferred_retried: int = 0
+    deferred_pending: int = 0
+    stale_config_retries: int = 0
+
+
+class count_store_errors:
+    """``with count_store_errors(stats):`` counts a StoreError raised in the block (and lets it through)."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: LedgerStats) -> None:
+        self.stats = stats
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, StoreError):
+            self.stats.store_errors += 1
 
 
 @dataclass(frozen=True, slots=True)

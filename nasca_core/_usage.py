@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
+from nasca_core._display import usage_html
 from nasca_core._windows import Window
 
 
@@ -84,6 +85,4 @@ class Usage(BaseModel):
         return tuple(out)
 
     def _repr_html_(self) -> str:
-        from nasca_core._display import usage_html
-
         return usage_html(self)

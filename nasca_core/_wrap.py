@@ -11,12 +11,10 @@ reserved before the SDK is called, so a blocked user costs no HTTP request.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from nasca_core._calls import LLMCall
 from nasca_core._errors import ConfigurationError
 from nasca_core.pricing import (
     AnthropicStreamUsage,
@@ -24,6 +22,10 @@ from nasca_core.pricing import (
     usage_from_anthropic,
     usage_from_openai,
 )
+
+if TYPE_CHECKING:
+    from nasca_core._calls import LLMCall
+    from nasca_core._ledger import Nasca
 
 Kind = Literal["chat", "responses", "messages"]
 
@@ -69,9 +71,6 @@ def _prompt(kind: Kind, kwargs: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
             messages.append({"role": "system", "content": kwargs["system"]})
         messages += [dict(m) for m in kwargs.get("messages") or []]
         cap = kwargs.get("max_tokens")
-    if kwargs.get("tools"):
-        # Tool schemas are prompt tokens too.
-        messages.append({"role": "system", "content": json.dumps(kwargs["tools"], default=str)})
     return messages, cap if isinstance(cap, int) and not isinstance(cap, bool) else None
 
 
@@ -208,62 +207,58 @@ def _split(kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[A
     return user, tier, ctx, hide
 
 
-class WrapMixin:
-    """``nasca.wrap(fn)`` on Nasca."""
+def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an SDK ``create`` so every call is checked, reserved and charged by ``nasca``.
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap an SDK ``create`` so every call is checked, reserved and charged.
+    The wrapped function takes the SDK's arguments plus ``user=``, ``tier=`` and a
+    trailing ``ctx`` (or uses ``nasca.user()``). Raises ConfigurationError for a
+    function it can't wrap; the wrapped function raises NascaBlockedError before any
+    HTTP request when the user may not spend.
+    """
+    kind, is_async = _describe(fn)
 
-        The wrapped function takes the SDK's arguments plus ``user=``, ``tier=`` and a
-        trailing ``ctx`` (or uses ``nasca.user()``). Raises ConfigurationError for a
-        function it can't wrap; the wrapped function raises NascaBlockedError before any
-        HTTP request when the user may not spend.
-        """
-        kind, is_async = _describe(fn)
-        nasca: Any = self
+    def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any, _Observer]:
+        user, tier, ctx, hide = _split(kind, args, kwargs)
+        messages, cap = _prompt(kind, kwargs)
+        spec = {"model": kwargs.get("model"), "messages": messages, "max_tokens": cap,
+                "tools": kwargs.get("tools") or None, "user": user, "tier": tier, "ctx": ctx}
+        return spec, bool(kwargs.get("stream")), _Observer(kind, hide)
 
-        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any, _Observer]:
-            user, tier, ctx, hide = _split(kind, args, kwargs)
-            messages, cap = _prompt(kind, kwargs)
-            spec = {"model": kwargs.get("model"), "messages": messages, "max_tokens": cap,
-                    "user": user, "tier": tier, "ctx": ctx}
-            return spec, bool(kwargs.get("stream")), _Observer(kind, hide)
-
-        if is_async:
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                spec, streaming, observer = start(args, kwargs)
-                call = await nasca.astart_call(spec.pop("model"), **spec)
-                try:
-                    result = await fn(**kwargs)
-                except BaseException:
-                    await call.afail()
-                    raise
-                if streaming:
-                    return _AsyncStream(result, call, observer)
-                usage = _response_usage(kind, result)
-                if usage is None:
-                    call.add_text(_response_text(kind, result))
-                await call.afinish(usage)
-                return result
-
-            return awrapper
-
+    if is_async:
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
             spec, streaming, observer = start(args, kwargs)
-            call = nasca.start_call(spec.pop("model"), **spec)
+            call = await nasca.astart_call(spec.pop("model"), **spec)
             try:
-                result = fn(**kwargs)
+                result = await fn(**kwargs)
             except BaseException:
-                call.fail()
+                await call.afail()
                 raise
             if streaming:
-                return _Stream(result, call, observer)
+                return _AsyncStream(result, call, observer)
             usage = _response_usage(kind, result)
             if usage is None:
                 call.add_text(_response_text(kind, result))
-            call.finish(usage)
+            await call.afinish(usage)
             return result
 
-        return wrapper
+        return awrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        spec, streaming, observer = start(args, kwargs)
+        call = nasca.start_call(spec.pop("model"), **spec)
+        try:
+            result = fn(**kwargs)
+        except BaseException:
+            call.fail()
+            raise
+        if streaming:
+            return _Stream(result, call, observer)
+        usage = _response_usage(kind, result)
+        if usage is None:
+            call.add_text(_response_text(kind, result))
+        call.finish(usage)
+        return result
+
+    return wrapper

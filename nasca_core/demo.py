@@ -10,8 +10,11 @@ from __future__ import annotations
 import sys
 from decimal import Decimal
 
-from nasca_core import Nasca, NascaBlockedError, Tier, Usage
+from nasca_core._config import Tier
 from nasca_core._display import money
+from nasca_core._errors import NascaBlockedError
+from nasca_core._ledger import Nasca
+from nasca_core._usage import Usage
 from nasca_core.billing import CreditPack
 from nasca_core.testing import ProviderServer, Reply
 from nasca_core.testing import Usage as ReplyUsage

@@ -25,6 +25,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from nasca_core._display import table_html
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -311,7 +313,5 @@ class _Table:
 def table(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
           columns: Sequence[str] | None = None, max_rows: int = 50) -> Any:
     """Records shown as an HTML table in Jupyter (money as dollars, counts with separators)."""
-    from nasca_core._display import table_html
-
     data = [dict(r) for r in rows]
     return _Table(table_html(data, columns=columns, title=title, max_rows=max_rows), data)

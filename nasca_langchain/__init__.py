@@ -21,12 +21,13 @@ What a call is charged:
 ``UpgradePromptMiddleware`` is imported on first use: it pulls in ``langchain.agents``.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing
 
 from nasca_langchain._handler import NascaCallbackHandler
 from nasca_langchain._upgrade import upgrade_fields, upgrade_reply, with_upgrade_prompt
+from nasca_langchain._usage import usage_from_langchain
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from nasca_langchain._middleware import UpgradePromptMiddleware
 
 __all__ = [
@@ -34,11 +35,12 @@ __all__ = [
     "UpgradePromptMiddleware",
     "upgrade_fields",
     "upgrade_reply",
+    "usage_from_langchain",
     "with_upgrade_prompt",
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name == "UpgradePromptMiddleware":
         from nasca_langchain._middleware import UpgradePromptMiddleware
 

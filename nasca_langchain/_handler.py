@@ -26,7 +26,7 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import LLMResult
 
 from nasca_core import InvalidUserError, LLMCall, Nasca, UsageParseError
-from nasca_core.pricing import count_message_tokens, count_tokens, usage_from_langchain
+from nasca_langchain._usage import usage_from_langchain
 
 log = logging.getLogger("nasca.langchain")
 
@@ -123,17 +123,15 @@ class NascaCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        params = kwargs.get("invocation_params") or {}
-        model = _model_name(serialized, metadata or {}, params)
-        prompt = [
+        # Not langchain_core's convert_to_openai_messages: it costs ~2.5 µs a message on
+        # every call (a chat resends its history), for the same text counts.
+        chat = [
             {"role": _ROLES.get(m.type, m.type), "content": m.content, "name": m.name,
              "tool_calls": m.tool_calls if isinstance(m, AIMessage) else None}
             for m in messages[0]
         ]
-        tokens = count_message_tokens(prompt, model)
-        if params.get("tools"):  # providers bill tool definitions as prompt tokens
-            tokens += count_tokens(json.dumps(params["tools"], default=str), model)
-        self._start(run_id, parent_run_id, tags, metadata, params, model, tokens)
+        self._start(run_id, parent_run_id, tags, metadata, serialized,
+                    kwargs.get("invocation_params") or {}, messages=chat)
 
     def on_llm_start(
         self,
@@ -146,10 +144,9 @@ class NascaCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        params = kwargs.get("invocation_params") or {}
-        model = _model_name(serialized, metadata or {}, params)
-        tokens = count_tokens(prompts[0], model)  # LangChain sends one prompt per run
-        self._start(run_id, parent_run_id, tags, metadata, params, model, tokens)
+        # LangChain sends one prompt per run
+        self._start(run_id, parent_run_id, tags, metadata, serialized,
+                    kwargs.get("invocation_params") or {}, prompt=prompts[0])
 
     def _start(
         self,
@@ -157,11 +154,13 @@ class NascaCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None,
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
+        serialized: dict[str, Any] | None,
         params: Mapping[str, Any],
-        model: str,
-        prompt_tokens: int,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
     ) -> None:
         meta = metadata or {}
+        model = _model_name(serialized, meta, params)
         user, tier = meta.get(USER_KEY), meta.get(TIER_KEY)
         ctx: dict[str, Any] | None = None
         if (user is None and (self.get_user_id or self.nasca.get_user_id)) or (
@@ -176,7 +175,9 @@ class NascaCallbackHandler(BaseCallbackHandler):
         max_tokens = next((v for k in _MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int)
                            and not isinstance(v, bool)), None)
         try:
-            call = self.nasca.start_call(model, prompt_tokens=prompt_tokens,
+            # providers bill tool definitions as prompt tokens: the core counts them
+            call = self.nasca.start_call(model, messages=messages, prompt=prompt,
+                                         tools=params.get("tools") or None,
                                          max_tokens=max_tokens, user=user, tier=tier, ctx=ctx)
         except InvalidUserError as exc:  # raised first, by resolving the user
             if user is not None:

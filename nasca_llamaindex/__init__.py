@@ -38,6 +38,7 @@ from nasca_llamaindex._hooks import (
     unguard,
     uninstrument,
 )
+from nasca_llamaindex._usage import usage_from_llamaindex
 
 __all__ = [
     "TIER_TAG",
@@ -49,4 +50,5 @@ __all__ = [
     "scope",
     "unguard",
     "uninstrument",
+    "usage_from_llamaindex",
 ]

@@ -12,24 +12,34 @@ from __future__ import annotations
 
 import copy
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from llama_index.core.instrumentation.events.llm import LLMChatStartEvent
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.rate_limiter import BaseRateLimiter
 
-from nasca_core import ConfigurationError
-from nasca_llamaindex import _track
-
-if TYPE_CHECKING:
-    from nasca_core import Nasca
+from nasca_core import ConfigurationError, Nasca
+from nasca_llamaindex._track import StartEvent, join, message_dicts, take_pending, track
 
 USER_TAG = "nasca_user_id"
 TIER_TAG = "nasca_tier"
 
-# set by instrument() and by guarded engines / scope(); an LLM's own guard comes first
-global_nasca: Nasca | None = None
+# set by guarded engines and scope()
 scoped_nasca: ContextVar[Nasca | None] = ContextVar("nasca_llamaindex_scope", default=None)
+
+
+@dataclass(slots=True)
+class Fallback:
+    """The Nasca for a gate bound to none: the scope's, else instrument()'s."""
+
+    instrumented: Nasca | None = None
+
+    def get(self) -> Nasca | None:
+        return scoped_nasca.get() or self.instrumented
+
+
+fallback = Fallback()
 
 
 class NascaGate(BaseRateLimiter):
@@ -56,7 +66,7 @@ class NascaGate(BaseRateLimiter):
         plan = self._plan(is_async=False)
         if plan is not None:
             nasca, span_id, start, kwargs = plan
-            _track.track(nasca.start_call(**kwargs), span_id, start, self, is_async=False)
+            track(nasca.start_call(**kwargs), span_id, start, self, is_async=False)
         if self.inner is not None:
             self.inner.acquire(num_tokens)
 
@@ -65,14 +75,14 @@ class NascaGate(BaseRateLimiter):
         plan = self._plan(is_async=True)
         if plan is not None:
             nasca, span_id, start, kwargs = plan
-            _track.track(await nasca.astart_call(**kwargs), span_id, start, self, is_async=True)
+            track(await nasca.astart_call(**kwargs), span_id, start, self, is_async=True)
         if self.inner is not None:
             await self.inner.async_acquire(num_tokens)
 
-    def _plan(self, is_async: bool) -> tuple[Nasca, str, _track.StartEvent, dict[str, Any]] | None:
+    def _plan(self, is_async: bool) -> tuple[Nasca, str, StartEvent, dict[str, Any]] | None:
         span_id = active_span_id.get()
-        start = _track.take_pending(span_id)
-        nasca = self.nasca or scoped_nasca.get() or global_nasca
+        start = take_pending(span_id)
+        nasca = self.nasca or fallback.get()
         if nasca is None:
             return None
         if start is None or span_id is None:
@@ -80,19 +90,19 @@ class NascaGate(BaseRateLimiter):
                 "nasca_llamaindex: this LLM call sent no start event, so it cannot be priced; "
                 "call the LLM through its chat/complete methods"
             )
-        if _track.join(span_id, start, self, is_async):
+        if join(span_id, start, self, is_async):
             return None  # part of a call already reserved (one LLM method calling another)
         model = start.model_dict.get("model_name") or start.model_dict.get("model") or "unknown"
         kwargs: dict[str, Any] = {"model": str(model), "max_tokens": _max_tokens(start),
                                   "user": start.tags.get(USER_TAG), "tier": start.tags.get(TIER_TAG)}
         if isinstance(start, LLMChatStartEvent):
-            kwargs["messages"] = _track.message_dicts(start.messages)
+            kwargs["messages"] = message_dicts(start.messages)
         else:
             kwargs["prompt"] = start.prompt
         return nasca, span_id, start, kwargs
 
 
-def _max_tokens(start: _track.StartEvent) -> int | None:
+def _max_tokens(start: StartEvent) -> int | None:
     for value in (start.additional_kwargs.get("max_tokens"), start.model_dict.get("num_output")):
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

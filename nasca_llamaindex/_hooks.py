@@ -8,7 +8,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import contextmanager
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.base import BaseLLM
@@ -19,12 +19,9 @@ from llama_index.core.instrumentation.span import SimpleSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index_instrumentation import get_dispatcher
 
-from nasca_core import ConfigurationError
-from nasca_llamaindex import _gate, _track
-from nasca_llamaindex._gate import NascaGate
-
-if TYPE_CHECKING:
-    from nasca_core import Nasca
+from nasca_core import ConfigurationError, Nasca
+from nasca_llamaindex._gate import NascaGate, fallback, scoped_nasca
+from nasca_llamaindex._track import on_event, on_span_exit
 
 L = TypeVar("L", bound=BaseLLM)
 E = TypeVar("E", BaseQueryEngine, BaseChatEngine)
@@ -43,7 +40,7 @@ class _Events(BaseEventHandler):
         return "NascaEventHandler"
 
     def handle(self, event: Any, **kwargs: Any) -> None:
-        _track.on_event(event)
+        on_event(event)
 
 
 class _Spans(BaseSpanHandler[SimpleSpan]):
@@ -57,21 +54,21 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
         if instance is None:
             return
         if isinstance(instance, BaseLLM):
-            if (_gate.global_nasca or _gate.scoped_nasca.get()) is not None:
+            if fallback.get() is not None:
                 _install(instance)
             return
         entry = _engines.get(id(instance))
         if entry is not None and entry[0]() is instance:
-            _scope_tokens[id_] = _gate.scoped_nasca.set(entry[1])
+            _scope_tokens[id_] = scoped_nasca.set(entry[1])
 
     def span_exit(self, id_: str, bound_args: Any, instance: Any = None,
                   result: Any = None, **kwargs: Any) -> None:
-        _track.on_span_exit(id_, result)
+        on_span_exit(id_, result)
         token = _scope_tokens.get(id_)
         if token is not None and isinstance(result, StreamingResponse | AsyncStreamingResponse):
             # A streaming engine calls its LLM only when the caller reads the stream, after
             # the engine's span closed: keep the engine's scope around each read.
-            nasca = _gate.scoped_nasca.get()
+            nasca = scoped_nasca.get()
             if isinstance(result, StreamingResponse):
                 result.response_gen = _scoped_gen(result.response_gen, nasca)
             else:
@@ -80,7 +77,7 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
 
     def span_drop(self, id_: str, bound_args: Any, instance: Any = None,
                   err: BaseException | None = None, **kwargs: Any) -> None:
-        _track.on_span_exit(id_, None)
+        on_span_exit(id_, None)
         self._unscope(id_)
 
     def _unscope(self, id_: str) -> None:
@@ -88,7 +85,7 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
         if token is not None:
             # ValueError: exited in another context (a span that returned a Future)
             with contextlib.suppress(ValueError):
-                _gate.scoped_nasca.reset(token)
+                scoped_nasca.reset(token)
 
     # BaseSpanHandler's abstract hooks: unused, the three methods above are overridden
     def new_span(self, *args: Any, **kwargs: Any) -> SimpleSpan | None:
@@ -104,26 +101,26 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
 def _scoped_gen(gen: Iterator[str], nasca: Nasca | None) -> Generator[str, None, None]:
     it = iter(gen)
     while True:
-        token = _gate.scoped_nasca.set(nasca)
+        token = scoped_nasca.set(nasca)
         try:
             item = next(it)
         except StopIteration:
             return
         finally:
-            _gate.scoped_nasca.reset(token)
+            scoped_nasca.reset(token)
         yield item
 
 
 async def _scoped_agen(gen: AsyncIterator[str], nasca: Nasca | None) -> AsyncGenerator[str, None]:
     it = aiter(gen)
     while True:
-        token = _gate.scoped_nasca.set(nasca)
+        token = scoped_nasca.set(nasca)
         try:
             item = await anext(it)
         except StopAsyncIteration:
             return
         finally:
-            _gate.scoped_nasca.reset(token)
+            scoped_nasca.reset(token)
         yield item
 
 
@@ -143,7 +140,7 @@ def _attach() -> None:
 def _detach_if_unused() -> None:
     with _lock:
         _prune()
-        if _gate.global_nasca is not None or _guarded_llms or _engines or _scopes_open:
+        if fallback.instrumented is not None or _guarded_llms or _engines or _scopes_open:
             return
         root = get_dispatcher()
         root.event_handlers = [h for h in root.event_handlers if h is not _events]
@@ -188,7 +185,7 @@ def instrument(nasca: Nasca) -> None:
     """
     _check(nasca)
     with _lock:
-        _gate.global_nasca = nasca
+        fallback.instrumented = nasca
         _attach()
 
 
@@ -197,7 +194,7 @@ def uninstrument() -> None:
     its own rate limiter back. LLMs and engines guarded explicitly stay guarded; once none
     is left the instrumentation handlers are removed too."""
     with _lock:
-        _gate.global_nasca = None
+        fallback.instrumented = None
         for ref in list(_auto_gated.values()):
             llm = ref()
             if llm is not None:
@@ -261,18 +258,16 @@ def scope(nasca: Nasca) -> Iterator[None]:
     with _lock:
         _attach()
         _scopes_open += 1
-    token = _gate.scoped_nasca.set(nasca)
+    token = scoped_nasca.set(nasca)
     try:
         yield
     finally:
-        _gate.scoped_nasca.reset(token)
+        scoped_nasca.reset(token)
         with _lock:
             _scopes_open -= 1
         _detach_if_unused()
 
 
 def _check(nasca: object) -> None:
-    from nasca_core import Nasca
-
     if not isinstance(nasca, Nasca):
         raise ConfigurationError(f"expected a Nasca instance, got {type(nasca).__name__}")

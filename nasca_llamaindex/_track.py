@@ -36,7 +36,7 @@ from llama_index.core.instrumentation.events.llm import (
 from llama_index_instrumentation.events.span import SpanDropEvent
 
 from nasca_core import LLMCall
-from nasca_core.pricing import usage_from_llamaindex
+from nasca_llamaindex._usage import usage_from_llamaindex
 
 log = logging.getLogger("nasca.llamaindex")
 

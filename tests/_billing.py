@@ -26,7 +26,7 @@ def fixtures() -> dict[str, Any]:
     if SHARED.exists():
         data: dict[str, Any] = json.loads(SHARED.read_text())
         return data
-    from nasca_core.testing._stripe_objects import CHECKOUT_SESSION_CREATE_PARAMS, OBJECTS
+    from nasca_core.testing._stripe_events import CHECKOUT_SESSION_CREATE_PARAMS, OBJECTS
 
     return {"objects": OBJECTS, "checkout_session_create_params": sorted(CHECKOUT_SESSION_CREATE_PARAMS)}
 
@@ -128,11 +128,9 @@ TIERS = {
 def billed(make_nasca: Any, *, billing: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """A Nasca from the backend fixture, with packs, plans and the test webhook secret."""
     kwargs.setdefault("tiers", TIERS)
-    n = make_nasca(**kwargs)
     conf: dict[str, Any] = {"packs": PACKS, "plans": PLANS, "webhook_secret": SECRET}
     conf.update(billing or {})
-    n._init_billing(**conf)
-    return n
+    return make_nasca(**conf, **kwargs)
 
 
 def usd(value: str | int) -> Decimal:

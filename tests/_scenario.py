@@ -25,7 +25,7 @@ def run_scenario(make_nasca: Any, clock: Any) -> list[Any]:
             except NascaBlockedError as e:
                 trace.append(("blocked", user, e.window))
         if day == 2:
-            n._store.sync.grant(n._keys("u0", n._windows.at(n._now())),
+            n.store.sync.grant(n.user_keys("u0", n.now()),
                                 Lot("lot1", "p", paid=2 * 10**9, currency="usd",
                                     granted=10**8, remaining=10**8))
         for user in ("u0", "u1", "u2"):

@@ -37,9 +37,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 def billed(make_nasca: Any, stripe: Any = None, **kwargs: Any) -> Any:
     kwargs.setdefault("tiers", TIERS)
-    n = make_nasca(**kwargs)
-    n._init_billing(packs=PACKS, plans=PLANS, stripe=stripe, webhook_secret=WHSEC)
-    return n
+    return make_nasca(packs=PACKS, plans=PLANS, stripe=stripe, webhook_secret=WHSEC, **kwargs)
 
 
 def settings(**kwargs: Any) -> ServerSettings:

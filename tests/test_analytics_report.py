@@ -11,18 +11,11 @@ import pytest
 from nasca_core import InvalidInputError
 from nasca_core.analytics import Funnel
 from nasca_core.analytics._aggregate import build_report, month_totals
-from nasca_core.analytics._events import (
-    Event,
-    LedgerMonth,
-    MonthKeys,
-    MonthRaw,
-    commands,
-    ledger_pattern,
-    ledger_user,
-    month_id,
-    previous_months,
-)
+from nasca_core.analytics._events import month_id, previous_months
 from nasca_core.analytics._text import report_text
+from nasca_core.stores import AnalyticsEvent, LedgerMonth, MonthRaw
+from nasca_core.stores._base import month_owner
+from nasca_core.stores._redis_codec import MonthKeys, event_commands, ledger_pattern
 
 N = 1_000_000_000
 AT = datetime(2026, 11, 20, tzinfo=UTC)
@@ -118,21 +111,21 @@ def test_a_month_is_one_cluster_slot_and_events_touch_only_it():
 
     keys = MonthKeys.build("app", "202611")
     assert len({key_slot(k.encode()) for k in keys.all()}) == 1
-    cmds = commands(keys, Event("purchase_completed", "u1", "202611", "p1", 5 * N, "usd"))
+    cmds = event_commands(keys, AnalyticsEvent("purchase_completed", "u1", "202611", "p1", 5 * N, "usd"))
     assert {c[1] for c in cmds} <= set(keys.all())
     assert ("SADD", keys.steps["purchase_completed"], "p1") in cmds
     assert ("HINCRBY", keys.user_revenue, "usd:u1", 5 * N) in cmds
-    blocked = commands(keys, Event("blocked", "u1", "202611", "p2"))
+    blocked = event_commands(keys, AnalyticsEvent("blocked", "u1", "202611", "p2"))
     assert ("HINCRBY", keys.user_blocked, "u1", 1) in blocked
     assert not any(c[0] == "SADD" and c[2] == "p2" for c in blocked)  # each block is its own prompt
 
 
 def test_ledger_keys_are_found_and_parsed():
     assert ledger_pattern("a*b", "202611") == r"a\*b:{*}:m:202611"
-    assert ledger_user("app:{u:1}:m:202611", "app", "202611") == "u:1"
-    assert ledger_user("app:{u1}:m:202610", "app", "202611") is None
-    assert ledger_user("app:billing:x", "app", "202611") is None
-    assert ledger_user("other:{u1}:m:202611", "app", "202611") is None
+    assert month_owner("app:{u:1}:m:202611", "app", "202611") == "u:1"
+    assert month_owner("app:{u1}:m:202610", "app", "202611") is None
+    assert month_owner("app:billing:x", "app", "202611") is None
+    assert month_owner("other:{u1}:m:202611", "app", "202611") is None
 
 
 def counts(f):

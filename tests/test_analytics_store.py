@@ -4,13 +4,16 @@ nothing written on an admitted call."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 from nasca_core import InvalidInputError, NascaBlockedError
 from nasca_core.analytics import analytics_for
-from nasca_core.analytics._stores import AsyncRedisAnalytics, MemoryAnalytics, RedisAnalytics
+from nasca_core.billing import BillingEvent
+from nasca_core.stores import MemoryStore
+from nasca_core.stores.redis import AsyncRedisStore, RedisStore
 from nasca_core.testing.stripe import completed_session_event
 from tests._webapp import billed, block
 
@@ -23,12 +26,15 @@ def buy(n, user, pack="p5", prompt_id=None):
 def test_funnel_revenue_and_cost_per_user(make_nasca, clock):
     n = billed(make_nasca)
     a = analytics_for(n)
-    assert analytics_for(n) is a and n.block_listeners.count(a._on_block) == 1  # attached once
+    assert analytics_for(n) is a and n.block_listeners.count(a.on_block) == 1  # attached once
     err = block(n, "ann")
     assert err.prompt_id
     a.record("prompt_shown", "ann", err.prompt_id)
     a.record("prompt_shown", "ann", err.prompt_id)  # a reload: one prompt
-    n._billing_event("checkout_started", "ann", prompt_id=err.prompt_id, amount=Decimal(5), currency="usd")
+    started = BillingEvent("checkout_started", "ann", datetime.fromtimestamp(clock.now, UTC),
+                           {"prompt_id": err.prompt_id, "amount": Decimal(5), "currency": "usd"})
+    for listener in n.billing.listeners:
+        listener(started)
     assert buy(n, "ann", "p5", err.prompt_id).action == "granted"
     assert buy(n, "bo", "e5").action == "granted"  # no prompt: revenue, not funnel
     other = block(n, "cy")
@@ -88,14 +94,14 @@ async def test_async_twins(make_nasca):
 
 def test_admitted_calls_write_no_analytics(make_nasca, monkeypatch):
     writes = []
-    for cls in (MemoryAnalytics, RedisAnalytics, AsyncRedisAnalytics):
-        original = cls.record
+    for cls in (MemoryStore, RedisStore, AsyncRedisStore):
+        original = cls.record_event
 
         def counted(self, *args, _original=original):
             writes.append(args)
             return _original(self, *args)
 
-        monkeypatch.setattr(cls, "record", counted)
+        monkeypatch.setattr(cls, "record_event", counted)
     n = billed(make_nasca)
     analytics_for(n)
     for _ in range(5):
@@ -113,8 +119,8 @@ def test_a_failing_store_never_breaks_the_blocked_call(make_nasca, monkeypatch, 
     def broken(*args):
         raise RuntimeError("analytics down")
 
-    for cls in (MemoryAnalytics, RedisAnalytics):
-        monkeypatch.setattr(cls, "record", broken)
+    for cls in (MemoryStore, RedisStore):
+        monkeypatch.setattr(cls, "record_event", broken)
     err = block(n, "u1")  # still the NascaBlockedError, not the analytics failure
     assert isinstance(err, NascaBlockedError)
     assert "could not record" in caplog.text

@@ -38,12 +38,10 @@ def stripe_server():
 
 
 def shop(srv, store="memory://", **billing):
-    n = Nasca(store, tiers=TIERS, default_tier="free")
     conf = {"packs": PACKS, "plans": PLANS, "stripe": srv.client("sk_test_nasca"), "success_url": SUCCESS,
             "cancel_url": CANCEL, "webhook_secret": SECRET}
     conf.update(billing)
-    n._init_billing(**conf)
-    return n
+    return Nasca(store, tiers=TIERS, default_tier="free", **conf)
 
 
 def test_pack_checkout_sends_stripes_parameters(stripe_server):
@@ -162,10 +160,9 @@ def test_local_server_answers_like_stripe(stripe_server):
 
 
 def test_stripe_config_builds_the_client(stripe_server):
-    n = Nasca("memory://", tiers=TIERS, default_tier="free")
     conf = StripeConfig(api_key="sk_test_nasca", webhook_secret=SECRET, api_base=stripe_server.url)
     assert "sk_test_nasca" not in repr(conf)
-    n._init_billing(packs=PACKS, stripe=conf, success_url=SUCCESS)
+    n = Nasca("memory://", tiers=TIERS, default_tier="free", packs=PACKS, stripe=conf, success_url=SUCCESS)
     assert n.create_checkout("u1", "p5").startswith(stripe_server.url)
     payload = stripe_server.complete_session(stripe_server.last_session_id)
     assert n.handle_stripe_webhook(payload.payload, payload.signature).action == "granted"
@@ -264,16 +261,17 @@ def test_plan_purchase_through_the_server_moves_the_tier(stripe_server):
 def test_tiers_only_from_the_constructor():
     n = Nasca("memory://", tiers={"free": Tier(monthly=1)}, default_tier="free")
     from nasca_core import UnknownTierError
+    from nasca_core.billing import Billing
 
     with pytest.raises(UnknownTierError):
-        n._init_billing(plans=[Plan(id="pro", tier="pro", price=20)])
+        Billing(n, plans=[Plan(id="pro", tier="pro", price=20)])
 
 
 def test_simulate_purchase_for_the_readme_demo():
     from nasca_core.testing.stripe import simulate_purchase
 
-    n = Nasca("memory://", tiers={"free": Tier(daily="0.10", monthly="0.50")}, default_tier="free")
-    n._init_billing(packs=[CreditPack(id="p5", price=5, spend=3)], webhook_secret="whsec_demo")
+    n = Nasca("memory://", tiers={"free": Tier(daily="0.10", monthly="0.50")}, default_tier="free",
+              packs=[CreditPack(id="p5", price=5, spend=3)], webhook_secret="whsec_demo")
     n.settle(n.reserve("0.10", user="u1"), "0.10")
     with pytest.raises(NascaBlockedError):
         n.reserve("0.01", user="u1")
@@ -285,8 +283,8 @@ def test_simulate_purchase_for_the_readme_demo():
         simulate_purchase(n, "u1", "p6")
     with pytest.raises(WebhookError):
         simulate_purchase(n, "u1", "p5", secret="whsec_wrong")
-    bare = Nasca("memory://", tiers={"free": Tier(monthly=1)}, default_tier="free")
-    bare._init_billing(packs=[CreditPack(id="p5", price=5, spend=3)])
+    bare = Nasca("memory://", tiers={"free": Tier(monthly=1)}, default_tier="free",
+                 packs=[CreditPack(id="p5", price=5, spend=3)])
     with pytest.raises(ConfigurationError):
         simulate_purchase(bare, "u1", "p5")
 

@@ -26,6 +26,7 @@ from nasca_core import (
     UnknownTierError,
 )
 from nasca_core.billing import (
+    Billing,
     CreditPack,
     CurrencyMismatchError,
     Plan,
@@ -74,10 +75,10 @@ def test_pack_and_plan_amounts():
 
 def test_bonus_packs_when_the_owner_forbids_them():
     bonus = CreditPack(id="b", price=5, spend=6)
-    n = Nasca("memory://", tiers=TIERS, default_tier="free")
     with pytest.raises(ConfigurationError):
-        n._init_billing(packs=[bonus], allow_bonus_credits=False)
-    n._init_billing(packs=[CreditPack(id="fair", price=5, spend=5)], allow_bonus_credits=False)
+        Nasca("memory://", tiers=TIERS, default_tier="free", packs=[bonus], allow_bonus_credits=False)
+    n = Nasca("memory://", tiers=TIERS, default_tier="free", packs=[CreditPack(id="fair", price=5, spend=5)],
+              allow_bonus_credits=False)
     with pytest.raises(ConfigurationError):
         n.set_pack("b", bonus)
     assert "b" not in n.packs
@@ -86,22 +87,22 @@ def test_bonus_packs_when_the_owner_forbids_them():
 def test_constructor_checks():
     n = Nasca("memory://", tiers=TIERS, default_tier="free")
     with pytest.raises(ConfigurationError):
-        n._init_billing(packs=[PACKS[0], PACKS[0]])
+        Billing(n, packs=[PACKS[0], PACKS[0]])
     with pytest.raises(ConfigurationError):
-        n._init_billing(packs=[CreditPack(id="pro", price=1, spend=1)],
-                        plans=[Plan(id="pro", tier="pro", price=1)])
+        Billing(n, packs=[CreditPack(id="pro", price=1, spend=1)],
+                plans=[Plan(id="pro", tier="pro", price=1)])
     with pytest.raises(ConfigurationError):
-        n._init_billing(packs={"other": PACKS[0]})
+        Billing(n, packs={"other": PACKS[0]})
     with pytest.raises(ConfigurationError):
-        n._init_billing(packs=["p5"])
+        Billing(n, packs=["p5"])
     with pytest.raises(UnknownTierError):
-        n._init_billing(plans=[Plan(id="x", tier="missing", price=1)])
+        Billing(n, plans=[Plan(id="x", tier="missing", price=1)])
     with pytest.raises(ConfigurationError):
-        n._init_billing(success_url="/relative")
+        Billing(n, success_url="/relative")
     with pytest.raises(ConfigurationError):
-        n._init_billing(stripe="sk_test_123")
+        Billing(n, stripe="sk_test_123")
     with pytest.raises(ConfigurationError):
-        n._init_billing(webhook_secret="")
+        Billing(n, webhook_secret="")
 
 
 def test_exported_members():
@@ -111,7 +112,7 @@ def test_exported_members():
 
 
 def test_local_server_objects_are_stripes_published_examples():
-    from nasca_core.testing._stripe_objects import CHECKOUT_SESSION_CREATE_PARAMS, OBJECTS, SOURCE_COMMIT
+    from nasca_core.testing._stripe_events import CHECKOUT_SESSION_CREATE_PARAMS, OBJECTS, SOURCE_COMMIT
 
     if not SHARED.exists():
         if os.environ.get("CI"):
@@ -130,11 +131,11 @@ def test_packs_and_plans_are_live_config_shared_by_processes(make_nasca):
     a.set_pack("p50", CreditPack(id="p50", price=50, spend=40))
     a.set_pack("p5", CreditPack(id="p5", price=5, spend="3.5"))
     a.set_plan("pro", Plan(id="pro", tier="pro", price=25))
-    b._config = None  # another process reads the store on its next config load
+    b.live.invalidate()  # another process reads the store on its next config load
     assert b.packs["p50"].spend == Decimal(40) and b.packs["p5"].spend == Decimal("3.5")
     assert b.plans["pro"].price == Decimal(25)
     a.set_pack("p5", None)  # retired: not on offer, still honoured for sessions under way
-    b._config = None
+    b.live.invalidate()
     assert "p5" not in b.packs
     with pytest.raises(UnknownPackError):
         b.grant_credits("u1", "p5", idempotency_key="k")
@@ -174,10 +175,10 @@ async def test_async_live_config(make_nasca):
     await n.aset_plan("team", None)
     grant = await n.agrant_credits("u1", "p7", idempotency_key="k7")
     assert grant.granted and grant.lot.granted == Decimal(7)
-    assert "p7" in await n.aget_packs() and "team" not in await n.aget_plans()
+    assert "p7" in await n.billing.aget_packs() and "team" not in await n.billing.aget_plans()
     assert await n.arevoke_credits("u1", "k7") == Decimal(7)
     assert [lot.revoked for lot in await n.acredit_lots("u1")] == [True]
-    await n._store.for_loop().close()
+    await n.store.for_loop().close()
 
 
 # -- manual grants --------------------------------------------------------------------------------
@@ -269,8 +270,8 @@ ops = st.lists(st.one_of(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops)
 def test_display_balance_matches_a_reference_model(ops):
-    n = Nasca("memory://", tiers={"t": Tier(monthly="0.01")}, default_tier="t", clock=lambda: 1_795_003_200.0)
-    n._init_billing(webhook_secret=SECRET)
+    n = Nasca("memory://", tiers={"t": Tier(monthly="0.01")}, default_tier="t", clock=lambda: 1_795_003_200.0,
+              webhook_secret=SECRET)
     n.settle(n.reserve("0.01", user="u"), "0.01")  # the tier's allowance is gone: credits pay
     lots: list[list[int]] = []  # [paid, granted, remaining] in nanos, oldest first
     limit = spent = 10_000_000
@@ -390,8 +391,8 @@ async def test_async_simulate_purchase(make_nasca):
     n.settle(n.reserve("0.10", user="u1"), "0.10")
     u = await asimulate_purchase(n, "u1", "p10")
     assert u.credit_balance_display == Decimal(10) and not u.blocked
-    await n._store.for_loop().close()
-    pool = getattr(getattr(n._store.for_loop(), "client", None), "connection_pool", None)
+    await n.store.for_loop().close()
+    pool = getattr(getattr(n.store.for_loop(), "client", None), "connection_pool", None)
     if pool is not None:
         await pool.disconnect()
 
@@ -463,7 +464,7 @@ async def test_hundred_concurrent_strict_calls_never_overspend(make_nasca, backe
     u = await n.aget_usage("hot")
     assert done == 33 and u.credit_balance == Decimal("0.01") and u.month_credit_spend == Decimal("0.99")
     assert u.monthly_spent == Decimal("0.01")  # the tier never ran over
-    store = n._store.for_loop()
+    store = n.store.for_loop()
     await store.close()
     pool = getattr(getattr(store, "client", None), "connection_pool", None)
     if pool is not None:

@@ -28,7 +28,7 @@ from tests._billing import (
 
 async def aclose(n):
     # Nasca.close() closes the sync client only: close this loop's asyncio client and pool.
-    store = n._store.for_loop()
+    store = n.store.for_loop()
     await store.close()
     pool = getattr(getattr(store, "client", None), "connection_pool", None)
     if pool is not None:

@@ -132,8 +132,8 @@ def stack() -> Iterator[Stack]:
     with ProviderServer() as provider, \
             StripeServer(webhook_url=f"{nasca_url}/stripe/webhook", webhook_secret=WHSEC) as stripe:
         nasca = Nasca("memory://", tiers={"free": Tier(daily="0.01", monthly="1"), "pro": Tier(monthly=10)},
-                      default_tier="free", namespace="browser")
-        nasca._init_billing(packs=PACKS, plans=PLANS, stripe=stripe.client(), webhook_secret=WHSEC)
+                      default_tier="free", namespace="browser",
+                      packs=PACKS, plans=PLANS, stripe=stripe.client(), webhook_secret=WHSEC)
         server = settings(public_url=nasca_url, allowed_origins=[host_url], app_name="Acme Notes")
         app = create_app(nasca, server)
         with LiveServer(app, nasca_port), LiveServer(host_app(nasca, provider, nasca_url), host_port), \

@@ -296,7 +296,7 @@ def test_public_names() -> None:
     assert nasca_langchain.__all__ == sorted(nasca_langchain.__all__)
     assert set(nasca_langchain.__all__) == {
         "NascaCallbackHandler", "UpgradePromptMiddleware", "upgrade_fields", "upgrade_reply",
-        "with_upgrade_prompt",
+        "usage_from_langchain", "with_upgrade_prompt",
     }
     for name in nasca_langchain.__all__:
         assert getattr(nasca_langchain, name) is not None

@@ -264,8 +264,8 @@ async def test_async_concurrent_strict_never_overspends(make_nasca):
 
 def test_credits_cover_exhausted_windows_oldest_lot_first(make_nasca):
     n = make_nasca()
-    keys = lambda: n._keys("u1", n._windows.at(n._now()))  # noqa: E731
-    store = n._store.sync
+    keys = lambda: n.user_keys("u1", n.now())  # noqa: E731
+    store = n.store.sync
     assert store.grant(keys(), Lot("lot-a", "p5", paid=5_000_000_000, currency="usd",
                                    granted=30_000_000, remaining=30_000_000))
     assert not store.grant(keys(), Lot("lot-a", "p5", paid=5_000_000_000, currency="usd",
@@ -291,7 +291,7 @@ def test_credits_cover_exhausted_windows_oldest_lot_first(make_nasca):
 def test_hard_daily_cap_ignores_credits(make_nasca):
     n = make_nasca(tiers={"capped": Tier(daily="0.10", monthly=5, credits_cover={"monthly"})},
                    default_tier="capped")
-    n._store.sync.grant(n._keys("u1", n._windows.at(n._now())),
+    n.store.sync.grant(n.user_keys("u1", n.now()),
                         Lot("l", "p", paid=1, currency="usd", granted=10**9, remaining=10**9))
     spend(n, "u1", "0.10")
     with pytest.raises(NascaBlockedError) as info:
@@ -330,8 +330,8 @@ def test_many_holds_in_flight_are_summed_and_expire(make_nasca, clock, backend):
     u = n.get_usage("busy")
     assert u.in_flight == Decimal(3) and u.monthly_spent == Decimal(2)
     if backend != "memory":  # the running sum is gone (evicted, or written by an older version)
-        client = n._store.sync.client
-        client.delete(n._keys("busy", n._windows.at(n._now())).held)
+        client = n.store.sync.client
+        client.delete(n.user_keys("busy", n.now()).held)
         assert n.get_usage("busy").in_flight == Decimal(3)  # rebuilt from the live holds
     clock.advance(61)
     late = n.reserve("0.01", user="busy")

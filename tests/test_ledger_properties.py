@@ -97,7 +97,7 @@ def run(make_nasca, sequence) -> None:
     model = Model(TIER_CHOICES[0])
     reservations: list = []
     for kind, a, b in sequence:
-        ids = n._windows.at(clock.now).ids
+        ids = n.windows_at(clock.now).ids
         if kind in ("reserve", "spend"):
             expected = model.admits(a, ids, clock.now)
             try:
@@ -127,11 +127,11 @@ def run(make_nasca, sequence) -> None:
             clock.advance(a)
         elif kind == "grant":
             lot_id = uuid.uuid4().hex
-            n._store.sync.grant(n._keys(a, n._windows.at(clock.now)),
+            n.store.sync.grant(n.user_keys(a, clock.now),
                                 Lot(lot_id, "p", paid=2 * b, currency="usd", granted=b, remaining=b))
             model.lots.setdefault(a, []).append([b, 2 * b, b])
         for user in ("a", "b"):
-            ids = n._windows.at(clock.now).ids
+            ids = n.windows_at(clock.now).ids
             u = n.get_usage(user)
             for (wid, limit, _), name in zip(model.windows(ids), ("daily", "weekly", "monthly"),
                                              strict=True):

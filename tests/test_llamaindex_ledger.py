@@ -46,12 +46,9 @@ def _clean(srv: ProviderServer) -> Iterator[None]:
 
 @pytest.fixture
 async def nascas(make_nasca: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
-    """make_nasca, plus closing each Nasca's async store on the test's event loop.
-
-    The core has no Nasca.aclose() yet, and its async Redis store does not close the
-    connection pool it passes to redis.asyncio.Redis; connections left open warn when
-    collected later, possibly in the middle of an unrelated import.
-    """
+    """make_nasca, plus closing each Nasca's async store on the test's event loop:
+    connections left open warn when collected later, possibly in the middle of an
+    unrelated import."""
     made: list[Any] = []
 
     def make(**kwargs: Any) -> Any:
@@ -59,14 +56,8 @@ async def nascas(make_nasca: Callable[..., Any]) -> AsyncIterator[Callable[..., 
         return made[-1]
 
     yield make
-    loop = asyncio.get_running_loop()
     for nasca in made:
-        store = nasca._store._async.pop(loop, None)
-        if store is not None:
-            await store.close()
-            pool = getattr(getattr(store, "client", None), "connection_pool", None)
-            if pool is not None:
-                await pool.disconnect()
+        await nasca.store.aclose()
 
 
 @pytest.fixture

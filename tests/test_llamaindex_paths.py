@@ -527,7 +527,7 @@ def test_public_api_is_pinned_and_sorted() -> None:
     assert nasca_llamaindex.__all__ == sorted(nasca_llamaindex.__all__, key=lambda n: (not n.isupper(), n))
     assert set(nasca_llamaindex.__all__) == {
         "NascaGate", "TIER_TAG", "USER_TAG", "guard_engine", "guard_llm", "instrument", "scope",
-        "unguard", "uninstrument",
+        "unguard", "uninstrument", "usage_from_llamaindex",
     }
     for name in nasca_llamaindex.__all__:
         assert getattr(nasca_llamaindex, name) is not None

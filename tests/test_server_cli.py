@@ -62,7 +62,7 @@ def test_config_builds_the_nasca_and_settings(tmp_path):
         assert (n.namespace, n.timezone, n.default_tier) == ("shop", "Europe/Paris", "free")
         assert n.tiers["free"].credits_cover == frozenset({"monthly"}) and n.tiers["pro"].monthly == 20
         assert n.packs["p5"].spend == 3 and n.plans["pro"].interval == "year"
-        assert n._bill.webhook_secret == "whsec_env" and n._bill.stripe is None  # no STRIPE_API_KEY
+        assert n.billing.webhook_secret == "whsec_env" and n.billing.stripe is None  # no STRIPE_API_KEY
     finally:
         n.close()
     s = build_settings(config, env)

@@ -62,8 +62,7 @@ async def test_bad_signatures_and_payloads_get_400_and_change_nothing(make_nasca
 
 
 async def test_webhook_secret_from_the_settings(make_nasca):
-    n = make_nasca()
-    n._init_billing(packs=billed(make_nasca)._bill.packs.values())
+    n = make_nasca(packs=billed(make_nasca).billing.packs.values())
     app = create_app(n, settings(stripe_webhook_secret="whsec_from_settings"))
     signed = completed_session_event(n, "ann", "p5", secret="whsec_from_settings")
     async with client(app) as c:

@@ -52,7 +52,7 @@ def test_settle_during_an_outage_is_deferred_then_applied(redis_server_factory, 
         n.get_usage("u1")
     # The server comes back (empty: it kept nothing on disk) and the queued spend lands.
     server.__init__(server.port, server.workdir)
-    n._store.sync.client.connection_pool.disconnect()
+    n.store.sync.client.connection_pool.disconnect()
     assert n.flush_deferred() == 2
     assert n.stats.deferred_pending == 0
     assert n.get_usage("u1").daily_spent == Decimal("0.05")
@@ -60,24 +60,40 @@ def test_settle_during_an_outage_is_deferred_then_applied(redis_server_factory, 
     n.close()
 
 
+def _settles_fail(monkeypatch, n, *, applied):
+    """The store's settles fail from now on: refused, or ``applied`` and their reply lost."""
+    store = n.store.sync
+    real = store.settle
+
+    def failing(op):
+        if applied:
+            real(op)
+        raise StoreError("Redis unavailable: the reply was lost")
+
+    monkeypatch.setattr(store, "settle", failing)
+
+
 @pytest.mark.redis
-def test_retried_settle_is_not_charged_twice(redis_url):
+def test_retried_settle_is_not_charged_twice(redis_url, monkeypatch):
     n = Nasca(redis_url, tiers=TIERS, default_tier="free", namespace="retry")
     r = n.reserve("0.02", user="u9")
-    n.settle(r, "0.02")
-    n._deferred.append(n._settle_op(r, 20_000_000))  # as if the first reply had been lost
+    with monkeypatch.context() as m:
+        _settles_fail(m, n, applied=True)  # as if the first reply had been lost
+        assert n.settle(r, "0.02").deferred
     assert n.flush_deferred() == 1
     assert n.get_usage("u9").daily_spent == Decimal("0.02")
     n.close()
 
 
-def test_concurrent_flushes_apply_every_deferred_settle_once():
+def test_concurrent_flushes_apply_every_deferred_settle_once(monkeypatch):
     import threading
 
     n = Nasca("memory://", tiers={"free": Tier(monthly=100)}, default_tier="free")
-    for _ in range(400):
-        r = n.reserve("0.01", user="u1")
-        n._deferred.append(n._settle_op(r, 10_000_000))  # as if the store had been down
+    with monkeypatch.context() as m:
+        _settles_fail(m, n, applied=False)  # as if the store had been down
+        for _ in range(400):
+            r = n.reserve("0.01", user="u1")
+            n.settle(r, "0.01")
     threads = [threading.Thread(target=n.flush_deferred) for _ in range(8)]
     for t in threads:
         t.start()
@@ -85,7 +101,7 @@ def test_concurrent_flushes_apply_every_deferred_settle_once():
         t.join()
     u = n.get_usage("u1")
     assert u.monthly_spent == Decimal(4) and u.month_calls == 400 and u.in_flight == 0
-    assert not n._deferred
+    assert not n.deferred
 
 
 @pytest.mark.redis
@@ -101,7 +117,7 @@ async def test_async_settle_during_an_outage_is_deferred_then_applied(redis_serv
     late = await n.asettle(degraded, "0.03")
     assert late.deferred and n.stats.deferred_pending == 2
     server.__init__(server.port, server.workdir)
-    await n._store.aclose()  # drop the dead connections; the next call opens new ones
+    await n.store.aclose()  # drop the dead connections; the next call opens new ones
     assert await n.aflush_deferred() == 2
     assert (await n.aget_usage("u1")).daily_spent == Decimal("0.05")
     await n.aclose()

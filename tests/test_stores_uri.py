@@ -67,7 +67,7 @@ def test_existing_cluster_client(cluster_url):
     for user in ("a", "b", "c", "d"):  # users hash to different slots
         n.settle(n.reserve("0.1", user=user), "0.1")
     assert all(n.get_usage(u).daily_spent == Decimal("0.1") for u in "abcd")
-    slots = {client.keyslot(n._keys(u, n._windows.at(n._now())).meta) for u in "abcd"}
+    slots = {client.keyslot(n.user_keys(u, n.now()).meta) for u in "abcd"}
     assert len(slots) > 1
 
 
@@ -83,7 +83,7 @@ def test_unix_socket_uri(tmp_path):
         n = Nasca(f"unix://{sock}?db=0", tiers=TIERS, default_tier="free", namespace="unix")
         n.settle(n.reserve("0.3", user="u"), "0.3")
         assert n.get_usage("u").daily_spent == Decimal("0.3")
-        assert redis.Redis(unix_socket_path=str(sock)).exists(n._keys("u", n._windows.at(n._now())).day)
+        assert redis.Redis(unix_socket_path=str(sock)).exists(n.user_keys("u", n.now()).day)
         n.close()
     finally:
         server.stop()

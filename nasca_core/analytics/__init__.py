@@ -1,13 +1,14 @@
 """Conversion analytics: blocked -> prompt shown -> checkout started -> purchase completed
 (or dismissed), per month, with revenue, AI cost and per-user profit.
 
-    from nasca_core.analytics import analytics_for
-    analytics = analytics_for(nasca)          # start listening (once per process)
+    analytics = nasca.analytics               # built and listening on first use
     report = analytics.month("2026-11")       # MonthReport
     report.funnel.conversion_rate, report.revenue_usd, report.top_users("profit")
     pandas.DataFrame(report.to_records())
 
-How events are stored is described in ``_events``; the arithmetic is in ``_aggregate``.
+``Analytics`` (``_recorder``) is a service over the ledger's public port; the store
+records and reads the events (``nasca_core.stores``); the arithmetic is ``_aggregate``,
+the models ``_models``. ``analytics_for(nasca)`` is the old spelling of ``nasca.analytics``.
 """
 
 from nasca_core.analytics._events import EVENT_KINDS, FUNNEL, EventKind

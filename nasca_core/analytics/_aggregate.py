@@ -6,8 +6,9 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from nasca_core._money import to_usd
-from nasca_core.analytics._events import EVENT_KINDS, MonthRaw, month_label
+from nasca_core.analytics._events import EVENT_KINDS, month_label
 from nasca_core.analytics._models import CurrencyTotals, Funnel, MonthReport, MonthTotals, UserMonth
+from nasca_core.stores import MonthRaw
 
 _CENT = Decimal("0.000001")
 

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from nasca_core._config import _first_error
+from nasca_core._config import first_error
 from nasca_core._errors import ConfigurationError
 from nasca_core._money import MAX_OP_NANOS, NANOS_PER_USD, to_nanos
 from nasca_core.stores import Lot
@@ -74,7 +74,7 @@ class _Frozen(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(f"Invalid {type(self).__name__}: {_first_error(exc)}") from None
+            raise ConfigurationError(f"Invalid {type(self).__name__}: {first_error(exc)}") from None
 
 
 class CreditPack(_Frozen):
@@ -104,7 +104,7 @@ class CreditPack(_Frozen):
     @field_validator("currency", mode="before")
     @classmethod
     def _currency(cls, value: Any) -> str:
-        return _check_currency(value)
+        return check_currency(value)
 
     @field_validator("price", mode="before")
     @classmethod
@@ -160,7 +160,7 @@ class Plan(_Frozen):
     @field_validator("currency", mode="before")
     @classmethod
     def _currency(cls, value: Any) -> str:
-        return _check_currency(value)
+        return check_currency(value)
 
     @field_validator("price", mode="before")
     @classmethod
@@ -181,7 +181,8 @@ class Plan(_Frozen):
         return self.name or f"{self.tier} plan"
 
 
-def _check_currency(value: Any) -> str:
+def check_currency(value: Any) -> str:
+    """The ISO code in lower case. Raises ValueError for anything but three letters."""
     if not isinstance(value, str) or not _CURRENCY.match(value.lower()):
         raise ValueError(f"currency must be a 3-letter ISO code like 'usd', got {value!r}")
     return value.lower()

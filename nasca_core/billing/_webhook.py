@@ -12,13 +12,18 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from nasca_core._errors import NascaError, SignatureError, WebhookError
+from nasca_core._errors import (
+    CurrencyMismatchError,
+    NascaError,
+    SignatureError,
+    UnknownPackError,
+    UnknownPlanError,
+    WebhookError,
+)
 from nasca_core._identity import check_user_id
 from nasca_core._money import MAX_OP_NANOS, to_nanos
-from nasca_core.billing._errors import CurrencyMismatchError, UnknownPackError, UnknownPlanError
 from nasca_core.billing._models import CreditPack, Plan, from_minor
-from nasca_core.billing._state import SubChange
-from nasca_core.stores import Lot
+from nasca_core.stores import Lot, SubChange
 
 # A subscription keeps its plan's tier while Stripe still expects payment (past_due is
 # Stripe's retry period); incomplete, unpaid, paused and canceled subscriptions do not.

@@ -2,7 +2,7 @@
 
 table = PriceTable.default()                      # shipped prices.json, loaded once
 pricer = Pricer(table, unknown_model="block")     # or "warn", "price_as:gpt-4o"
-usage = usage_from_openai(response.usage)         # or _anthropic, _gemini, _langchain ...
+usage = usage_from_openai(response.usage)         # or _anthropic, _gemini
 nanos = pricer.cost(response.model, usage)        # int, 1e-9 USD
 """
 
@@ -23,8 +23,6 @@ from nasca_core.pricing._usage import (
     usage_from_anthropic,
     usage_from_anthropic_stream,
     usage_from_gemini,
-    usage_from_langchain,
-    usage_from_llamaindex,
     usage_from_openai,
 )
 
@@ -49,7 +47,5 @@ __all__ = [
     "usage_from_anthropic",
     "usage_from_anthropic_stream",
     "usage_from_gemini",
-    "usage_from_langchain",
-    "usage_from_llamaindex",
     "usage_from_openai",
 ]

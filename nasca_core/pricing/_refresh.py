@@ -33,9 +33,9 @@ from typing import Any
 from nasca_core._errors import ConfigurationError
 from nasca_core.pricing._table import (
     PriceTable,
-    _read_json,
     clear_default_cache,
     parse_price,
+    read_json_file,
     shipped_price_file,
 )
 
@@ -230,7 +230,7 @@ def from_litellm(data: Mapping[str, Any], *, keep_aliases: Mapping[str, str]) ->
 
 def load_price_source(path: str | Path, *, keep_aliases: Mapping[str, str] = {}) -> PriceTable:
     """Read a price file in Nasca's or LiteLLM's format. Raises ConfigurationError."""
-    data = _read_json(Path(path))
+    data = read_json_file(Path(path))
     if not isinstance(data, Mapping):
         raise ConfigurationError(f"price file {str(path)!r} must hold a JSON object")
     if "models" in data:

@@ -1,4 +1,4 @@
-"""Model prices, model-name normalisation and the integer cost formula.
+"""Model prices, the price table and the integer cost formula.
 
 Prices are Decimal USD per 1M tokens (what providers publish). At load each model is
 compiled once into integer nano-dollars per 1M tokens, so a cost is five integer
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nasca_core._errors import ConfigurationError, UnknownModelError
 from nasca_core._money import NANOS_PER_USD
+from nasca_core.pricing._names import candidates
 from nasca_core.pricing._usage import TokenUsage
 
 _PER_MILLION = 1_000_000
@@ -205,61 +205,9 @@ def _rates(p: ModelPrice | LongContextPrice, base: ModelPrice | None) -> _Rates:
     )
 
 
-# --------------------------------------------------------------------------- normalisation
-
-# Region prefix of Bedrock cross-region inference profiles, then the vendor prefix.
-_BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|ap|au|ca|jp|us-gov|global)\.")
-_BEDROCK_VENDOR = re.compile(
-    r"^(?:anthropic|mistral|meta|amazon|cohere|ai21|deepseek|openai|qwen|xai|google)\."
-)
-_BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?$|:\d+$")
-_VERTEX_VERSION = re.compile(r"@[^@/]*$")
-# One snapshot/version suffix; stripped repeatedly from the end.
-_VERSION_SUFFIX = re.compile(
-    r"(?:-\d{4}-\d{2}-\d{2}"  # OpenAI   gpt-4o-2024-08-06
-    r"|-\d{8}"  # Anthropic  claude-3-5-sonnet-20241022
-    r"|-latest"  # aliases  claude-3-7-sonnet-latest, mistral-large-latest
-    r"|-\d{4}"  # Mistral/xAI YYMM/MMDD  mistral-medium-2505, grok-4-0709
-    r"|-\d{3})$"  # Gemini  gemini-2.0-flash-001
-)
-_PREVIEW_DATE = re.compile(r"-preview-\d{2}-\d{2}$")  # gemini-2.5-pro-preview-05-06
+# --------------------------------------------------------------------------- the table
 
 _CACHE_LIMIT = 4096  # distinct model strings remembered; cleared when full (names can be user input)
-
-
-def _candidates(name: str) -> Iterator[str]:
-    s = name
-    yield s
-    if "models/" in s:  # Vertex / Gemini resource names: publishers/x/models/NAME, models/NAME
-        s = s.rsplit("models/", 1)[1]
-        yield s
-    if "/" in s:  # provider prefixes: openai/, anthropic/, azure/, bedrock/, vertex_ai/ ...
-        s = s.rsplit("/", 1)[1]
-        yield s
-    stripped = _BEDROCK_VENDOR.sub("", _BEDROCK_REGION.sub("", s))
-    if stripped != s:
-        s = stripped
-        yield s
-    for pattern in (_VERTEX_VERSION, _BEDROCK_VERSION):
-        stripped = pattern.sub("", s)
-        if stripped != s:
-            s = stripped
-            yield s
-    stripped = _PREVIEW_DATE.sub("-preview", s)
-    if stripped != s:
-        s = stripped
-        yield s
-    while True:
-        stripped = _VERSION_SUFFIX.sub("", s)
-        if stripped == s or not stripped:
-            break
-        s = stripped
-        yield s
-    if s.endswith("-preview"):
-        yield s[: -len("-preview")]
-
-
-# --------------------------------------------------------------------------- the table
 
 
 class PriceTable:
@@ -323,7 +271,7 @@ class PriceTable:
     @classmethod
     def from_file(cls, path: str | Path) -> PriceTable:
         """Load a price file in Nasca's format. Raises ConfigurationError."""
-        return cls.from_dict(_read_json(Path(path)))
+        return cls.from_dict(read_json_file(Path(path)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PriceTable:
@@ -414,7 +362,7 @@ class PriceTable:
     def _lookup(self, name: str, aliases: Mapping[str, str]) -> str | None:
         if not name or name.startswith("ft:"):
             return None
-        for candidate in _candidates(name):
+        for candidate in candidates(name):
             if candidate in self._models:
                 return candidate
             target = aliases.get(candidate)
@@ -494,7 +442,8 @@ def parse_price(model: str, raw: object) -> ModelPrice:
         raise ConfigurationError(f"invalid price for model {model!r}: {problems}") from None
 
 
-def _read_json(path: Path) -> Any:
+def read_json_file(path: Path) -> Any:
+    """A price file's JSON, numbers as Decimal. Raises ConfigurationError."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

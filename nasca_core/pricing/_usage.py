@@ -1,4 +1,5 @@
-"""One token-usage model, and parsers for every provider shape we meet.
+"""One token-usage model, and parsers for the providers' wire shapes (framework adapters
+read their framework's own usage objects into the same model).
 
 Convention (the one OpenAI and Gemini report, and the one our cost formula needs):
 
@@ -172,53 +173,6 @@ def _build(what: str, **counts: int) -> TokenUsage:
         return TokenUsage(**counts)
     except UsageParseError as exc:
         raise UsageParseError(f"{what} usage is inconsistent: {exc}") from None
-
-
-# --------------------------------------------------------------------------- LangChain
-
-
-def usage_from_langchain(usage_metadata: object) -> TokenUsage:
-    """Read LangChain's ``AIMessage.usage_metadata``.
-
-    LangChain already normalises to all-inclusive ``input_tokens``/``output_tokens`` with
-    ``input_token_details.cache_read``/``cache_creation`` and ``output_token_details.reasoning``
-    as subsets. Two integration quirks are handled:
-
-    * langchain-anthropic reports cache writes split by TTL
-      (``ephemeral_5m_input_tokens``/``ephemeral_1h_input_tokens``) and then sets
-      ``cache_creation`` to 0 to avoid double counting; we sum the TTL keys back.
-      Both TTLs are priced at the table's single cache-write price (the 5-minute one).
-    * langchain-openai prefixes details with the service tier on ``priority``/``flex``
-      (``priority_cache_read``, ``flex_reasoning``); we add those in.
-
-    Raises UsageParseError.
-    """
-    what = "LangChain"
-    data = _as_mapping(usage_metadata, what)
-    input_tokens = _required(data, "input_tokens", what)
-    output_tokens = _required(data, "output_tokens", what)
-    inp = _details(data, "input_token_details", what)
-    out = _details(data, "output_token_details", what)
-
-    cache_read = sum(_optional(inp, k, what) for k in _tiered("cache_read"))
-    cache_write = sum(_optional(inp, k, what) for k in _tiered("cache_creation"))
-    if cache_write == 0:
-        cache_write = _optional(inp, "ephemeral_5m_input_tokens", what) + _optional(
-            inp, "ephemeral_1h_input_tokens", what
-        )
-    reasoning = sum(_optional(out, k, what) for k in _tiered("reasoning"))
-    return _build(
-        what,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        reasoning_tokens=reasoning,
-    )
-
-
-def _tiered(key: str) -> tuple[str, ...]:
-    return (key, f"priority_{key}", f"flex_{key}")
 
 
 # --------------------------------------------------------------------------- OpenAI
@@ -413,34 +367,3 @@ def usage_from_gemini(usage_metadata: object) -> TokenUsage:
         reasoning_tokens=thoughts,
     )
 
-
-# --------------------------------------------------------------------------- LlamaIndex
-
-
-def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
-    """Read a LlamaIndex ``ChatResponse``/``CompletionResponse``; None when it carries no usage.
-
-    Prefers ``raw.usage`` (llama-index-llms-openai keeps cached and reasoning counts only
-    there; an Anthropic-shaped usage is recognised by its cache counters), then falls back
-    to ``additional_kwargs`` ``prompt_tokens``/``completion_tokens``. None means "no usage
-    reported" (streams without ``include_usage``, other integrations): the caller must then
-    count the text itself. A usage that is present but malformed raises UsageParseError.
-    """
-    raw = getattr(chat_response, "raw", None)
-    usage = _get(raw, "usage") if raw is not None else None
-    if usage is not None:
-        data = _as_mapping(usage, "LlamaIndex raw")
-        if "cache_creation_input_tokens" in data or "cache_read_input_tokens" in data:
-            return usage_from_anthropic(data)
-        return usage_from_openai(data)
-    extra = getattr(chat_response, "additional_kwargs", None)
-    if isinstance(extra, Mapping) and (
-        extra.get("prompt_tokens") is not None or extra.get("completion_tokens") is not None
-    ):
-        what = "LlamaIndex additional_kwargs"
-        return _build(
-            what,
-            input_tokens=_required(extra, "prompt_tokens", what),
-            output_tokens=_required(extra, "completion_tokens", what),
-        )
-    return None

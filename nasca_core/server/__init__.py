@@ -11,21 +11,19 @@ to the upgrade page and record the conversion funnel (``nasca_core.analytics``).
 Settings and links need no web framework; ``create_app`` imports Starlette.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import typing
 
 from nasca_core.server._connect import connect
 from nasca_core.server._links import UpgradeLinks, UpgradeToken
 from nasca_core.server._settings import ServerSettings
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from nasca_core.server._app import create_app
 
 __all__ = ["ServerSettings", "UpgradeLinks", "UpgradeToken", "connect", "create_app"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name == "create_app":
         from nasca_core.server._app import create_app
 

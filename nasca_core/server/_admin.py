@@ -26,7 +26,7 @@ from nasca_core._windows import WINDOWS
 from nasca_core.analytics import UserSort
 from nasca_core.analytics._events import month_id, month_label
 from nasca_core.billing import CreditPack, Plan
-from nasca_core.server import _charts
+from nasca_core.server._charts import funnel_svg, profit_svg, trend_svg
 from nasca_core.server._context import Context, offer_order, price
 from nasca_core.server._security import (
     ADMIN_COOKIE,
@@ -188,7 +188,7 @@ class AdminRoutes:
         try:
             report = await self.ctx.analytics.amonth(month)
             trend = await self.ctx.analytics.atrend(6, month)
-            state = await nasca._aconfig_fresh()
+            state = await nasca.live.afresh()
         except StoreError:
             log.exception("nasca: dashboard could not read the store")
             return self.ctx.page(request, "message.html", {
@@ -200,9 +200,9 @@ class AdminRoutes:
         response = self.ctx.page(request, "admin.html", {
             "report": report, "month": month_label(month), "sort": sort, "sorts": _SORTS,
             "users": users, "trend": trend,
-            "funnel_svg": Markup(_charts.funnel_svg(report.funnel)),
-            "trend_svg": Markup(_charts.trend_svg(trend)),
-            "profit_svg": Markup(_charts.profit_svg(users[:12])),
+            "funnel_svg": Markup(funnel_svg(report.funnel)),
+            "trend_svg": Markup(trend_svg(trend)),
+            "profit_svg": Markup(profit_svg(users[:12])),
             "tiers": [_tier_row(name, tier, name in stored_tiers)
                       for name, tier in sorted(state.tiers.items())],
             "packs": sorted(nasca.packs.values(), key=offer_order),
@@ -337,7 +337,7 @@ def _tier_row(name: str, tier: Tier, stored: bool) -> dict[str, Any]:
 
 
 def _this_month(ctx: Context) -> str:
-    return ctx.nasca._windows.at(ctx.now()).ids[2]
+    return ctx.nasca.windows_at(ctx.now()).ids[2]
 
 
 def _month_choices(selected: str, current: str) -> list[dict[str, Any]]:

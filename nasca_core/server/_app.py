@@ -22,7 +22,7 @@ from nasca_core.server._upgrade import UpgradeRoutes
 from nasca_core.server._webhook import WebhookRoutes
 
 if TYPE_CHECKING:
-    from nasca_core._client import Nasca
+    from nasca_core._ledger import Nasca
 
 
 def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False) -> Starlette:

@@ -75,7 +75,7 @@ def _free_port(host: str) -> int:
 
 
 def _serve_demo(config: ServeConfig, env: Mapping[str, str], host: str, port: int) -> int:
-    from nasca_core.server import _demo
+    import nasca_core.server._demo as _demo
     from nasca_core.server._app import create_app
     from nasca_core.testing.stripe import StripeServer
 

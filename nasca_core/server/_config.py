@@ -40,9 +40,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from nasca_core._client import Nasca
-from nasca_core._config import Tier, _first_error
+from nasca_core._config import Tier, first_error
 from nasca_core._errors import ConfigurationError
+from nasca_core._ledger import Nasca
 from nasca_core.billing import CreditPack, Plan, StripeConfig
 from nasca_core.server._settings import ServerSettings
 
@@ -93,7 +93,7 @@ class ServeConfig(_Section):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            raise ConfigurationError(f"{source}: {_first_error(exc)}") from None
+            raise ConfigurationError(f"{source}: {first_error(exc)}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> ServeConfig:
@@ -134,13 +134,12 @@ def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = Non
     Raises ConfigurationError."""
     tiers = config.tier_models() or {"default": Tier()}
     default = config.default_tier or (next(iter(tiers)) if len(tiers) == 1 else None)
-    nasca = Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
-                  namespace=config.namespace, timezone=config.timezone)
     if stripe is None and env.get(ENV_STRIPE_KEY):
         stripe = StripeConfig(api_key=SecretStr(env[ENV_STRIPE_KEY]), api_base=config.stripe.api_base)
-    nasca._init_billing(packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
-                        webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
-    return nasca
+    return Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
+                 namespace=config.namespace, timezone=config.timezone,
+                 packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
+                 webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
 
 
 def build_settings(config: ServeConfig, env: Mapping[str, str], *, public_url: str | None = None,

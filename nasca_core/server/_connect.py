@@ -10,7 +10,7 @@ from nasca_core.server._links import UpgradeLinks
 from nasca_core.server._settings import ServerSettings
 
 if TYPE_CHECKING:
-    from nasca_core._client import Nasca
+    from nasca_core._ledger import Nasca
 
 
 def connect(nasca: Nasca, settings: ServerSettings) -> UpgradeLinks | None:
@@ -27,7 +27,7 @@ def connect(nasca: Nasca, settings: ServerSettings) -> UpgradeLinks | None:
     _webhook_secret(nasca, settings)
     if settings.public_url is None:
         return None
-    links = UpgradeLinks(settings, clock=nasca._now)
+    links = UpgradeLinks(settings, clock=nasca.now)
     if nasca.checkout_url_factory is None:
         nasca.checkout_url_factory = links
     return links
@@ -37,7 +37,7 @@ def _webhook_secret(nasca: Nasca, settings: ServerSettings) -> None:
     if settings.stripe_webhook_secret is None:
         return
     value = settings.stripe_webhook_secret.get_secret_value()
-    billing = nasca._bill
+    billing = nasca.billing
     if billing.webhook_secret is None:
         billing.webhook_secret = value
     elif billing.webhook_secret != value:

@@ -19,7 +19,7 @@ from nasca_core.server._security import Keys
 from nasca_core.server._settings import ServerSettings, origin_of
 
 if TYPE_CHECKING:
-    from nasca_core._client import Nasca
+    from nasca_core._ledger import Nasca
     from nasca_core.analytics import Analytics
     from nasca_core.server._links import UpgradeLinks
 
@@ -80,7 +80,7 @@ class Context:
         return cls(nasca, settings, links, analytics, Keys.from_settings(settings), _templates())
 
     def now(self) -> float:
-        return self.nasca._now()
+        return self.nasca.now()
 
     def local(self, ts: float) -> datetime:
         return datetime.fromtimestamp(ts, self.nasca.tz)

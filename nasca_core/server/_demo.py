@@ -11,9 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nasca_core._client import Nasca
 from nasca_core._config import Tier
 from nasca_core._errors import NascaBlockedError
+from nasca_core._ledger import Nasca
 from nasca_core.analytics import analytics_for
 from nasca_core.billing import CreditPack, Plan
 
@@ -60,9 +60,8 @@ def _cost(tokens_in: int, tokens_out: int) -> Decimal:
 
 def demo_nasca(store: str, stripe: StripeServer, webhook_secret: str, clock: Any = None) -> Nasca:
     """A Nasca with the demo's tiers, packs and plans, paying through ``stripe``."""
-    nasca = Nasca(store, tiers=TIERS, default_tier="free", namespace=NAMESPACE, clock=clock)
-    nasca._init_billing(packs=PACKS, plans=PLANS, stripe=stripe.client(), webhook_secret=webhook_secret)
-    return nasca
+    return Nasca(store, tiers=TIERS, default_tier="free", namespace=NAMESPACE, clock=clock,
+                 packs=PACKS, plans=PLANS, stripe=stripe.client(), webhook_secret=webhook_secret)
 
 
 class _Seeder:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from nasca_core._config import _first_error
+from nasca_core._config import first_error
 from nasca_core._errors import ConfigurationError
 
 AuthHook = Callable[[Any], bool | Awaitable[bool]]
@@ -69,7 +69,7 @@ class ServerSettings(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(f"Invalid ServerSettings: {_first_error(exc)}") from None
+            raise ConfigurationError(f"Invalid ServerSettings: {first_error(exc)}") from None
 
     @field_validator("secret")
     @classmethod

@@ -172,7 +172,7 @@ class UpgradeRoutes:
                 "resets_in": _in(resets.timestamp() - self.ctx.now())}
 
     def _tier_limits(self, tier: str) -> str:
-        t = self.ctx.nasca._config_now().tiers.get(tier)
+        t = self.ctx.nasca.live.current().tiers.get(tier)
         if t is None:
             return ""
         parts = [f"{price(v, 'usd')} {label}" for label, v in

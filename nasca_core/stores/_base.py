@@ -1,15 +1,24 @@
-"""The store contract: the handful of atomic per-user operations the ledger needs.
+"""The store contract: every operation the ledger, billing and analytics need, typed.
 
-Every operation touches the keys of one user only (one Redis Cluster slot) and is
-atomic. Amounts are int nano-dollars, times int epoch milliseconds. Sync and async
-stores expose the same method names; `AsyncStore` methods are coroutines.
+Three groups of operations, each atomic:
+
+- the ledger's: reserve, settle, release, snapshot, tiers, credit lots, live config.
+  Each touches the keys of one user only (one Redis Cluster slot).
+- billing's: short keyed texts with an expiry (webhook event markers, payment-intent and
+  customer indexes) and a user's subscriptions, which decide the user's stored tier.
+- analytics': conversion events recorded per month, and a month read back with every
+  user's AI cost from the ledger's month hashes (a scan: reports only, never a call's path).
+
+Amounts are int nano-dollars (an event's amount: billionths of its currency), times int
+epoch milliseconds. ``Store`` and ``AsyncStore`` have the same methods; ``AsyncStore``'s
+are coroutines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,22 @@ class UserKeys:
         d, w, m = window_ids
         return cls(base, f"{base}:h", f"{base}:s", f"{base}:d:{d}", f"{base}:w:{w}", f"{base}:m:{m}",
                    f"{base}:c", f"{base}:hs")
+
+    @property
+    def namespace(self) -> str:
+        return self.meta.split(":{", 1)[0]
+
+    @property
+    def subscriptions(self) -> str:
+        return f"{self.meta}:subs"  # billing's, on the user's slot like the meta hash it writes
+
+
+def month_owner(key: str, namespace: str, month: str) -> str | None:
+    """The user id in a ledger month key (``UserKeys.month``), or None when the key is not one."""
+    head, tail = f"{namespace}:{{", f"}}:m:{month}"
+    if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+        return key[len(head):-len(tail)]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +158,82 @@ class StoredConfig:
     sections: Mapping[str, Mapping[str, str]]
 
 
+# -- billing ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SubChange:
+    """One subscription event, reduced to what decides the user's tier (times: epoch seconds)."""
+
+    sub_id: str
+    event_created: int
+    event_id: str
+    active: bool
+    tier: str
+    sub_created: int
+    final: bool  # the subscription was deleted
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionResult:
+    status: int  # 1 applied, 0 stale (an older or post-deletion event), 2 this event was applied before
+    tier: str | None  # the user's stored tier now
+
+
+# -- analytics --------------------------------------------------------------------------
+EventKind = Literal["blocked", "prompt_shown", "checkout_started", "purchase_completed", "dismissed"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsEvent:
+    """One conversion step. ``amount_nanos`` is in billionths of ``currency`` (purchases)."""
+
+    kind: EventKind
+    user_id: str
+    month: str  # YYYYMM
+    prompt_id: str | None = None
+    amount_nanos: int = 0
+    currency: str = "usd"
+
+
+LEDGER_FIELDS = ("c", "k", "n", "ti", "to")  # the ledger's month hash fields, in LedgerMonth's order
+
+
+@dataclass
+class LedgerMonth:
+    """One user's month in the ledger: nanos of AI cost, of it paid by credits, calls, tokens."""
+
+    cost: int = 0
+    credit: int = 0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class MonthCounts:
+    """A month's event counters (``e:<kind>``, ``r:<cur>`` revenue, ``o:<cur>`` orders) and
+    how many prompts reached each funnel step."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MonthRaw:
+    """What the store holds for one month, before any arithmetic."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    users: set[str] = field(default_factory=set)
+    user_blocked: dict[str, int] = field(default_factory=dict)
+    user_revenue: dict[tuple[str, str], int] = field(default_factory=dict)  # (currency, user)
+    user_orders: dict[str, int] = field(default_factory=dict)
+    ledger: dict[str, LedgerMonth] = field(default_factory=dict)
+
+
+# -- the protocol -------------------------------------------------------------------------
 class Store(Protocol):
+    # the ledger
     def reserve(self, op: ReserveOp) -> ReserveResult: ...
     def settle(self, op: SettleOp) -> SettleResult: ...
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None: ...
@@ -141,13 +241,24 @@ class Store(Protocol):
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
+    def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     def load_config(self, namespace: str) -> StoredConfig: ...
     def config_version(self, namespace: str) -> int: ...
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
+    # billing: markers (ttl None = kept), subscriptions
+    def get_marker(self, key: str, now_ms: int) -> str | None: ...
+    def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult: ...
+    # analytics
+    def record_event(self, namespace: str, event: AnalyticsEvent) -> None: ...
+    def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw: ...
+    def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]: ...
     def close(self) -> None: ...
 
 
 class AsyncStore(Protocol):
+    # the ledger
     async def reserve(self, op: ReserveOp) -> ReserveResult: ...
     async def settle(self, op: SettleOp) -> SettleResult: ...
     async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None: ...
@@ -155,7 +266,18 @@ class AsyncStore(Protocol):
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     async def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     async def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
+    async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     async def load_config(self, namespace: str) -> StoredConfig: ...
     async def config_version(self, namespace: str) -> int: ...
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
+    # billing
+    async def get_marker(self, key: str, now_ms: int) -> str | None: ...
+    async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    async def apply_subscription(self, keys: UserKeys, change: SubChange,
+                                 now_ms: int) -> SubscriptionResult: ...
+    # analytics
+    async def record_event(self, namespace: str, event: AnalyticsEvent) -> None: ...
+    async def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw: ...
+    async def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]: ...
     async def close(self) -> None: ...

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-NAMES = ("reserve", "settle", "release", "snapshot", "grant", "revoke", "load_config", "save_config")
+NAMES = ("reserve", "settle", "release", "snapshot", "grant", "revoke", "load_config", "save_config",
+         "subscription")
 
 
 @cache

@@ -1,30 +1,42 @@
 """The embedded store: the ledger in this process, no server.
 
 It keeps the same data model as the Redis scripts (counters, a holds set scored by
-expiry, a month hash, credit lots) and applies the same rules through
-``nasca_core._policy``, under one lock, so threads and asyncio tasks see atomic
-operations. ``memory://`` gives a private store; ``memory://NAME`` a store shared by
-every Nasca in the process that names it.
+expiry, a month hash, credit lots, billing's markers and subscriptions) and applies the
+same rules through ``nasca_core._policy``, under one lock, so threads and asyncio tasks
+see atomic operations. Analytics events live beside it (``_memory_analytics``).
+``memory://`` gives a private store; ``memory://NAME`` a store shared by every Nasca in
+the process that names it.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from nasca_core import _policy
 from nasca_core.stores._base import (
+    LEDGER_FIELDS,
+    AnalyticsEvent,
+    LedgerMonth,
     Lot,
+    MonthCounts,
+    MonthRaw,
     ReserveOp,
     ReserveResult,
     SettleOp,
     SettleResult,
     Snapshot,
     StoredConfig,
+    SubChange,
+    SubscriptionResult,
     UserKeys,
+    month_owner,
 )
+from nasca_core.stores._memory_analytics import MemoryAnalytics
 
 _SWEEP_EVERY = 10_000
 
@@ -39,6 +51,7 @@ class MemoryStore:
         self._config: dict[str, dict[str, dict[str, str]]] = {}
         self._config_version: dict[str, int] = {}
         self._ops = 0
+        self._analytics = MemoryAnalytics()
 
     # -- key helpers (caller holds the lock) -------------------------------------------
     def _get(self, key: str, now_ms: int) -> Any:
@@ -106,7 +119,7 @@ class MemoryStore:
     # -- the contract ------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
         with self._lock:
-            if op.config_version != self._config_version.get(_ns(op.keys), 0):
+            if op.config_version != self._config_version.get(op.keys.namespace, 0):
                 return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
             self._sweep(op.now_ms)
             name, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
@@ -227,19 +240,67 @@ class MemoryStore:
             version = self._config_version[namespace] = self._config_version.get(namespace, 0) + 1
             return version
 
+    # -- billing -------------------------------------------------------------------------
+    def get_marker(self, key: str, now_ms: int) -> str | None:
+        with self._lock:
+            value: str | None = self._get(key, now_ms)
+            return value
+
+    def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
+        with self._lock:
+            self._sweep(now_ms)
+            self._data[key] = value
+            if ttl_ms:
+                self._expire(key, now_ms + ttl_ms)
+            else:
+                self._expiry.pop(key, None)
+
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+        with self._lock:
+            self._sweep(now_ms)
+            if self._get(key, now_ms) is not None:
+                return False
+            self._data[key] = "1"
+            self._expire(key, now_ms + ttl_ms)
+            return True
+
+    def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
+        # The rules of lua/subscription.lua.
+        with self._lock:
+            subs: dict[str, dict[str, Any]] = self._data.setdefault(keys.subscriptions, {})
+            meta: dict[str, Any] = self._data.setdefault(keys.meta, {})
+            old = subs.get(change.sub_id)
+            if old is not None and (old["i"] == change.event_id or old["d"]
+                                    or (not change.final and old["e"] > change.event_created)):
+                return SubscriptionResult(2 if old["i"] == change.event_id else 0, meta.get("tier"))
+            subs[change.sub_id] = {"e": change.event_created, "i": change.event_id, "a": change.active,
+                                   "t": change.tier, "c": change.sub_created, "d": change.final}
+            active = [(s["c"], sub_id, s["t"]) for sub_id, s in subs.items() if s["a"]]
+            best: str | None = max(active)[2] if active else None
+            if best is None:
+                meta.pop("tier", None)
+            else:
+                meta["tier"] = best
+            return SubscriptionResult(1, best)
+
+    # -- analytics -------------------------------------------------------------------------
+    def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
+        self._analytics.record(namespace, event)
+
+    def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
+        raw = self._analytics.read(namespace, month)
+        with self._lock:  # every user's month hash, as SCAN finds them on Redis
+            for key, value in self._data.items():
+                user = month_owner(key, namespace, month)
+                if user is not None and self._expiry.get(key, now_ms + 1) > now_ms:
+                    raw.ledger[user] = LedgerMonth(*(value.get(f, 0) for f in LEDGER_FIELDS))
+        return raw
+
+    def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
+        return self._analytics.totals(namespace, months)
+
     def close(self) -> None:
         pass
-
-    def scan_hashes(self, prefix: str, now_ms: int) -> list[tuple[str, dict[str, Any]]]:
-        """Copies of the live hashes whose key starts with ``prefix`` (what SCAN gives on Redis)."""
-        with self._lock:
-            return [(key, dict(value)) for key, value in self._data.items()
-                    if key.startswith(prefix) and isinstance(value, dict)
-                    and self._expiry.get(key, now_ms + 1) > now_ms]
-
-    def key_count(self) -> int:
-        with self._lock:
-            return len(self._data)
 
 
 class AsyncMemoryStore:
@@ -281,6 +342,28 @@ class AsyncMemoryStore:
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         return self.sync.save_config(namespace, section, name, value)
 
+    async def get_marker(self, key: str, now_ms: int) -> str | None:
+        return self.sync.get_marker(key, now_ms)
+
+    async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
+        self.sync.put_marker(key, value, ttl_ms, now_ms)
+
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+        return self.sync.claim_marker(key, ttl_ms, now_ms)
+
+    async def apply_subscription(self, keys: UserKeys, change: SubChange,
+                                 now_ms: int) -> SubscriptionResult:
+        return self.sync.apply_subscription(keys, change, now_ms)
+
+    async def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
+        self.sync.record_event(namespace, event)
+
+    async def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
+        return self.sync.read_month(namespace, month, now_ms)
+
+    async def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
+        return self.sync.month_totals(namespace, months)
+
     async def close(self) -> None:
         pass
 
@@ -294,10 +377,6 @@ def named_memory_store(name: str) -> MemoryStore:
         return MemoryStore()
     with _named_lock:
         return _named.setdefault(name, MemoryStore())
-
-
-def _ns(keys: UserKeys) -> str:
-    return keys.meta.split(":{", 1)[0]
 
 
 class _Holds:
@@ -342,8 +421,6 @@ def _decode_tiers(text: str) -> dict[str, Any]:
     # The same JSON text comes on every call until the config changes: decode it once.
     tiers = _tier_cache.get(text)
     if tiers is None:
-        import json
-
         if len(_tier_cache) > 64:
             _tier_cache.clear()
         tiers = _tier_cache[text] = json.loads(text)

@@ -1,117 +1,73 @@
-"""Redis and Redis Cluster stores: one Lua script per operation, one round trip each.
+"""Redis and Redis Cluster stores: one Lua script per atomic operation, one round trip each.
 
 Every key of a user shares the hash tag ``{user id}``, so the same scripts run on a
 cluster. On a single server the reserve script also checks the config version (the
 key lives on the same server); a cluster keeps that key on another slot, so there the
 check rides in the same pipeline and a stale reserve is released and retried.
+
+The two classes hold only the I/O: what to send and what a reply means is
+``_redis_codec``, what an error means ``_redis_errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
 
-from nasca_core._errors import StoreError, UnknownTierError
-from nasca_core.stores import _scripts
 from nasca_core.stores._base import (
+    AnalyticsEvent,
     Lot,
+    MonthCounts,
+    MonthRaw,
     ReserveOp,
     ReserveResult,
     SettleOp,
     SettleResult,
     Snapshot,
     StoredConfig,
+    SubChange,
+    SubscriptionResult,
     UserKeys,
 )
-
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def config_keys(namespace: str) -> tuple[str, str]:
-    return f"{{{namespace}:cfg}}", f"{{{namespace}:cfg}}:v"
-
-
-# -- pure encoding shared by the sync and async stores ---------------------------------
-def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[Any]]:
-    k = op.keys
-    keys = [k.meta, k.holds, k.day, k.week, k.month, k.credits, k.held]
-    if check_version:
-        keys.append(config_keys(_namespace(k))[1])
-    args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
-            1 if op.strict else 0, op.tier, op.tiers_json,
-            op.config_version if check_version else "", *op.tier_compiled]
-    return keys, args
-
-
-def reserve_result(raw: Sequence[Any]) -> ReserveResult:
-    return ReserveResult(int(raw[0]), _s(raw[1]), int(raw[2]),
-                         (int(raw[3]), int(raw[4]), int(raw[5])), int(raw[6]), int(raw[7]))
-
-
-def settle_args(op: SettleOp) -> tuple[list[str], list[Any]]:
-    k = op.keys
-    return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled, k.held],
-            [op.now_ms, op.hold_id, op.estimate, op.cost, op.tier, op.tiers_json,
-             *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, *op.tier_compiled])
-
-
-def settle_result(raw: Sequence[Any]) -> SettleResult:
-    return SettleResult(int(raw[0]), int(raw[1]), int(raw[2]), (int(raw[3]), int(raw[4]), int(raw[5])))
-
-
-def user_keys(k: UserKeys) -> list[str]:
-    return [k.meta, k.holds, k.day, k.week, k.month, k.credits, k.held]
-
-
-def snapshot_result(raw: Sequence[Any]) -> Snapshot:
-    lots = tuple(Lot.from_json_dict(d) for d in json.loads(_s(raw[8])))
-    lots = tuple(sorted(lots, key=lambda lot: lot.seq))
-    tier = _s(raw[0])
-    return Snapshot(tier or None, int(raw[1]), (int(raw[2]), int(raw[3]), int(raw[4])),
-                    int(raw[5]), int(raw[6]), int(raw[7]), lots, int(raw[9]), int(raw[10]))
-
-
-def config_result(raw: Sequence[Any]) -> StoredConfig:
-    sections: dict[str, dict[str, str]] = {}
-    flat = raw[1]
-    for i in range(0, len(flat), 2):
-        section, _, name = _s(flat[i]).partition("\0")
-        sections.setdefault(section, {})[name] = _s(flat[i + 1])
-    return StoredConfig(int(raw[0]), sections)
-
-
-def lots_result(raw: dict[Any, Any]) -> tuple[Lot, ...]:
-    lots = []
-    for value in raw.values():
-        d = json.loads(_s(value))
-        lots.append(Lot.from_json_dict(d))
-    return tuple(sorted(lots, key=lambda lot: lot.seq))
-
-
-def _namespace(keys: UserKeys) -> str:
-    return keys.meta.split(":{", 1)[0]
-
-
-def _translate(exc: Exception, tier: str = "") -> Exception:
-    if isinstance(exc, ResponseError) and "NASCA unknown tier" in str(exc):
-        return UnknownTierError(tier)
-    if isinstance(exc, _UNAVAILABLE):
-        return StoreError(f"Redis unavailable: {exc}")
-    return exc
+from nasca_core.stores._redis_codec import (
+    STALE,
+    Command,
+    MonthKeys,
+    add_ledger_rows,
+    claim_marker_command,
+    config_keys,
+    config_result,
+    event_commands,
+    grant_args,
+    ledger_batches,
+    ledger_pattern,
+    lots_result,
+    marker_result,
+    month_raw,
+    put_marker_command,
+    read_month_commands,
+    release_args,
+    reserve_args,
+    reserve_result,
+    save_config_args,
+    settle_args,
+    settle_result,
+    snapshot_keys,
+    snapshot_result,
+    subscription_args,
+    subscription_result,
+    totals_commands,
+    totals_result,
+)
+from nasca_core.stores._redis_errors import REDIS_ERRORS, redis_errors
+from nasca_core.stores._scripts import NAMES, source
 
 
 class RedisStore:
@@ -121,47 +77,54 @@ class RedisStore:
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
         self._owns = owns_client
-        self._scripts = {name: client.register_script(_scripts.source(name)) for name in _scripts.NAMES}
+        self._scripts = {name: client.register_script(source(name)) for name in NAMES}
+        self._execute: Callable[..., Any] = client.execute_command
 
+    # -- I/O -------------------------------------------------------------------------------
     def _run(self, name: str, keys: list[str], args: list[Any], tier: str = "") -> Any:
         # EVALSHA straight through execute_command: redis-py's Script wrapper costs more
         # per call than the script itself.
         script = self._scripts[name]
-        try:
+        with redis_errors(tier):
             try:
-                return self.client.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
+                return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 self.client.script_load(script.script)
-                return self.client.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", script.sha, len(keys), *keys, *args
-                )
-        except Exception as exc:
-            raise _translate(exc, tier) from exc
+                return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    def _command(self, *args: str | int) -> Any:
+        with REDIS_ERRORS:
+            return self._execute(*args)
+
+    def _pipeline(self, cmds: Iterable[Command]) -> list[Any]:
+        with REDIS_ERRORS:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            result: list[Any] = pipe.execute()
+            return result
+
+    # -- the ledger ------------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
         if not self.cluster:
             keys, args = reserve_args(op, True)
             return reserve_result(self._run("reserve", keys, args, op.tier))
         keys, args = reserve_args(op, False)
         script = self._scripts["reserve"]
-        try:
+        with redis_errors(op.tier):
             pipe = self.client.pipeline()
-            pipe.get(config_keys(_namespace(op.keys))[1])
+            pipe.get(config_keys(op.keys.namespace)[1])
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             try:
                 version, raw = pipe.execute()
             except NoScriptError:
                 self.client.script_load(script.script)
                 return self.reserve(op)
-        except Exception as exc:
-            raise _translate(exc, op.tier) from exc
         result = reserve_result(raw)
         if int(version or 0) != op.config_version:
             if result.status == 1:
                 self.release(op.keys, op.hold_id, op.estimate)
-            return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
+            return STALE
         return result
 
     def settle(self, op: SettleOp) -> SettleResult:
@@ -169,45 +132,65 @@ class RedisStore:
         return settle_result(self._run("settle", keys, args, op.tier))
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
-        self._run("release", [keys.holds, keys.held], [f"{hold_id}:{estimate}"])
+        self._run("release", *release_args(keys, hold_id, estimate))
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
-        return snapshot_result(self._run("snapshot", user_keys(keys), [now_ms]))
+        return snapshot_result(self._run("snapshot", snapshot_keys(keys), [now_ms]))
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
-        try:
-            if tier is None:
-                self.client.hdel(keys.meta, "tier")
-            else:
-                self.client.hset(keys.meta, "tier", tier)
-        except Exception as exc:
-            raise _translate(exc) from exc
+        if tier is None:
+            self._command("HDEL", keys.meta, "tier")
+        else:
+            self._command("HSET", keys.meta, "tier", tier)
 
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
-        raw = self._run("grant", [keys.meta, keys.credits], [lot.id, json.dumps(lot.to_json_dict())])
-        return bool(int(raw))
+        return bool(int(self._run("grant", *grant_args(keys, lot))))
 
     def revoke(self, keys: UserKeys, lot_id: str) -> int:
         return int(self._run("revoke", [keys.credits], [lot_id]))
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
-        try:
-            return lots_result(self.client.hgetall(keys.credits))  # type: ignore[arg-type]
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return lots_result(self._command("HGETALL", keys.credits))
 
     def load_config(self, namespace: str) -> StoredConfig:
         return config_result(self._run("load_config", list(config_keys(namespace)), []))
 
     def config_version(self, namespace: str) -> int:
-        try:
-            return int(self.client.get(config_keys(namespace)[1]) or 0)  # type: ignore[arg-type]
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return int(self._command("GET", config_keys(namespace)[1]) or 0)
 
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
-        args = [f"{section}\0{name}", "0" if value is None else "1", value or ""]
+        args = save_config_args(section, name, value)
         return int(self._run("save_config", list(config_keys(namespace)), args))
+
+    # -- billing ---------------------------------------------------------------------------
+    def get_marker(self, key: str, now_ms: int) -> str | None:
+        return marker_result(self._command("GET", key))
+
+    def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
+        self._command(*put_marker_command(key, value, ttl_ms))
+
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+        return bool(self._command(*claim_marker_command(key, ttl_ms)))
+
+    def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
+        return subscription_result(self._run("subscription", *subscription_args(keys, change)))
+
+    # -- analytics -------------------------------------------------------------------------
+    def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
+        self._pipeline(event_commands(MonthKeys.build(namespace, event.month), event))
+
+    def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
+        keys = MonthKeys.build(namespace, month)
+        raw = month_raw(keys, self._pipeline(read_month_commands(keys)))
+        with REDIS_ERRORS:
+            found = list(self.client.scan_iter(match=ledger_pattern(namespace, month), count=1000))
+        for batch in ledger_batches(found, namespace, month):
+            add_ledger_rows(raw, batch, self._pipeline(batch), namespace, month)
+        return raw
+
+    def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
+        all_keys = [MonthKeys.build(namespace, m) for m in months]
+        return totals_result(all_keys, self._pipeline(totals_commands(all_keys)))
 
     def close(self) -> None:
         if self._owns:
@@ -224,60 +207,74 @@ class AsyncRedisStore:
         self.client = client
         self.cluster = isinstance(client, AsyncRedisCluster)
         self._owns = owns_client
-        self._scripts = {name: client.register_script(_scripts.source(name)) for name in _scripts.NAMES}
+        self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._loaded = False
         self._load_lock = asyncio.Lock()
 
-    async def _load_all(self) -> None:
+    # -- I/O -------------------------------------------------------------------------------
+    async def _ready(self) -> None:
         # Load every script once up front: many tasks racing through NOSCRIPT at once upset
         # redis-py's asyncio connections.
         async with self._load_lock:
             if not self._loaded:
-                if self.cluster:
+                if isinstance(self.client, AsyncRedisCluster):
                     # A fresh asyncio RedisCluster fails concurrent first commands until its
                     # slot map is loaded.
-                    await self.client.initialize()  # type: ignore[union-attr]
+                    await self.client.initialize()
                 for script in self._scripts.values():
                     await self.client.script_load(script.script)
                 self._loaded = True
 
     async def _run(self, name: str, keys: list[str], args: list[Any], tier: str = "") -> Any:
         script = self._scripts[name]
-        try:
+        with redis_errors(tier):
             if not self._loaded:
-                await self._load_all()
+                await self._ready()
             try:
                 return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.client.script_load(script.script)
                 return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            raise _translate(exc, tier) from exc
 
+    async def _command(self, *args: str | int) -> Any:
+        with REDIS_ERRORS:
+            if not self._loaded:
+                await self._ready()
+            return await self.client.execute_command(*args)
+
+    async def _pipeline(self, cmds: Iterable[Command]) -> list[Any]:
+        with REDIS_ERRORS:
+            if not self._loaded:
+                await self._ready()
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            result: list[Any] = await pipe.execute()
+            return result
+
+    # -- the ledger ------------------------------------------------------------------------
     async def reserve(self, op: ReserveOp) -> ReserveResult:
         if not self.cluster:
             keys, args = reserve_args(op, True)
             return reserve_result(await self._run("reserve", keys, args, op.tier))
         keys, args = reserve_args(op, False)
         script = self._scripts["reserve"]
-        try:
+        with redis_errors(op.tier):
             if not self._loaded:
-                await self._load_all()
+                await self._ready()
             pipe = self.client.pipeline()
-            pipe.get(config_keys(_namespace(op.keys))[1])
+            pipe.get(config_keys(op.keys.namespace)[1])
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             try:
                 version, raw = await pipe.execute()
             except NoScriptError:
                 await self.client.script_load(script.script)
                 return await self.reserve(op)
-        except Exception as exc:
-            raise _translate(exc, op.tier) from exc
         result = reserve_result(raw)
         if int(version or 0) != op.config_version:
             if result.status == 1:
                 await self.release(op.keys, op.hold_id, op.estimate)
-            return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
+            return STALE
         return result
 
     async def settle(self, op: SettleOp) -> SettleResult:
@@ -285,45 +282,68 @@ class AsyncRedisStore:
         return settle_result(await self._run("settle", keys, args, op.tier))
 
     async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
-        await self._run("release", [keys.holds, keys.held], [f"{hold_id}:{estimate}"])
+        await self._run("release", *release_args(keys, hold_id, estimate))
 
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
-        return snapshot_result(await self._run("snapshot", user_keys(keys), [now_ms]))
+        return snapshot_result(await self._run("snapshot", snapshot_keys(keys), [now_ms]))
 
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
-        try:
-            if tier is None:
-                await self.client.hdel(keys.meta, "tier")
-            else:
-                await self.client.hset(keys.meta, "tier", tier)
-        except Exception as exc:
-            raise _translate(exc) from exc
+        if tier is None:
+            await self._command("HDEL", keys.meta, "tier")
+        else:
+            await self._command("HSET", keys.meta, "tier", tier)
 
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
-        raw = await self._run("grant", [keys.meta, keys.credits], [lot.id, json.dumps(lot.to_json_dict())])
-        return bool(int(raw))
+        return bool(int(await self._run("grant", *grant_args(keys, lot))))
 
     async def revoke(self, keys: UserKeys, lot_id: str) -> int:
         return int(await self._run("revoke", [keys.credits], [lot_id]))
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
-        try:
-            return lots_result(await self.client.hgetall(keys.credits))  # type: ignore[misc]
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return lots_result(await self._command("HGETALL", keys.credits))
 
     async def load_config(self, namespace: str) -> StoredConfig:
         return config_result(await self._run("load_config", list(config_keys(namespace)), []))
 
     async def config_version(self, namespace: str) -> int:
-        try:
-            return int(await self.client.get(config_keys(namespace)[1]) or 0)
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return int(await self._command("GET", config_keys(namespace)[1]) or 0)
 
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
-        args = [f"{section}\0{name}", "0" if value is None else "1", value or ""]
+        args = save_config_args(section, name, value)
         return int(await self._run("save_config", list(config_keys(namespace)), args))
+
+    # -- billing ---------------------------------------------------------------------------
+    async def get_marker(self, key: str, now_ms: int) -> str | None:
+        return marker_result(await self._command("GET", key))
+
+    async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
+        await self._command(*put_marker_command(key, value, ttl_ms))
+
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+        return bool(await self._command(*claim_marker_command(key, ttl_ms)))
+
+    async def apply_subscription(self, keys: UserKeys, change: SubChange,
+                                 now_ms: int) -> SubscriptionResult:
+        raw = await self._run("subscription", *subscription_args(keys, change))
+        return subscription_result(raw)
+
+    # -- analytics -------------------------------------------------------------------------
+    async def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
+        await self._pipeline(event_commands(MonthKeys.build(namespace, event.month), event))
+
+    async def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
+        keys = MonthKeys.build(namespace, month)
+        raw = month_raw(keys, await self._pipeline(read_month_commands(keys)))
+        with REDIS_ERRORS:
+            pattern = ledger_pattern(namespace, month)
+            found = [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+        for batch in ledger_batches(found, namespace, month):
+            add_ledger_rows(raw, batch, await self._pipeline(batch), namespace, month)
+        return raw
+
+    async def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
+        all_keys = [MonthKeys.build(namespace, m) for m in months]
+        return totals_result(all_keys, await self._pipeline(totals_commands(all_keys)))
 
     async def close(self) -> None:
         if self._owns:
@@ -331,4 +351,3 @@ class AsyncRedisStore:
             pool = getattr(self.client, "connection_pool", None)
             if pool is not None:  # a pool we built and passed in is not closed by aclose()
                 await pool.disconnect()
-

@@ -15,14 +15,10 @@ The server itself uses the standard library only (tiktoken when it loads offline
 the SDK conveniences import ``openai``/``anthropic`` when called.
 """
 
+from nasca_core.testing._http import ENDPOINTS
 from nasca_core.testing._replies import DEFAULT_REPLY_TEXT, Reply, ToolCall, Usage
-from nasca_core.testing._server import (
-    DEFAULT_MODELS,
-    ENDPOINTS,
-    ProviderServer,
-    RecordedRequest,
-    Responder,
-)
+from nasca_core.testing._server import DEFAULT_MODELS, ProviderServer, Responder
+from nasca_core.testing._state import RecordedRequest
 
 __all__ = [
     "DEFAULT_MODELS",

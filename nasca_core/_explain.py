@@ -1,0 +1,110 @@
+"""What the ledger tells people, built from what the store returned (pure, no I/O):
+``Usage`` for a user's spend, ``NascaBlockedError`` with its upgrade message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from nasca_core import _policy
+from nasca_core._config import Tier
+from nasca_core._display import money
+from nasca_core._errors import NascaBlockedError, UnknownTierError
+from nasca_core._money import to_usd
+from nasca_core._usage import Usage
+from nasca_core._windows import WINDOWS, Window, WindowSet
+from nasca_core.stores import ReserveResult, Snapshot
+
+DEFAULT_UPGRADE_MESSAGE = (
+    "You've used your {window} AI allowance on the {tier} plan "
+    "({spent} of {limit}). It resets {resets}. {action}"
+)
+
+
+def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: WindowSet, tz: ZoneInfo) -> Usage:
+    """A user's ``Usage`` from a store snapshot, under ``tier``."""
+    compiled = tier.compiled()
+    limits, hard = compiled["l"], compiled["h"]
+    credits = sum(lot.remaining for lot in snap.lots)
+    blocked = _policy.admit(limits, hard, snap.spent, snap.held, 0, credits, False)
+    fields: dict[str, Any] = {}
+    for i, w in enumerate(WINDOWS):
+        limit = tier.limit(w)
+        if limit is None:
+            continue
+        spent = to_usd(snap.spent[i])
+        fields[f"{w}_spent"] = spent
+        fields[f"{w}_limit"] = limit
+        fields[f"{w}_percent"] = float(spent / limit * 100)
+        fields[f"{w}_resets_at"] = ws.end_datetime(i, tz)
+    # In what the user paid: each lot converts at its own price, rounded down per lot so
+    # the balance never shows more than was paid.
+    display = sum(lot.remaining * lot.paid // lot.granted for lot in snap.lots if lot.granted)
+    currencies = {lot.currency for lot in snap.lots}
+    return Usage(
+        user_id=user_id, tier=tier_name, **fields,
+        resets_at=ws.end_datetime(2, tz),
+        month_cost=to_usd(snap.month_cost), month_credit_spend=to_usd(snap.month_credit),
+        month_calls=snap.month_calls, in_flight=to_usd(snap.held),
+        month_input_tokens=snap.month_input_tokens, month_output_tokens=snap.month_output_tokens,
+        credit_balance=to_usd(credits),
+        credit_balance_display=to_usd(display),
+        credit_currency=currencies.pop() if len(currencies) == 1 else "usd",
+        blocked=blocked >= 0,
+        blocked_reason=(f"{WINDOWS[blocked]} limit reached" if blocked >= 0 else None),
+        blocked_window=WINDOWS[blocked] if blocked >= 0 else None,
+        hard_windows=frozenset(w for w, h in zip(WINDOWS, hard, strict=True) if h),
+    )
+
+
+def usage_in(tiers: Mapping[str, Tier], user_id: str, tier_name: str, snap: Snapshot, ws: WindowSet,
+             tz: ZoneInfo) -> Usage:
+    """``usage_of`` under the tier stored for the user if it exists, else ``tier_name``.
+
+    Raises UnknownTierError."""
+    stored = snap.stored_tier
+    name = stored if stored is not None and stored in tiers else tier_name
+    if name not in tiers:
+        raise UnknownTierError(tier_name, list(tiers))
+    return usage_of(user_id, name, tiers[name], snap, ws, tz)
+
+
+def blocked_error(
+    *,
+    user_id: str,
+    result: ReserveResult,
+    tier: Tier,
+    snap: Snapshot | None,
+    ws: WindowSet,
+    tz: ZoneInfo,
+    prompt_id: str,
+    template: str,
+    checkout_url: Callable[[NascaBlockedError], str | None] | None,
+    log: Any,
+) -> NascaBlockedError:
+    """The error a blocked reserve raises, with the message that says what unblocks it."""
+    index = result.window - 1
+    window: Window = WINDOWS[index]
+    usage = None if snap is None else usage_of(user_id, result.tier, tier, snap, ws, tz)
+    resets_at = ws.end_datetime(index, tz)
+    spent = to_usd(result.spent[index])
+    limit = tier.limit(window) or Decimal(0)
+    # Credits can't lift a hard cap, so the message must not offer them there.
+    action = ("Upgrade your plan to keep going now." if tier.hard_windows()[index]
+              else "Upgrade or buy credits to keep going now.")
+    message = template.format(
+        window=window, tier=result.tier, spent=money(spent), limit=money(limit),
+        resets=f"on {resets_at:%b %d at %H:%M %Z}", user=user_id, action=action,
+    )
+    err = NascaBlockedError(
+        user_id=user_id, tier=result.tier, window=window, usage=usage, resets_at=resets_at,
+        upgrade_message=message, prompt_id=prompt_id, limit=limit, spent=spent,
+    )
+    if checkout_url is not None:
+        try:
+            err.checkout_url = checkout_url(err)
+        except Exception:
+            log.exception("nasca: checkout_url factory failed")
+    return err

@@ -1,0 +1,499 @@
+"""``Nasca``: the ledger, sync and async.
+
+It resolves who is calling, reserves, settles and releases, reports usage and tracks
+model calls. Live config is ``_live``, the words shown to people ``_explain``, the money
+rules ``_policy`` (and the Lua scripts). Billing, analytics, ``wrap()`` and the server
+are services built on this object's public port (docs/ARCHITECTURE.md).
+
+Each operation is prepared by pure code (which windows, which keys, what the store
+returned means); the sync and async methods differ only in the store call between.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from nasca_core import _identity
+from nasca_core._calls import LLMCall, estimate_call
+from nasca_core._config import Tier, check_ledger_args
+from nasca_core._deferred import DeferredSettles
+from nasca_core._errors import (
+    ConfigurationError,
+    NascaBlockedError,
+    StoreError,
+    UnknownTierError,
+)
+from nasca_core._explain import DEFAULT_UPGRADE_MESSAGE, blocked_error, usage_in
+from nasca_core._live import ConfigSnapshot, LiveConfig, StoreErrorPolicy
+from nasca_core._money import Amount, amount_arg
+from nasca_core._types import Charge, LedgerStats, Reservation, count_store_errors, next_hold_id
+from nasca_core._usage import Usage
+from nasca_core._windows import WindowClock, WindowSet, load_zone
+from nasca_core._wrap import wrap
+from nasca_core.analytics._recorder import Analytics
+from nasca_core.billing._service import Billing
+from nasca_core.pricing import ModelPrice, Pricer, TokenUsage
+from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, UserKeys, open_store
+
+if TYPE_CHECKING:
+    from nasca_core.billing import BillingEvent, CreditPack, Plan
+
+log = logging.getLogger("nasca")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
+_NO_TIER = (-1, -1, -1, 0, 0, 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keys(namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
+    return UserKeys.build(namespace, user_id, window_ids)
+
+
+def _to_billing(method: Callable[Concatenate[Billing, P], R]) -> Callable[Concatenate[Nasca, P], R]:
+    """A method of Nasca that calls ``nasca.billing``'s (where billing's methods moved)."""
+
+    @functools.wraps(method)
+    def delegate(self: Nasca, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.billing, *args, **kwargs)
+
+    return delegate
+
+
+class Nasca:
+    """Per-end-user AI spend limits.
+
+    ``Nasca(store="memory://", tiers={"free": Tier(monthly=0.5, daily=0.1)}, default_tier="free")``
+
+    Credit packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``,
+    ``cancel_url=``, ``webhook_secret=``, ``allow_bonus_credits=``) configure
+    ``nasca.billing``. Raises ConfigurationError for an unknown store URI, timezone,
+    default tier or policy.
+    """
+
+    def __init__(
+        self, store: Any = "memory://", *, tiers: Mapping[str, Tier], default_tier: str | None = None,
+        namespace: str = "nasca", timezone: str = "UTC", strict: bool = False,
+        on_store_error: StoreErrorPolicy = "block", hold_ttl: float = 900.0,
+        clock: Callable[[], float | datetime] | None = None,
+        get_user_id: Callable[[Any], str] | None = None,
+        get_user_tier: Callable[[Any], str | None] | None = None,
+        upgrade_message: str | None = None,
+        checkout_url: Callable[[NascaBlockedError], str | None] | None = None,
+        prices: Mapping[str, Any] | None = None, model_aliases: Mapping[str, str] | None = None,
+        unknown_model: str = "block", default_output_tokens: int = 256,
+        # Billing: they configure nasca.billing.
+        packs: Iterable[CreditPack] | Mapping[str, CreditPack] | None = None,
+        plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
+        success_url: str | None = None, cancel_url: str | None = None,
+        webhook_secret: str | None = None, allow_bonus_credits: bool = True,
+    ) -> None:
+        check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
+        self.namespace = namespace
+        self.timezone = timezone
+        self.tz = load_zone(timezone)
+        self.default_tier = default_tier
+        self.strict = bool(strict)
+        self.on_store_error: StoreErrorPolicy = on_store_error
+        self.hold_ttl_ms = int(hold_ttl * 1000)
+        self.default_output_tokens = default_output_tokens
+        self.get_user_id = get_user_id
+        self.get_user_tier = get_user_tier
+        # {action} says what can unblock the user: credits can't lift a hard cap.
+        self.upgrade_message_template = upgrade_message or DEFAULT_UPGRADE_MESSAGE
+        self.checkout_url_factory = checkout_url
+        self.block_listeners: list[Callable[[NascaBlockedError], None]] = []
+        self.stats = LedgerStats()
+        self.store = open_store(store)
+        self.live = LiveConfig(self.store, namespace, tiers, prices=prices, model_aliases=model_aliases,
+                               unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats)
+        self._clock = clock or time.time
+        self._windows = WindowClock(self.tz)
+        self.deferred = DeferredSettles(self.store, self.stats)
+        self._analytics: Analytics | None = None
+        self._analytics_lock = threading.Lock()
+        self.billing = Billing(self, packs=packs, plans=plans, stripe=stripe, success_url=success_url,
+                               cancel_url=cancel_url, webhook_secret=webhook_secret,
+                               allow_bonus_credits=allow_bonus_credits)
+
+    # -- the port services use ---------------------------------------------------------
+    def now(self) -> float:
+        """The ledger's clock (injectable with ``clock=``), in epoch seconds."""
+        now = self._clock()
+        return now.timestamp() if isinstance(now, datetime) else float(now)
+
+    def windows_at(self, now: float | None = None) -> WindowSet:
+        """The calendar day, ISO week and month at ``now`` (default: the clock) in the timezone."""
+        return self._windows.at(self.now() if now is None else now)
+
+    def user_keys(self, user_id: str, now: float | None = None) -> UserKeys:
+        """Where ``user_id``'s state lives in the store for the windows at ``now``."""
+        return _keys(self.namespace, user_id, self.windows_at(now).ids)
+
+    @property
+    def analytics(self) -> Analytics:
+        """Conversion analytics (the funnel, revenue, AI cost and profit per month); it starts
+        listening to blocks and purchases on first use."""
+        with self._analytics_lock:
+            if self._analytics is None:
+                self._analytics = Analytics(self)
+            return self._analytics
+
+    # -- identity ----------------------------------------------------------------------
+    @contextmanager
+    def user(self, user_id: str, tier: str | None = None) -> Iterator[None]:
+        """Act as ``user_id`` (and tier) for every call inside the block, sync or async.
+
+        Raises InvalidUserError for an empty or non-string id.
+        """
+        with _identity.acting_as(user_id, tier):
+            yield
+
+    def resolve_user(self, user: str | None = None, tier: str | None = None,
+                     ctx: Any = None) -> tuple[str, str]:
+        """Who is calling, by precedence: explicit ``user=``, the ``get_user_id(ctx)`` callable,
+        the ``nasca.user()`` context; the tier likewise, then ``default_tier``.
+        Raises InvalidUserError when none names a user."""
+        return _identity.resolve(user, tier, ctx, self.get_user_id, self.get_user_tier, self.default_tier)
+
+    # -- live config -------------------------------------------------------------------
+    @property
+    def tiers(self) -> Mapping[str, Tier]:
+        """The tiers in force: the constructor's, overridden by set_tier()."""
+        return dict(self.live.fresh().tiers)
+
+    @property
+    def pricer(self) -> Pricer:
+        """The prices in force: shipped table + constructor prices + set_price() overrides."""
+        return self.live.current().pricer
+
+    def cost_of(self, model: str, usage: TokenUsage) -> int:
+        """What ``usage`` on ``model`` costs, in nano-dollars. Raises UnknownModelError."""
+        return self.pricer.cost(model, usage)
+
+    def set_tier(self, name: str, tier: Tier | None) -> None:
+        """Define or change a tier for every process sharing the store (None removes the
+        stored override). Raises ConfigurationError, StoreError."""
+        self.live.save("tier", name, self.live.tier_payload(name, tier))
+
+    async def aset_tier(self, name: str, tier: Tier | None) -> None:
+        """Async twin of set_tier()."""
+        await self.live.asave("tier", name, self.live.tier_payload(name, tier))
+
+    def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
+        """Add or change a model's price for every process sharing the store (None removes
+        the override). Raises ConfigurationError, StoreError."""
+        self.live.save("price", model, self.live.price_payload(model, price))
+
+    async def aset_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
+        """Async twin of set_price()."""
+        await self.live.asave("price", model, self.live.price_payload(model, price))
+
+    def set_user_tier(self, user: str, tier: str | None) -> None:
+        """Put a user on a tier in the store (None clears it); it beats the caller's tier.
+
+        Raises InvalidUserError, UnknownTierError, StoreError."""
+        keys = self._user_tier_keys(user, tier, self.live.fresh())
+        with count_store_errors(self.stats):
+            self.store.sync.set_user_tier(keys, tier)
+
+    async def aset_user_tier(self, user: str, tier: str | None) -> None:
+        """Async twin of set_user_tier()."""
+        keys = self._user_tier_keys(user, tier, await self.live.afresh())
+        with count_store_errors(self.stats):
+            await self.store.for_loop().set_user_tier(keys, tier)
+
+    def _user_tier_keys(self, user: str, tier: str | None, snap: ConfigSnapshot) -> UserKeys:
+        _identity.check_user_id(user)
+        if tier is not None and tier not in snap.tiers:
+            raise UnknownTierError(tier, list(snap.tiers))
+        return self.user_keys(user)
+
+    # -- reserve -----------------------------------------------------------------------
+    def reserve(self, estimate: Amount | None = None, *, nanos: int | None = None, user: str | None = None,
+                tier: str | None = None, ctx: Any = None, strict: bool | None = None) -> Reservation:
+        """Hold ``estimate`` dollars of the user's budget before a call (one store round trip).
+
+        Raises NascaBlockedError when the user may not spend now; InvalidInputError,
+        UnknownTierError for bad input; StoreError when the store fails and
+        on_store_error="block".
+        """
+        amount = amount_arg(estimate, nanos, what="estimate", default=0)
+        user_id, tier_name = self.resolve_user(user, tier, ctx)
+        return self._reserve(amount, user_id, tier_name, strict)
+
+    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
+        for _ in range(3):
+            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict)
+            try:
+                result = self.store.sync.reserve(op)
+            except StoreError as exc:
+                return self._store_failed_reserve(user_id, op, exc)
+            if result.status != -1:
+                break
+            self.live.invalidate(stale=True)
+        if result.status == 1:
+            self.stats.reserved += 1
+            return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+        try:
+            snap: Snapshot | None = self.store.sync.snapshot(op.keys, op.now_ms)
+        except StoreError:
+            snap = None
+        raise self._blocked(user_id, op, result, snap)
+
+    async def areserve(self, estimate: Amount | None = None, *, nanos: int | None = None,
+                       user: str | None = None, tier: str | None = None, ctx: Any = None,
+                       strict: bool | None = None) -> Reservation:
+        """Async twin of reserve()."""
+        amount = amount_arg(estimate, nanos, what="estimate", default=0)
+        user_id, tier_name = self.resolve_user(user, tier, ctx)
+        return await self._areserve(amount, user_id, tier_name, strict)
+
+    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
+        for _ in range(3):
+            op = self._reserve_op(await self.live.acurrent(), user_id, tier_name, amount, strict)
+            try:
+                result = await self.store.for_loop().reserve(op)
+            except StoreError as exc:
+                return self._store_failed_reserve(user_id, op, exc)
+            if result.status != -1:
+                break
+            self.live.invalidate(stale=True)
+        if result.status == 1:
+            self.stats.reserved += 1
+            return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+        try:
+            snap: Snapshot | None = await self.store.for_loop().snapshot(op.keys, op.now_ms)
+        except StoreError:
+            snap = None
+        raise self._blocked(user_id, op, result, snap)
+
+    def _reserve_op(self, snap: ConfigSnapshot, user_id: str, tier: str, estimate: int,
+                    strict: bool | None) -> ReserveOp:
+        if tier not in snap.tiers:
+            raise UnknownTierError(tier, list(snap.tiers))
+        now = self.now()
+        now_ms = int(now * 1000)
+        return ReserveOp(keys=self.user_keys(user_id, now), now_ms=now_ms, hold_id=next_hold_id(),
+                         estimate=estimate, hold_expiry_ms=now_ms + self.hold_ttl_ms,
+                         strict=self.strict if strict is None else strict, tier=tier,
+                         tiers_json=snap.tiers_json, config_version=snap.version,
+                         tier_compiled=snap.compiled[tier])
+
+    def _store_failed_reserve(self, user_id: str, op: ReserveOp, exc: StoreError) -> Reservation:
+        self.stats.store_errors += 1
+        if self.on_store_error == "block":
+            raise exc
+        log.warning("nasca: store unreachable, admitting %s unchecked (on_store_error='allow'): %s",
+                    op.keys.meta, exc)
+        return Reservation(user_id, op.tier, op.hold_id, op.estimate, op.keys, degraded=True)
+
+    def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult,
+                 snap: Snapshot | None) -> NascaBlockedError:
+        self.stats.blocked += 1
+        tier = self.live.current().tiers.get(result.tier) or Tier()
+        err = blocked_error(user_id=user_id, result=result, tier=tier, snap=snap,
+                            ws=self.windows_at(op.now_ms / 1000), tz=self.tz, prompt_id=op.hold_id,
+                            template=self.upgrade_message_template,
+                            checkout_url=self.checkout_url_factory, log=log)
+        for listener in self.block_listeners:
+            try:
+                listener(err)
+            except Exception:
+                log.exception("nasca: block listener failed")
+        return err
+
+    # -- settle / release --------------------------------------------------------------
+    def settle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
+               tokens: tuple[int, int] = (0, 0)) -> Charge:
+        """Replace the hold by the call's real cost (one store round trip). If the store is
+        unreachable the charge is queued and retried, never dropped.
+
+        Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written).
+        """
+        op = self._settle_op(reservation, cost, nanos, tokens)
+        if self.deferred:
+            self.deferred.flush()
+        try:
+            result = self.store.sync.settle(op)
+        except StoreError as exc:
+            return self.deferred.defer(op, exc)
+        self.stats.settled += 1
+        return Charge(op.cost, result.tier_part, result.credit_part)
+
+    async def asettle(self, reservation: Reservation, cost: Amount | None = None, *,
+                      nanos: int | None = None, tokens: tuple[int, int] = (0, 0)) -> Charge:
+        """Async twin of settle()."""
+        op = self._settle_op(reservation, cost, nanos, tokens)
+        if self.deferred:
+            await self.deferred.aflush()
+        try:
+            result = await self.store.for_loop().settle(op)
+        except StoreError as exc:
+            return self.deferred.defer(op, exc)
+        self.stats.settled += 1
+        return Charge(op.cost, result.tier_part, result.credit_part)
+
+    def _settle_op(self, reservation: Reservation, cost: Amount | None, nanos: int | None,
+                   tokens: tuple[int, int]) -> SettleOp:
+        if not isinstance(reservation, Reservation):
+            raise ConfigurationError(f"settle() needs the Reservation from reserve(), got {reservation!r}")
+        amount = amount_arg(cost, nanos, what="cost")
+        snap = self.live.current()
+        now = self.now()
+        now_ms = int(now * 1000)
+        ws = self.windows_at(now)
+        # The call may have crossed a window boundary: charge the windows where it ended.
+        return SettleOp(keys=self.user_keys(reservation.user_id, now), now_ms=now_ms,
+                        hold_id=reservation.hold_id, estimate=reservation.estimate_nanos, cost=amount,
+                        tier=reservation.tier, tiers_json=snap.tiers_json,
+                        tier_compiled=snap.compiled.get(reservation.tier, _NO_TIER),
+                        ttls_ms=ws.ttls_from(now), marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
+                        input_tokens=tokens[0], output_tokens=tokens[1])
+
+    def flush_deferred(self) -> int:
+        """Retry settles that could not reach the store; returns how many went through."""
+        return self.deferred.flush()
+
+    async def aflush_deferred(self) -> int:
+        """Async twin of flush_deferred()."""
+        return await self.deferred.aflush()
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop the hold of a call that failed before costing anything. Store failures are
+        logged, not raised: the hold expires by itself."""
+        try:
+            self.store.sync.release(reservation.keys, reservation.hold_id, reservation.estimate_nanos)
+            self.stats.released += 1
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            log.warning("nasca: release failed, the hold will expire by itself: %s", exc)
+
+    async def arelease(self, reservation: Reservation) -> None:
+        """Async twin of release()."""
+        try:
+            await self.store.for_loop().release(reservation.keys, reservation.hold_id,
+                                                reservation.estimate_nanos)
+            self.stats.released += 1
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            log.warning("nasca: release failed, the hold will expire by itself: %s", exc)
+
+    # -- model calls -------------------------------------------------------------------
+    def start_call(
+        self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
+        prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
+    ) -> LLMCall:
+        """Estimate a model call (the prompt as OpenAI-style ``messages`` or ``prompt``
+        text, plus ``tools`` schemas) and reserve it. Raises NascaBlockedError (the call
+        must not be made), UnknownModelError, InvalidInputError, StoreError."""
+        user_id, tier_name = self.resolve_user(user, tier, ctx)
+        snap = self.live.current()
+        tokens, estimate = estimate_call(
+            snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name),
+            default_output_tokens=self.default_output_tokens)
+        return LLMCall(self, self._reserve(estimate, user_id, tier_name, None), model, tokens)
+
+    async def astart_call(
+        self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
+        prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
+    ) -> LLMCall:
+        """Async twin of start_call()."""
+        user_id, tier_name = self.resolve_user(user, tier, ctx)
+        snap = await self.live.acurrent()
+        tokens, estimate = estimate_call(
+            snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name),
+            default_output_tokens=self.default_output_tokens)
+        return LLMCall(self, await self._areserve(estimate, user_id, tier_name, None), model, tokens)
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap an OpenAI or Anthropic SDK ``create`` so every call is checked, reserved and
+        charged (see ``nasca_core._wrap.wrap``). Raises ConfigurationError."""
+        return wrap(self, fn)
+
+    # -- usage -------------------------------------------------------------------------
+    def get_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
+        """What the user has spent per window, with limits, resets and credit balances.
+
+        Raises InvalidUserError, UnknownTierError, StoreError."""
+        user_id, tier_name = self.resolve_user(user, tier)
+        now = self.now()
+        snap = self.live.fresh()
+        with count_store_errors(self.stats):
+            stored = self.store.sync.snapshot(self.user_keys(user_id, now), int(now * 1000))
+        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz)
+
+    async def aget_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
+        """Async twin of get_usage()."""
+        user_id, tier_name = self.resolve_user(user, tier)
+        now = self.now()
+        snap = await self.live.afresh()
+        with count_store_errors(self.stats):
+            stored = await self.store.for_loop().snapshot(self.user_keys(user_id, now), int(now * 1000))
+        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz)
+
+    # -- billing: the old spellings of nasca.billing.… ------------------------------------
+    grant_credits = _to_billing(Billing.grant_credits)
+    agrant_credits = _to_billing(Billing.agrant_credits)
+    revoke_credits = _to_billing(Billing.revoke_credits)
+    arevoke_credits = _to_billing(Billing.arevoke_credits)
+    credit_lots = _to_billing(Billing.credit_lots)
+    acredit_lots = _to_billing(Billing.acredit_lots)
+    create_checkout = _to_billing(Billing.create_checkout)
+    acreate_checkout = _to_billing(Billing.acreate_checkout)
+    handle_stripe_webhook = _to_billing(Billing.handle_stripe_webhook)
+    ahandle_stripe_webhook = _to_billing(Billing.ahandle_stripe_webhook)
+    set_pack = _to_billing(Billing.set_pack)
+    aset_pack = _to_billing(Billing.aset_pack)
+    set_plan = _to_billing(Billing.set_plan)
+    aset_plan = _to_billing(Billing.aset_plan)
+    aget_packs = _to_billing(Billing.aget_packs)
+    aget_plans = _to_billing(Billing.aget_plans)
+
+    @property
+    def packs(self) -> Mapping[str, CreditPack]:
+        """``nasca.billing.packs``."""
+        return self.billing.packs
+
+    @property
+    def plans(self) -> Mapping[str, Plan]:
+        """``nasca.billing.plans``."""
+        return self.billing.plans
+
+    @property
+    def billing_listeners(self) -> list[Callable[[BillingEvent], None]]:
+        """``nasca.billing.listeners``."""
+        return self.billing.listeners
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush deferred settles if the store is back, and close connections Nasca opened."""
+        if self.deferred:
+            self.deferred.flush()
+        if self.deferred:
+            log.error("nasca: closing with %d settles never applied (%d nanos)", len(self.deferred),
+                      self.deferred.nanos)
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Async twin of close(): flush deferred settles, close this loop's connections."""
+        if self.deferred:
+            await self.deferred.aflush()
+        await self.store.aclose()
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Nasca(store={self.store.description!r}, tiers={sorted(self.live.base_tiers)}, "
+                f"namespace={self.namespace!r}, timezone={self.timezone!r})")

@@ -1,0 +1,206 @@
+"""Live config: what the owner edits without a deploy (tiers, prices, packs, plans).
+
+The store keeps every entry under a version number. Each process caches one
+``ConfigSnapshot`` and reloads it when the store's version moved: the reserve script
+reports a stale version in the same round trip, reads that aren't reserves ask for the
+version first, and a write here drops the cache at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nasca_core._config import Tier, check_tier_name
+from nasca_core._errors import ConfigurationError, StoreError
+from nasca_core._types import LedgerStats
+from nasca_core.pricing import ModelPrice, Pricer, PriceTable, parse_price
+from nasca_core.stores import StoredConfig, StoreHandle
+
+log = logging.getLogger("nasca")
+
+StoreErrorPolicy = Literal["allow", "block"]
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """One version of the live config, with what the hot path derives from it."""
+
+    version: int
+    tiers: Mapping[str, Tier]
+    tiers_json: str  # the form the settle script reads
+    stored: StoredConfig = field(repr=False)  # sections "tier", "price", "pack", "plan"
+    compiled: Mapping[str, tuple[int, ...]] = field(repr=False)  # limits d, w, m then hard flags
+    pricer: Pricer = field(repr=False)
+
+
+class LiveConfig:
+    """The constructor's tiers and prices, overridden by what ``save()`` wrote to the store.
+
+    Raises ConfigurationError for unusable prices, aliases or unknown-model policy.
+    """
+
+    def __init__(
+        self,
+        store: StoreHandle,
+        namespace: str,
+        tiers: Mapping[str, Tier],
+        *,
+        prices: Mapping[str, Any] | None = None,
+        model_aliases: Mapping[str, str] | None = None,
+        unknown_model: str = "block",
+        on_store_error: StoreErrorPolicy = "block",
+        stats: LedgerStats | None = None,
+    ) -> None:
+        self.base_tiers: Mapping[str, Tier] = dict(tiers)
+        self.stats = stats if stats is not None else LedgerStats()
+        self._store = store
+        self._namespace = namespace
+        self._prices = dict(prices or {})
+        self._aliases = dict(model_aliases or {})
+        self._unknown_model = unknown_model
+        self._on_store_error = on_store_error
+        self._snapshot: ConfigSnapshot | None = None
+        self._lock = threading.Lock()
+        self._pricer({})  # validate prices, aliases and policy now, not on the first call
+
+    # -- reading ---------------------------------------------------------------------------
+    def current(self) -> ConfigSnapshot:
+        """The cached snapshot, loaded from the store when there is none.
+
+        Raises StoreError when the store is down and the policy is "block"."""
+        snap = self._snapshot
+        if snap is None:
+            with self._lock:
+                snap = self._snapshot
+                if snap is None:
+                    try:
+                        snap = self._apply(self._store.sync.load_config(self._namespace))
+                    except StoreError:
+                        snap = self._unreachable()
+        return snap
+
+    async def acurrent(self) -> ConfigSnapshot:
+        """Async twin of current()."""
+        snap = self._snapshot
+        if snap is None:
+            try:
+                snap = self._apply(await self._store.for_loop().load_config(self._namespace))
+            except StoreError:
+                snap = self._unreachable()
+        return snap
+
+    def fresh(self) -> ConfigSnapshot:
+        """The snapshot, checked against the store's version first (for reads that aren't
+        reserves). Raises StoreError."""
+        if self._snapshot is not None:
+            version = self._counted(lambda: self._store.sync.config_version(self._namespace))
+            self._drop_if_moved(version)
+        return self.current()
+
+    async def afresh(self) -> ConfigSnapshot:
+        """Async twin of fresh()."""
+        if self._snapshot is not None:
+            try:
+                version = await self._store.for_loop().config_version(self._namespace)
+            except StoreError:
+                self.stats.store_errors += 1
+                raise
+            self._drop_if_moved(version)
+        return await self.acurrent()
+
+    def invalidate(self, *, stale: bool = False) -> None:
+        """Reload on the next read; ``stale`` counts a reserve that found the version moved."""
+        if stale:
+            self.stats.stale_config_retries += 1
+        self._snapshot = None
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(self, section: str, name: str, payload: str | None) -> None:
+        """Write one owner-editable entry (None deletes it); every process, this one
+        included, reloads the config on its next call. Raises StoreError."""
+        self._counted(lambda: self._store.sync.save_config(self._namespace, section, name, payload))
+        self._snapshot = None
+
+    async def asave(self, section: str, name: str, payload: str | None) -> None:
+        """Async twin of save()."""
+        try:
+            await self._store.for_loop().save_config(self._namespace, section, name, payload)
+        except StoreError:
+            self.stats.store_errors += 1
+            raise
+        self._snapshot = None
+
+    # -- payloads (pure) -------------------------------------------------------------------
+    @staticmethod
+    def tier_payload(name: str, tier: Tier | None) -> str | None:
+        """What set_tier() stores. Raises ConfigurationError."""
+        check_tier_name(name)
+        if tier is None:
+            return None
+        if not isinstance(tier, Tier):
+            raise ConfigurationError(f"set_tier({name!r}, ...) needs a Tier, got {type(tier).__name__}")
+        return tier.model_dump_json()
+
+    @staticmethod
+    def price_payload(model: str, price: ModelPrice | Mapping[str, Any] | None) -> str | None:
+        """What set_price() stores. Raises ConfigurationError for an unusable price."""
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError("set_price() needs a model name")
+        if price is None:
+            return None
+        mp = price if isinstance(price, ModelPrice) else parse_price(model, dict(price))
+        PriceTable.default().with_overrides({model: mp})  # raises ConfigurationError if unusable
+        return json.dumps(mp.to_dict())
+
+    # -- internals -------------------------------------------------------------------------
+    def _counted(self, op: Any) -> Any:
+        try:
+            return op()
+        except StoreError:
+            self.stats.store_errors += 1
+            raise
+
+    def _drop_if_moved(self, version: int) -> None:
+        snap = self._snapshot
+        if snap is not None and version != snap.version:
+            self._snapshot = None
+
+    def _unreachable(self) -> ConfigSnapshot:
+        # Under "allow" the constructor's tiers stand in until the store answers again.
+        self.stats.store_errors += 1
+        if self._on_store_error == "block":
+            raise
+        snap = self._apply(StoredConfig(-1, {}))
+        self._snapshot = None
+        return snap
+
+    def _apply(self, stored: StoredConfig) -> ConfigSnapshot:
+        tiers = dict(self.base_tiers)
+        for name, text in stored.sections.get("tier", {}).items():
+            try:
+                tiers[name] = Tier.model_validate_json(text)
+            except Exception:  # a tier another version wrote that this one can't read
+                log.exception("nasca: ignoring unreadable stored tier %r", name)
+        compiled = {name: t.compiled() for name, t in tiers.items()}
+        snap = ConfigSnapshot(
+            version=stored.version, tiers=tiers, stored=stored,
+            tiers_json=json.dumps(compiled, separators=(",", ":")),
+            compiled={name: (*c["l"], *c["h"]) for name, c in compiled.items()},
+            pricer=self._pricer(stored.sections.get("price", {})),
+        )
+        self._snapshot = snap
+        return snap
+
+    def _pricer(self, stored: Mapping[str, str]) -> Pricer:
+        live: dict[str, Any] = dict(self._prices)
+        for model, text in stored.items():
+            live[model] = json.loads(text)
+        table = PriceTable.default()
+        if live or self._aliases:
+            table = table.with_overrides(live, self._aliases)
+        return Pricer(table, unknown_model=self._unknown_model)

@@ -1,0 +1,42 @@
+"""``usage_from_llamaindex``: the usage a LlamaIndex response carries, as the core's TokenUsage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from nasca_core import UsageParseError
+from nasca_core.pricing import TokenUsage, usage_from_anthropic, usage_from_openai
+
+
+def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
+    """Read a LlamaIndex ``ChatResponse``/``CompletionResponse``; None when it carries no usage.
+
+    Prefers ``raw.usage`` (llama-index-llms-openai keeps cached and reasoning counts only
+    there; an Anthropic-shaped usage is recognised by its cache counters), then falls back
+    to ``additional_kwargs`` ``prompt_tokens``/``completion_tokens``. None means "no usage
+    reported" (streams without ``include_usage``, other integrations): the caller must then
+    count the text itself. A usage that is present but malformed raises UsageParseError.
+    """
+    raw = getattr(chat_response, "raw", None)
+    usage = raw.get("usage") if isinstance(raw, Mapping) else getattr(raw, "usage", None)
+    if usage is not None:
+        if _has(usage, "cache_creation_input_tokens") or _has(usage, "cache_read_input_tokens"):
+            return usage_from_anthropic(usage)
+        return usage_from_openai(usage)
+    extra = getattr(chat_response, "additional_kwargs", None)
+    if not isinstance(extra, Mapping):
+        return None
+    prompt, completion = extra.get("prompt_tokens"), extra.get("completion_tokens")
+    if prompt is None and completion is None:
+        return None
+    if prompt is None or completion is None:
+        raise UsageParseError(f"LlamaIndex additional_kwargs usage is incomplete: {dict(extra)!r}")
+    try:
+        return TokenUsage(input_tokens=prompt, output_tokens=completion)
+    except UsageParseError as exc:
+        raise UsageParseError(f"LlamaIndex additional_kwargs usage is inconsistent: {exc}") from None
+
+
+def _has(usage: object, key: str) -> bool:
+    # a dict from the wire, or the provider SDK's pydantic object
+    return key in usage if isinstance(usage, Mapping) else hasattr(usage, key)
