@@ -16,14 +16,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from nasca_core import _identity
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
+from nasca_core._delegate import to_billing
 from nasca_core._errors import (
     ConfigurationError,
     NascaBlockedError,
@@ -46,26 +47,15 @@ if TYPE_CHECKING:
     from nasca_core.billing import BillingEvent, CreditPack, Plan
 
 log = logging.getLogger("nasca")
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
 _NO_TIER = (-1, -1, -1, 0, 0, 0)
+_CONFIG_CHURN = "the store's live config changed under three reserves in a row"
 
 
 @functools.lru_cache(maxsize=4096)
 def _keys(namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
     return UserKeys.build(namespace, user_id, window_ids)
-
-
-def _to_billing(method: Callable[Concatenate[Billing, P], R]) -> Callable[Concatenate[Nasca, P], R]:
-    """A method of Nasca that calls ``nasca.billing``'s (where billing's methods moved)."""
-
-    @functools.wraps(method)
-    def delegate(self: Nasca, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return method(self.billing, *args, **kwargs)
-
-    return delegate
 
 
 class Nasca:
@@ -237,17 +227,16 @@ class Nasca:
                 result = self.store.sync.reserve(op)
             except StoreError as exc:
                 return self._store_failed_reserve(user_id, op, exc)
-            if result.status != -1:
-                break
+            if result.status == 1:
+                self.stats.reserved += 1
+                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+            if result.status == 0:
+                snap: Snapshot | None = None
+                with suppress(StoreError), count_store_errors(self.stats):
+                    snap = self.store.sync.snapshot(op.keys, op.now_ms)
+                raise self._blocked(user_id, op, result, snap)
             self.live.invalidate(stale=True)
-        if result.status == 1:
-            self.stats.reserved += 1
-            return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
-        try:
-            snap: Snapshot | None = self.store.sync.snapshot(op.keys, op.now_ms)
-        except StoreError:
-            snap = None
-        raise self._blocked(user_id, op, result, snap)
+        return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
 
     async def areserve(self, estimate: Amount | None = None, *, nanos: int | None = None,
                        user: str | None = None, tier: str | None = None, ctx: Any = None,
@@ -264,17 +253,16 @@ class Nasca:
                 result = await self.store.for_loop().reserve(op)
             except StoreError as exc:
                 return self._store_failed_reserve(user_id, op, exc)
-            if result.status != -1:
-                break
+            if result.status == 1:
+                self.stats.reserved += 1
+                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+            if result.status == 0:
+                snap: Snapshot | None = None
+                with suppress(StoreError), count_store_errors(self.stats):
+                    snap = await self.store.for_loop().snapshot(op.keys, op.now_ms)
+                raise self._blocked(user_id, op, result, snap)
             self.live.invalidate(stale=True)
-        if result.status == 1:
-            self.stats.reserved += 1
-            return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
-        try:
-            snap: Snapshot | None = await self.store.for_loop().snapshot(op.keys, op.now_ms)
-        except StoreError:
-            snap = None
-        raise self._blocked(user_id, op, result, snap)
+        return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
 
     def _reserve_op(self, snap: ConfigSnapshot, user_id: str, tier: str, estimate: int,
                     strict: bool | None) -> ReserveOp:
@@ -352,7 +340,7 @@ class Nasca:
         now_ms = int(now * 1000)
         ws = self.windows_at(now)
         # The call may have crossed a window boundary: charge the windows where it ended.
-        return SettleOp(keys=self.user_keys(reservation.user_id, now), now_ms=now_ms,
+        return SettleOp(keys=_keys(self.namespace, reservation.user_id, ws.ids), now_ms=now_ms,
                         hold_id=reservation.hold_id, estimate=reservation.estimate_nanos, cost=amount,
                         tier=reservation.tier, tiers_json=snap.tiers_json,
                         tier_compiled=snap.compiled.get(reservation.tier, _NO_TIER),
@@ -445,22 +433,22 @@ class Nasca:
         return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz)
 
     # -- billing: the old spellings of nasca.billing.… ------------------------------------
-    grant_credits = _to_billing(Billing.grant_credits)
-    agrant_credits = _to_billing(Billing.agrant_credits)
-    revoke_credits = _to_billing(Billing.revoke_credits)
-    arevoke_credits = _to_billing(Billing.arevoke_credits)
-    credit_lots = _to_billing(Billing.credit_lots)
-    acredit_lots = _to_billing(Billing.acredit_lots)
-    create_checkout = _to_billing(Billing.create_checkout)
-    acreate_checkout = _to_billing(Billing.acreate_checkout)
-    handle_stripe_webhook = _to_billing(Billing.handle_stripe_webhook)
-    ahandle_stripe_webhook = _to_billing(Billing.ahandle_stripe_webhook)
-    set_pack = _to_billing(Billing.set_pack)
-    aset_pack = _to_billing(Billing.aset_pack)
-    set_plan = _to_billing(Billing.set_plan)
-    aset_plan = _to_billing(Billing.aset_plan)
-    aget_packs = _to_billing(Billing.aget_packs)
-    aget_plans = _to_billing(Billing.aget_plans)
+    grant_credits = to_billing(Billing.grant_credits)
+    agrant_credits = to_billing(Billing.agrant_credits)
+    revoke_credits = to_billing(Billing.revoke_credits)
+    arevoke_credits = to_billing(Billing.arevoke_credits)
+    credit_lots = to_billing(Billing.credit_lots)
+    acredit_lots = to_billing(Billing.acredit_lots)
+    create_checkout = to_billing(Billing.create_checkout)
+    acreate_checkout = to_billing(Billing.acreate_checkout)
+    handle_stripe_webhook = to_billing(Billing.handle_stripe_webhook)
+    ahandle_stripe_webhook = to_billing(Billing.ahandle_stripe_webhook)
+    set_pack = to_billing(Billing.set_pack)
+    aset_pack = to_billing(Billing.aset_pack)
+    set_plan = to_billing(Billing.set_plan)
+    aset_plan = to_billing(Billing.aset_plan)
+    aget_packs = to_billing(Billing.aget_packs)
+    aget_plans = to_billing(Billing.aget_plans)
 
     @property
     def packs(self) -> Mapping[str, CreditPack]:

@@ -18,7 +18,10 @@ What a call is charged:
 - a LangChain LLM-cache hit: nothing (no provider request; the hold is released). The
   budget is still checked first: a blocked user is blocked even when the answer is cached.
 
-``UpgradePromptMiddleware`` is imported on first use: it pulls in ``langchain.agents``.
+Agents (``langchain.agents.create_agent``) can enforce the budget with a middleware
+instead of the handler: ``middleware=[NascaMiddleware(nasca, exit_behavior="end")]`` (the user
+from ``context=``, metadata or ``nasca.user()``). ``NascaMiddleware`` and
+``UpgradePromptMiddleware`` are imported on first use: they pull in ``langchain.agents``.
 """
 
 import typing
@@ -28,10 +31,12 @@ from nasca_langchain._upgrade import upgrade_fields, upgrade_reply, with_upgrade
 from nasca_langchain._usage import usage_from_langchain
 
 if typing.TYPE_CHECKING:
+    from nasca_langchain._enforce import NascaMiddleware
     from nasca_langchain._middleware import UpgradePromptMiddleware
 
 __all__ = [
     "NascaCallbackHandler",
+    "NascaMiddleware",
     "UpgradePromptMiddleware",
     "upgrade_fields",
     "upgrade_reply",
@@ -41,6 +46,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> typing.Any:
+    if name == "NascaMiddleware":
+        from nasca_langchain._enforce import NascaMiddleware
+
+        return NascaMiddleware
     if name == "UpgradePromptMiddleware":
         from nasca_langchain._middleware import UpgradePromptMiddleware
 

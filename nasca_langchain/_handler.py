@@ -21,11 +21,12 @@ from typing import Any, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import LLMResult
 
 from nasca_core import InvalidUserError, LLMCall, Nasca, UsageParseError
+from nasca_langchain._prompt import accounted_by_middleware, chat_messages, output_cap
 from nasca_langchain._usage import usage_from_langchain
 
 log = logging.getLogger("nasca.langchain")
@@ -33,8 +34,6 @@ log = logging.getLogger("nasca.langchain")
 USER_KEY = "nasca_user_id"
 TIER_KEY = "nasca_tier"
 _MODEL_PARAMS = ("model", "model_name", "model_id")
-_MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_ROLES = {"human": "user", "ai": "assistant"}  # message.type -> OpenAI role
 
 
 class _Run:
@@ -123,15 +122,8 @@ class NascaCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        # Not langchain_core's convert_to_openai_messages: it costs ~2.5 µs a message on
-        # every call (a chat resends its history), for the same text counts.
-        chat = [
-            {"role": _ROLES.get(m.type, m.type), "content": m.content, "name": m.name,
-             "tool_calls": m.tool_calls if isinstance(m, AIMessage) else None}
-            for m in messages[0]
-        ]
         self._start(run_id, parent_run_id, tags, metadata, serialized,
-                    kwargs.get("invocation_params") or {}, messages=chat)
+                    kwargs.get("invocation_params") or {}, messages=chat_messages(messages[0]))
 
     def on_llm_start(
         self,
@@ -159,6 +151,8 @@ class NascaCallbackHandler(BaseCallbackHandler):
         messages: list[dict[str, Any]] | None = None,
         prompt: str | None = None,
     ) -> None:
+        if accounted_by_middleware.get():
+            return  # NascaMiddleware reserves and charges this call
         meta = metadata or {}
         model = _model_name(serialized, meta, params)
         user, tier = meta.get(USER_KEY), meta.get(TIER_KEY)
@@ -172,8 +166,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 user = self.get_user_id(ctx)
             if tier is None and self.get_user_tier is not None:
                 tier = self.get_user_tier(ctx)
-        max_tokens = next((v for k in _MAX_TOKEN_PARAMS if isinstance(v := params.get(k), int)
-                           and not isinstance(v, bool)), None)
+        max_tokens = output_cap(params)
         try:
             # providers bill tool definitions as prompt tokens: the core counts them
             call = self.nasca.start_call(model, messages=messages, prompt=prompt,

@@ -236,7 +236,7 @@ def test_nothing_reaches_into_another_modules_private_attributes() -> None:
     found = private_reaches()
     assert not found, (
         f"{len(found)} reaches into a `_private` attribute defined in another module (use or add a "
-        "public method on the owner, e.g. the ledger's port in docs/PORT.md):\n" + "\n".join(found))
+        "public method on the owner, e.g. the ledger's port in docs/ARCHITECTURE.md):\n" + "\n".join(found))
 
 
 @pytest.mark.parametrize(("source", "expected"), [

@@ -98,11 +98,12 @@ class _Seeder:
 
     def buy(self, user: str, item: str, prompt_id: str | None, *, complete: bool = True) -> None:
         base = "http://demo.invalid/u"
-        self.nasca.create_checkout(user, item, prompt_id, success_url=f"{base}/ok", cancel_url=f"{base}/no")
+        self.nasca.billing.create_checkout(user, item, prompt_id, success_url=f"{base}/ok",
+                                           cancel_url=f"{base}/no")
         self.seeded.sessions += 1
         if complete:
             signed = self.stripe.complete_session(self.stripe.last_session_id, deliver=False)
-            self.nasca.handle_stripe_webhook(signed.payload, signed.signature)
+            self.nasca.billing.handle_stripe_webhook(signed.payload, signed.signature)
 
     def funnel(self, user: str, depth: int, item: str = "p10") -> None:
         """A block, then: 1 shown, 2 checkout abandoned, 3 purchase, 0 shown and dismissed."""

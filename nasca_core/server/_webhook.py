@@ -34,7 +34,7 @@ class WebhookRoutes:
                 return self.ctx.json({"error": "payload too large"}, 413)
         try:
             signature = request.headers.get("stripe-signature")
-            result = await self.ctx.nasca.ahandle_stripe_webhook(body, signature)
+            result = await self.ctx.nasca.billing.ahandle_stripe_webhook(body, signature)
         except SignatureError:
             return self.ctx.json({"error": "invalid signature"}, 400)
         except WebhookError as exc:

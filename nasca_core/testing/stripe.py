@@ -4,7 +4,7 @@ signed webhooks, with the standard library only.
     with StripeServer(webhook_url="http://127.0.0.1:8000/stripe/webhook",
                       webhook_secret="whsec_test") as srv:
         client = StripeClient("sk_test_x", base_addresses={"api": srv.url})
-        url = nasca.create_checkout("u_42", "p5")        # POST /v1/checkout/sessions
+        url = nasca.billing.create_checkout("u_42", "p5")        # POST /v1/checkout/sessions
         srv.requests[-1].params["metadata"]              # what stripe-python sent
         srv.complete_session(srv.last_session_id)         # signed checkout.session.completed
 

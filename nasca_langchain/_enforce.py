@@ -1,0 +1,166 @@
+"""``NascaMiddleware``: budget enforcement as an agent middleware for
+``langchain.agents.create_agent``, in the manner of LangChain's ``ModelCallLimitMiddleware``.
+
+    agent = create_agent(model, tools, middleware=[NascaMiddleware(nasca, exit_behavior="end")])
+    agent.invoke({"messages": [...]}, context={"nasca_user_id": "u_42"})
+
+Each model step is reserved before the model runs and charged from the usage the provider
+reported; the async path awaits the async store. No callback handler is needed (one that
+is attached anyway leaves these steps to the middleware, so nothing is charged twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.messages import AIMessage
+from langgraph.config import get_config
+
+from nasca_core import ConfigurationError, LLMCall, Nasca, NascaBlockedError, UsageParseError
+from nasca_core.pricing import TokenUsage
+from nasca_langchain._prompt import (
+    accounted_by_middleware,
+    chat_messages,
+    model_fields,
+    model_of,
+    output_cap,
+    tool_schemas,
+)
+from nasca_langchain._upgrade import upgrade_reply
+from nasca_langchain._usage import usage_from_langchain
+
+ExitBehavior = Literal["error", "end"]
+USER_KEYS = ("nasca_user_id", "user_id")
+TIER_KEYS = ("nasca_tier",)
+
+
+class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
+    """Reserve every model step of an agent before it runs, and charge what it cost.
+
+    ``exit_behavior="error"`` (default) lets ``NascaBlockedError`` out of ``agent.invoke``;
+    ``"end"`` ends the turn with the upgrade prompt as the assistant's reply
+    (``upgrade_reply``), keeping what earlier steps did. The user is, in order: the
+    runtime context's ``nasca_user_id`` (or ``user_id``) and ``nasca_tier`` (a mapping or
+    an object), the run's metadata ``nasca_user_id`` / ``nasca_tier``, then
+    ``with nasca.user(...)``.
+
+    Raises ConfigurationError for an unknown ``exit_behavior``; from the agent:
+    NascaBlockedError (under "error"), InvalidUserError, UnknownModelError, StoreError.
+    """
+
+    def __init__(self, nasca: Nasca, *, exit_behavior: ExitBehavior = "error") -> None:
+        super().__init__()
+        if exit_behavior not in ("error", "end"):
+            raise ConfigurationError("exit_behavior must be 'error' or 'end'")
+        self.nasca = nasca
+        self.exit_behavior = exit_behavior
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any] | AIMessage:
+        try:
+            call = self.nasca.start_call(**_call_spec(request))
+        except NascaBlockedError as err:
+            if self.exit_behavior == "end":
+                return upgrade_reply(err)
+            raise
+        token = accounted_by_middleware.set(True)
+        try:
+            response = handler(request)
+        except BaseException as exc:
+            if _cancelled(exc):  # the provider has billed the prompt; a provider error, nothing
+                call.abort()
+            else:
+                call.fail()
+            raise
+        finally:
+            accounted_by_middleware.reset(token)
+        call.finish(_usage(call, response))
+        return response
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any] | AIMessage:
+        try:
+            call = await self.nasca.astart_call(**_call_spec(request))
+        except NascaBlockedError as err:
+            if self.exit_behavior == "end":
+                return upgrade_reply(err)
+            raise
+        token = accounted_by_middleware.set(True)
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            if _cancelled(exc):
+                await call.aabort()
+            else:
+                await call.afail()
+            raise
+        finally:
+            accounted_by_middleware.reset(token)
+        await call.afinish(_usage(call, response))
+        return response
+
+
+def _call_spec(request: ModelRequest[Any]) -> dict[str, Any]:
+    user, tier = _who(request)
+    system = [request.system_message] if request.system_message is not None else []
+    return {
+        "model": model_of(request.model),
+        "messages": chat_messages([*system, *request.messages]),
+        "tools": tool_schemas(request.tools),
+        "max_tokens": output_cap(request.model_settings, model_fields(request.model)),
+        "user": user,
+        "tier": tier,
+    }
+
+
+def _who(request: ModelRequest[Any]) -> tuple[str | None, str | None]:
+    context = getattr(request.runtime, "context", None)
+    user, tier = _lookup(context, USER_KEYS), _lookup(context, TIER_KEYS)
+    if user is None or tier is None:
+        try:
+            metadata = get_config().get("metadata") or {}
+        except RuntimeError:  # called outside a graph run
+            metadata = {}
+        user = user if user is not None else metadata.get("nasca_user_id")
+        tier = tier if tier is not None else metadata.get("nasca_tier")
+    return user, tier
+
+
+def _lookup(context: Any, keys: tuple[str, ...]) -> Any:
+    if context is None:
+        return None
+    for key in keys:
+        value = context.get(key) if isinstance(context, Mapping) else getattr(context, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _usage(call: LLMCall, response: ModelResponse[Any] | AIMessage) -> TokenUsage | None:
+    messages = [response] if isinstance(response, AIMessage) else list(response.result)
+    message = next((m for m in messages if isinstance(m, AIMessage)), None)
+    if message is None:
+        return None
+    if message.usage_metadata:
+        try:
+            return usage_from_langchain(message.usage_metadata)
+        except UsageParseError:
+            pass  # counted below, like a stream without usage
+    call.add_text(message.text)
+    for tc in message.tool_calls:
+        call.add_text(tc["name"])
+        call.add_text(str(tc["args"]))
+    return None
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, GeneratorExit | asyncio.CancelledError | KeyboardInterrupt)
