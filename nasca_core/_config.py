@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nasca_core._errors import ConfigurationError, UnknownTierError
+from nasca_core._errors import ConfigurationError, InvalidAmountError, UnknownTierError
 from nasca_core._money import to_nanos
 from nasca_core._windows import WINDOWS, Window
 
@@ -42,7 +42,10 @@ class Tier(BaseModel):
     def _positive(cls, value: Any) -> Any:
         if value is None:
             return None
-        nanos = to_nanos(value, what="a tier limit", allow_zero=False)
+        try:
+            nanos = to_nanos(value, what="a tier limit", allow_zero=False)
+        except InvalidAmountError as exc:  # pydantic reports only ValueErrors as validation errors
+            raise ValueError(str(exc)) from None
         return Decimal(nanos) / Decimal(1_000_000_000)
 
     @model_validator(mode="after")

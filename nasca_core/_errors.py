@@ -1,11 +1,11 @@
 """Every exception Nasca raises.
 
     NascaError
-    ├── ConfigurationError          bad setup: tier, limit, store URI, price file (also ValueError)
+    ├── ConfigurationError          bad setup: tier, limit, store URI, price file
     │   ├── UnknownTierError        a tier name that no config defines
     │   ├── UnknownPackError        a credit pack id that no config defines
     │   └── UnknownPlanError        a plan id that no config defines
-    ├── InvalidInputError           bad call-time input: amount, user id, tokens (also ValueError)
+    ├── InvalidInputError           bad call-time input: amount, user id, tokens
     │   ├── InvalidAmountError
     │   ├── InvalidUserError
     │   ├── UsageParseError         a provider usage payload that cannot be read
@@ -17,6 +17,9 @@
     ├── CheckoutError               Stripe refused, or could not be reached, creating a session
     └── WebhookError                a Stripe webhook to answer with 400 (``__cause__`` says why)
         └── SignatureError
+
+None of them is a ValueError or TypeError: frameworks catch those (LlamaIndex's response
+synthesizers answer "Empty Response"), and a budget error must reach the app.
 
 Every error is raised before anything is written: the ledger is unchanged (no spend
 recorded, no lot granted, no tier changed).
@@ -39,7 +42,7 @@ class NascaError(Exception):
     """Base class of every Nasca error."""
 
 
-class ConfigurationError(NascaError, ValueError):
+class ConfigurationError(NascaError):
     """The configuration is wrong; the message says what to fix."""
 
 
@@ -67,7 +70,7 @@ class UnknownPlanError(ConfigurationError):
         super().__init__(f"Unknown plan {plan!r}.{hint} Define it with plans=[...] or set_plan().")
 
 
-class InvalidInputError(NascaError, ValueError):
+class InvalidInputError(NascaError):
     """A call-time argument is invalid; nothing was recorded."""
 
 

@@ -34,7 +34,12 @@ def test_error_tree() -> None:
 
     assert issubclass(e.NascaBlockedError, e.NascaError)
     assert issubclass(e.UnknownTierError, e.ConfigurationError)
-    assert issubclass(e.InvalidAmountError, ValueError)
+    assert issubclass(e.InvalidAmountError, e.InvalidInputError)
+    # Deliberately not ValueError/TypeError (issue 17): frameworks catch those and swallow them.
+    for name in dir(e):
+        error = getattr(e, name)
+        if isinstance(error, type) and issubclass(error, e.NascaError):
+            assert not issubclass(error, ValueError | TypeError), name
     assert issubclass(e.SignatureError, e.WebhookError)
     assert issubclass(e.UnknownPackError, e.ConfigurationError)
     assert issubclass(e.UnknownPlanError, e.ConfigurationError)
