@@ -25,6 +25,7 @@ from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
 from nasca_core._delegate import to_billing
+from nasca_core._env import ledger_kwargs
 from nasca_core._errors import (
     ConfigurationError,
     NascaBlockedError,
@@ -65,8 +66,8 @@ class Nasca:
 
     Credit packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``,
     ``cancel_url=``, ``webhook_secret=``, ``allow_bonus_credits=``) configure
-    ``nasca.billing``. Raises ConfigurationError for an unknown store URI, timezone,
-    default tier or policy.
+    ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``).
+    Raises ConfigurationError for an unknown store URI, timezone, default tier or policy.
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class Nasca:
         packs: Iterable[CreditPack] | Mapping[str, CreditPack] | None = None,
         plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
         success_url: str | None = None, cancel_url: str | None = None,
-        webhook_secret: str | None = None, allow_bonus_credits: bool = True,
+        webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
     ) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace = namespace
@@ -107,12 +108,19 @@ class Nasca:
                                unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats)
         self._clock = clock or time.time
         self._windows = WindowClock(self.tz)
-        self.deferred = DeferredSettles(self.store, self.stats)
+        self.deferred = DeferredSettles(self.store, self.stats, namespace, self.now, state_dir)
         self._analytics: Analytics | None = None
         self._analytics_lock = threading.Lock()
         self.billing = Billing(self, packs=packs, plans=plans, stripe=stripe, success_url=success_url,
                                cancel_url=cancel_url, webhook_secret=webhook_secret,
                                allow_bonus_credits=allow_bonus_credits)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Nasca:
+        """A Nasca from ``NASCA_STORE``, ``NASCA_TIERS`` (JSON), ``NASCA_DEFAULT_TIER``,
+        ``NASCA_NAMESPACE``, ``NASCA_TIMEZONE``, ... (``nasca_core._env.LedgerEnv``);
+        keyword arguments win. Raises ConfigurationError."""
+        return cls(**ledger_kwargs(overrides))
 
     # -- the port services use ---------------------------------------------------------
     def now(self) -> float:

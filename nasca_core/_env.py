@@ -1,0 +1,58 @@
+"""``Nasca.from_env()``: the ledger's settings from ``NASCA_*`` environment variables.
+
+    NASCA_STORE=redis://cache:6379/0  NASCA_NAMESPACE=myapp  NASCA_DEFAULT_TIER=free
+    NASCA_TIERS='{"free": {"monthly": "0.50", "daily": "0.10"}, "pro": {"monthly": 10}}'
+
+Read with pydantic-settings, so a bad value is refused with the variable's name; keyword
+arguments given to ``from_env`` win over the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nasca_core._config import Tier, first_error
+from nasca_core._errors import ConfigurationError
+
+ENV_PREFIX = "NASCA_"
+
+
+class LedgerEnv(BaseSettings):
+    """The ``Nasca(...)`` options an environment can set (secrets stay out: see the server)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    store: str = "memory://"
+    tiers: dict[str, Tier] | None = None
+    default_tier: str | None = None
+    namespace: str = "nasca"
+    timezone: str = "UTC"
+    strict: bool = False
+    on_store_error: Literal["allow", "block"] = "block"
+    hold_ttl: float = 900.0
+    unknown_model: str = "block"
+    default_output_tokens: int = 256
+
+
+def ledger_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``Nasca`` keyword arguments: ``overrides`` over the environment.
+
+    Raises ConfigurationError naming the variable at fault."""
+    try:
+        env = LedgerEnv()
+    except ValidationError as exc:
+        raise ConfigurationError(f"Invalid {ENV_PREFIX}* environment: {first_error(exc)}") from None
+    except ConfigurationError as exc:  # Tier(...) checks its own fields: only the tiers have any
+        raise ConfigurationError(f"Invalid {ENV_PREFIX}TIERS: {exc}") from None
+    kwargs = {k: v for k, v in env.model_dump(exclude_none=True).items() if k != "tiers"}
+    if env.tiers is not None:
+        kwargs["tiers"] = env.tiers
+    kwargs.update(overrides)
+    if "tiers" not in kwargs:
+        raise ConfigurationError(f"no tiers: set {ENV_PREFIX}TIERS to JSON like "
+                                 '\'{"free": {"monthly": "0.50"}}\', or pass tiers=')
+    return kwargs
