@@ -27,6 +27,7 @@ from ``context=``, metadata or ``nasca.user()``). ``NascaMiddleware`` and
 import typing
 
 from nasca_langchain._handler import NascaCallbackHandler
+from nasca_langchain._streaming import astarted, started
 from nasca_langchain._upgrade import upgrade_fields, upgrade_reply, with_upgrade_prompt
 from nasca_langchain._usage import usage_from_langchain
 
@@ -38,6 +39,8 @@ __all__ = [
     "NascaCallbackHandler",
     "NascaMiddleware",
     "UpgradePromptMiddleware",
+    "astarted",
+    "started",
     "upgrade_fields",
     "upgrade_reply",
     "usage_from_langchain",

@@ -233,6 +233,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 return
             except UsageParseError as exc:
                 log.warning("nasca: unreadable usage_metadata, counting tokens instead: %s", exc)
+        _warn_counted(run.call.model)
         if not run.streamed and gen is not None:
             run.call.add_text(gen.text)
             for tc in getattr(message, "tool_calls", None) or ():
@@ -263,6 +264,17 @@ class NascaCallbackHandler(BaseCallbackHandler):
     def _pop(self, run_id: UUID) -> _Run | None:
         with self._lock:
             return self._runs.pop(run_id, None)
+
+
+_counted_models: set[str] = set()
+
+
+def _warn_counted(model: str) -> None:
+    # Once per model: a counted charge is close to the bill, not the bill itself.
+    if model not in _counted_models:
+        _counted_models.add(model)
+        log.warning("nasca: %s reported no token usage; charging locally counted tokens (pass "
+                    "stream_usage=True, or check the provider returns usage)", model)
 
 
 def _model_name(serialized: Mapping[str, Any] | None, metadata: Mapping[str, Any],

@@ -295,7 +295,8 @@ def test_public_names() -> None:
 
     assert nasca_langchain.__all__ == sorted(nasca_langchain.__all__)
     assert set(nasca_langchain.__all__) == {
-        "NascaCallbackHandler", "NascaMiddleware", "UpgradePromptMiddleware", "upgrade_fields", "upgrade_reply",
+        "NascaCallbackHandler", "NascaMiddleware", "UpgradePromptMiddleware", "astarted", "started",
+        "upgrade_fields", "upgrade_reply",
         "usage_from_langchain", "with_upgrade_prompt",
     }
     for name in nasca_langchain.__all__:
