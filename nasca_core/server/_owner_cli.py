@@ -1,0 +1,200 @@
+"""The owner's everyday verbs: ``nasca user``, ``nasca credits``, ``nasca tiers``.
+
+    nasca user show u_42 [--json]            nasca user set-tier u_42 pro | --clear
+    nasca credits grant u_42 --spend 2 --paid 0 --key support-981
+    nasca credits list u_42 [--json]
+    nasca tiers list [--json]                nasca tiers set free --daily 0.10 --monthly 1
+    nasca tiers unset free
+
+Each reads the store, namespace and tiers from ``nasca.toml`` (``--config``), or takes
+``--store``/``--namespace``; what they change is live for every process on that store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from nasca_core._config import Tier
+from nasca_core._errors import ConfigurationError, NascaError
+from nasca_core._ledger import Nasca
+from nasca_core._windows import WINDOWS
+from nasca_core.server._config import ServeConfig, build_nasca
+
+Runner = Callable[[argparse.Namespace], int]
+DEFAULT_CONFIG = "nasca.toml"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help=f"the config file (default: ./{DEFAULT_CONFIG})")
+    parser.add_argument("--store", help="store URI (default: the config's)")
+    parser.add_argument("--namespace", help="namespace (default: the config's)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+@contextmanager
+def _ledger(args: argparse.Namespace) -> Iterator[Nasca]:
+    if args.config is None and not Path(DEFAULT_CONFIG).exists() and not args.store:
+        raise ConfigurationError(f"no ./{DEFAULT_CONFIG}: give --config PATH or --store URI")
+    config = ServeConfig.load(args.config or DEFAULT_CONFIG) if args.config or not args.store \
+        else ServeConfig()
+    update = {k: v for k, v in (("store", args.store), ("namespace", args.namespace)) if v}
+    nasca = build_nasca(config.model_copy(update=update), {})
+    try:
+        yield nasca
+    finally:
+        nasca.close()
+
+
+def _run(action: Callable[[Nasca, argparse.Namespace], Any]) -> Runner:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with _ledger(args) as nasca:
+                out = action(nasca, args)
+        except NascaError as exc:
+            print(f"nasca: {exc}", file=sys.stderr)
+            return 2
+        if out is not None:
+            print(json.dumps(out, indent=2, default=str) if args.json else _text(out))
+        return 0
+
+    return run
+
+
+def _text(out: Any) -> str:
+    if isinstance(out, Mapping):
+        return "\n".join(f"{k}: {v}" for k, v in out.items() if v is not None)
+    if isinstance(out, list):
+        return "\n".join(_text(item) if not isinstance(item, Mapping) else
+                         "  ".join(f"{k}={v}" for k, v in item.items() if v is not None) for item in out)
+    return str(out)
+
+
+# -- user ----------------------------------------------------------------------------------
+def _user_show(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    usage = nasca.get_usage(args.user, tier=args.tier)
+    out: dict[str, Any] = {"user": usage.user_id, "tier": usage.tier,
+                           "blocked": usage.blocked_reason or "no"}
+    for w in WINDOWS:
+        limit = getattr(usage, f"{w}_limit")
+        if limit is not None:
+            out[w] = f"${getattr(usage, f'{w}_spent')} of ${limit}, resets {getattr(usage, f'{w}_resets_at')}"
+    out.update({"month_cost": usage.month_cost, "month_calls": usage.month_calls,
+                "in_flight": usage.in_flight, "credit_balance": usage.credit_balance,
+                "credit_balance_paid": f"{usage.credit_balance_display} {usage.credit_currency}"})
+    return out
+
+
+def _user_set_tier(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    if (args.tier is None) == (not args.clear):
+        raise ConfigurationError("give a TIER, or --clear")
+    nasca.set_user_tier(args.user, None if args.clear else args.tier)
+    return {"user": args.user, "stored_tier": None if args.clear else args.tier}
+
+
+# -- credits ---------------------------------------------------------------------------------
+def _credits_grant(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    grant = nasca.billing.grant_credits(args.user, args.pack, spend=args.spend, paid=args.paid,
+                                        currency=args.currency, idempotency_key=args.key)
+    lot = grant.lot
+    return {"granted": grant.granted, "lot": lot.id, "spend": lot.granted, "remaining": lot.remaining,
+            "paid": f"{lot.paid} {lot.currency}"}
+
+
+def _credits_list(nasca: Nasca, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [{"lot": lot.id, "pack": lot.pack or None, "granted": lot.granted, "remaining": lot.remaining,
+             "paid": f"{lot.paid} {lot.currency}", "revoked": lot.revoked or None}
+            for lot in nasca.billing.credit_lots(args.user)]
+
+
+# -- tiers ------------------------------------------------------------------------------------
+def _tiers_list(nasca: Nasca, args: argparse.Namespace) -> list[dict[str, Any]]:
+    snap = nasca.live.fresh()
+    stored = set(snap.stored.sections.get("tier", {}))
+    return [{"tier": name, **{w: tier.limit(w) for w in WINDOWS},
+             "hard": ",".join(w for w, h in zip(WINDOWS, tier.hard_windows(), strict=True) if h) or None,
+             "source": "store" if name in stored else "config"}
+            for name, tier in sorted(snap.tiers.items())]
+
+
+def _tiers_set(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    limits = {w: getattr(args, w) for w in WINDOWS if getattr(args, w) is not None}
+    cover = frozenset(w for w in WINDOWS if w not in (args.hard or ()))
+    tier = Tier(**limits, credits_cover=cover)
+    nasca.set_tier(args.name, tier)
+    return {"tier": args.name, **{w: tier.limit(w) for w in WINDOWS}}
+
+
+def _tiers_unset(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    nasca.set_tier(args.name, None)
+    return {"tier": args.name, "stored_override": "removed"}
+
+
+# -- registration -------------------------------------------------------------------------------
+Verb = tuple[str, str, Callable[..., Any], Callable[[argparse.ArgumentParser], None]]
+
+
+def _verbs(parser: argparse.ArgumentParser, verbs: list[Verb]) -> Runner:
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, help_text, action, arguments in verbs:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        arguments(p)
+        p.set_defaults(_verb=_run(action))
+    return lambda args: int(args._verb(args))
+
+
+def setup_user(parser: argparse.ArgumentParser) -> Runner:
+    def show(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("--tier", help="the tier the app passes for this user (default: the stored one)")
+
+    def set_tier(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("tier", nargs="?")
+        p.add_argument("--clear", action="store_true", help="remove the stored tier")
+
+    return _verbs(parser, [("show", "a user's spend per window, holds and credits", _user_show, show),
+                           ("set-tier", "put a user on a tier (it beats the app's)", _user_set_tier,
+                            set_tier)])
+
+
+def setup_credits(parser: argparse.ArgumentParser) -> Runner:
+    def grant(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("--pack", help="grant a configured credit pack")
+        p.add_argument("--spend", type=Decimal, help="dollars of AI spend")
+        p.add_argument("--paid", type=Decimal, help="what the user paid (default: the spend)")
+        p.add_argument("--currency", help="the currency paid (default usd)")
+        p.add_argument("--key", required=True, help="idempotency key: the same key grants once")
+
+    def lots(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+
+    return _verbs(parser, [("grant", "give a user credits (support, promotions)", _credits_grant, grant),
+                           ("list", "a user's credit lots, oldest first", _credits_list, lots)])
+
+
+def setup_tiers(parser: argparse.ArgumentParser) -> Runner:
+    def nothing(p: argparse.ArgumentParser) -> None:
+        return None
+
+    def define(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        for w in WINDOWS:
+            p.add_argument(f"--{w}", type=Decimal, help=f"the {w} limit in dollars (default: none)")
+        p.add_argument("--hard", action="append", choices=[w for w in WINDOWS if w != "monthly"],
+                       help="a window credits may not extend (repeatable)")
+
+    def name_only(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+
+    return _verbs(parser, [("list", "the tiers in force and where each comes from", _tiers_list, nothing),
+                           ("set", "define or change a tier, live for every process", _tiers_set, define),
+                           ("unset", "remove a tier's stored override", _tiers_unset, name_only)])
