@@ -1,10 +1,11 @@
-"""Ledger hot path: reserve+settle on Redis and on the memory store, against a bare GET.
+"""Ledger hot path: reserve+settle on Redis, on SQLite and on the memory store, against a bare GET.
 
     .venv/bin/python benchmarks/bench_ledger.py [--redis-url redis://...] [-n 5000]
 
-Prints, from one run: a bare redis-py GET round trip (p50), reserve+settle on Redis and
-on the memory store (p50), the final spend of 200 concurrent callers on a $1 budget
-(default admission and strict), and Redis memory per active user-month.
+Prints, from one run: a bare redis-py GET round trip (p50), reserve+settle on loopback Redis,
+on a SQLite file (WAL) and on the memory store (p50, interleaved so each sees the same
+machine), the final spend of 200 concurrent callers on a $1 budget (default admission and
+strict), and Redis memory per active user-month.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import threading
 import uuid
 from decimal import Decimal
@@ -99,13 +101,15 @@ def main() -> None:
     ap.add_argument("--redis-url")
     ap.add_argument("-n", type=int, default=5000)
     args = ap.parse_args()
-    with redis_server(args.redis_url) as url:
+    with redis_server(args.redis_url) as url, tempfile.TemporaryDirectory() as tmp:
         client = redis.Redis.from_url(url)
         client.set("bench:k", "1")
-        on_redis, on_memory = make(url), make("memory://")
+        sqlite_uri = f"sqlite:///{tmp}/bench.db"
+        on_redis, on_memory, on_sqlite = make(url), make("memory://"), make(sqlite_uri)
         p50 = interleaved({
             "bare GET": lambda: client.get("bench:k"),
             "reserve+settle redis": lambda: reserve_settle(on_redis),
+            "reserve+settle sqlite": lambda: reserve_settle(on_sqlite),
             "reserve+settle memory": lambda: reserve_settle(on_memory),
         }, args.n)
         get = p50["bare GET"]
@@ -114,12 +118,15 @@ def main() -> None:
         rs = p50["reserve+settle redis"]
         print(f"{'reserve+settle, Redis':<28}{rs:>10.1f}{rs / get:>8.2f}   ≤ 2.5× GET "
               f"{'OK' if rs / get <= 2.5 else 'MISSED'}")
+        sq = p50["reserve+settle sqlite"]
+        print(f"{'reserve+settle, SQLite':<28}{sq:>10.1f}{sq / get:>8.2f}   ≤ Redis "
+              f"{'OK' if sq <= rs else 'MISSED'}")
         ms = p50["reserve+settle memory"]
         print(f"{'reserve+settle, memory':<28}{ms:>10.1f}{ms / get:>8.2f}   ≤ 20 µs "
               f"{'OK' if ms <= 20 else 'MISSED'}")
         print()
         print("200 concurrent callers, one user, $1 monthly budget, $0.07 per call:")
-        for store_name, store in (("memory", "memory://"), ("redis", url)):
+        for store_name, store in (("memory", "memory://"), ("sqlite", sqlite_uri), ("redis", url)):
             for strict in (False, True):
                 spent, cost = concurrency(store, strict)
                 aspent = asyncio.run(aconcurrency(store, strict))

@@ -73,7 +73,9 @@ async def run(args: argparse.Namespace, store: str) -> dict[str, Any]:
         path = Path(tmp) / "nasca.toml"
         path.write_text(config_text(store, port))
         config = ServeConfig.load(path)
-        proc = subprocess.Popen([sys.executable, "-m", "nasca_core.cli", "serve", "--config", str(path)],
+        ephemeral = ["--ephemeral"] if store.startswith("memory:") else []  # a throwaway ledger
+        proc = subprocess.Popen([sys.executable, "-m", "nasca_core.cli", "serve", "--config", str(path),
+                                 *ephemeral],
                                 env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             return await load(args, config, port, proc)

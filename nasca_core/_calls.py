@@ -12,13 +12,15 @@ that translate their framework's events into these five calls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nasca_core._config import Tier
-from nasca_core._errors import ConfigurationError
+from nasca_core._errors import ConfigurationError, UsageParseError
 from nasca_core._types import Charge, Reservation
 from nasca_core.pricing import (
     Pricer,
@@ -34,6 +36,14 @@ if TYPE_CHECKING:
 
 
 _PENDING = Charge(0, 0, 0)
+log = logging.getLogger("nasca")
+_zero_input_warned: set[str] = set()
+
+
+def counting_model(pricer: Pricer, model: str) -> str:
+    """The name to count tokens with: what ``model`` resolves to (an Azure deployment alias
+    of gpt-4o counts with o200k, like gpt-4o)."""
+    return pricer.table.normalize(model) or model
 
 
 class LLMCall:
@@ -47,7 +57,7 @@ class LLMCall:
         self.reservation = reservation
         self.model = model
         self.prompt_tokens = prompt_tokens
-        self.counter = StreamTextCounter(model)
+        self.counter = StreamTextCounter(counting_model(nasca.pricer, model))
         self._charge: Charge | None = None
         self._lock = threading.Lock()
 
@@ -68,7 +78,21 @@ class LLMCall:
         self.counter.add(text)
 
     def _usage(self, usage: TokenUsage | None) -> TokenUsage:
-        return usage if usage is not None else self.counter.usage(self.prompt_tokens)
+        if usage is None:
+            return self.counter.usage(self.prompt_tokens)
+        if not isinstance(usage, TokenUsage):
+            raise UsageParseError(
+                f"finish() needs a TokenUsage (or None: the counted prompt and text), got "
+                f"{type(usage).__name__}: read the provider's usage with nasca_core.pricing first")
+        if usage.input_tokens == 0 and self.prompt_tokens > 0:
+            # Some framework streams report input_tokens 0 (langchain-anthropic's older stream
+            # shape): the prompt was sent and billed, so charge the counted prompt.
+            if self.model not in _zero_input_warned and len(_zero_input_warned) < 1024:
+                _zero_input_warned.add(self.model)
+                log.warning("nasca: %r reported input_tokens=0 for a %d-token prompt; charging the "
+                            "counted prompt", self.model, self.prompt_tokens)
+            return dataclasses.replace(usage, input_tokens=self.prompt_tokens)
+        return usage
 
     def _claim(self) -> bool:
         with self._lock:
@@ -80,12 +104,13 @@ class LLMCall:
     def finish(self, usage: TokenUsage | None = None) -> Charge:
         """Charge the call: ``usage`` as the provider reported it, else prompt + streamed text.
 
-        Raises UnknownModelError (under "block") before anything is written."""
+        Raises UnknownModelError (under "block") or UsageParseError (``usage`` is not a
+        TokenUsage) before anything is written."""
         if not self._claim():
             assert self._charge is not None
             return self._charge
-        u = self._usage(usage)
-        try:
+        try:  # nothing is written, and the call can be finished again, if this raises
+            u = self._usage(usage)
             cost = self.nasca.pricer.cost(self.model, u)
         except Exception:
             self._charge = None
@@ -100,8 +125,8 @@ class LLMCall:
         if not self._claim():
             assert self._charge is not None
             return self._charge
-        u = self._usage(usage)
-        try:
+        try:  # nothing is written, and the call can be finished again, if this raises
+            u = self._usage(usage)
             cost = self.nasca.pricer.cost(self.model, u)
         except Exception:
             self._charge = None
@@ -147,15 +172,16 @@ def estimate_call(
     if not isinstance(model, str) or not model:
         raise ConfigurationError("start_call() needs the model name")
     if prompt_tokens is None:
+        counted = counting_model(pricer, model)
         # Tool schemas are prompt tokens too: counted as one more system message.
         schemas = json.dumps(list(tools), default=str) if tools else None
         if messages is not None:
             if schemas is not None:
                 messages = [*messages, {"role": "system", "content": schemas}]
-            prompt_tokens = count_message_tokens(messages, model)
+            prompt_tokens = count_message_tokens(messages, counted)
         else:
-            prompt_tokens = count_tokens(prompt or "", model)
+            prompt_tokens = count_tokens(prompt or "", counted)
             if schemas is not None:
-                prompt_tokens += count_tokens(schemas, model)
+                prompt_tokens += count_tokens(schemas, counted)
     output = (tier.default_output_tokens if tier is not None else None) or default_output_tokens
     return prompt_tokens, estimate_cost_nanos(pricer, model, prompt_tokens, max_tokens, output)

@@ -66,7 +66,8 @@ class Nasca:
 
     Credit packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``,
     ``cancel_url=``, ``webhook_secret=``, ``allow_bonus_credits=``) configure
-    ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``).
+    ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``);
+    ``require_durable=True`` refuses a Redis that may evict or forget ledger keys.
     Raises ConfigurationError for an unknown store URI, timezone, default tier or policy.
     """
 
@@ -80,12 +81,13 @@ class Nasca:
         upgrade_message: str | None = None,
         checkout_url: Callable[[NascaBlockedError], str | None] | None = None,
         prices: Mapping[str, Any] | None = None, model_aliases: Mapping[str, str] | None = None,
-        unknown_model: str = "block", default_output_tokens: int = 256,
+        unknown_model: str = "block", default_output_tokens: int = 256, charge_embeddings: bool = False,
         # Billing: they configure nasca.billing.
         packs: Iterable[CreditPack] | Mapping[str, CreditPack] | None = None,
         plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
         success_url: str | None = None, cancel_url: str | None = None,
         webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
+        require_durable: bool = False,
     ) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace = namespace
@@ -95,7 +97,7 @@ class Nasca:
         self.strict = bool(strict)
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.hold_ttl_ms = int(hold_ttl * 1000)
-        self.default_output_tokens = default_output_tokens
+        self.default_output_tokens, self.charge_embeddings = default_output_tokens, bool(charge_embeddings)
         self.get_user_id = get_user_id
         self.get_user_tier = get_user_tier
         # {action} says what can unblock the user: credits can't lift a hard cap.
@@ -103,7 +105,7 @@ class Nasca:
         self.checkout_url_factory = checkout_url
         self.block_listeners: list[Callable[[NascaBlockedError], None]] = []
         self.stats = LedgerStats()
-        self.store = open_store(store)
+        self.store = open_store(store, require_durable=require_durable)
         self.live = LiveConfig(self.store, namespace, tiers, prices=prices, model_aliases=model_aliases,
                                unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats)
         self._clock = clock or time.time

@@ -40,9 +40,13 @@ class LedgerStats:
     settled: int = 0
     released: int = 0
     store_errors: int = 0
-    deferred: int = 0
+    deferred: int = 0  # settles the store could not take (journaled to disk, except on memory://)
     deferred_retried: int = 0
     deferred_pending: int = 0
+    deferred_pending_nanos: int = 0
+    deferred_replayed: int = 0  # adopted from the journal of a process that died
+    deferred_refused: int = 0  # journaled too long ago to replay safely (kept aside, logged)
+    deferred_unjournaled: int = 0  # kept in memory only: the journal could not be written
     stale_config_retries: int = 0
 
 

@@ -33,10 +33,46 @@ def _setup_report(parser: argparse.ArgumentParser) -> Runner:
     return setup_report(parser)
 
 
+def _setup_migrate(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._cli import setup_migrate
+
+    return setup_migrate(parser)
+
+
+def _setup_billing(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._billing_cli import setup_billing
+
+    return setup_billing(parser)
+
+
+def _setup_user(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._owner_cli import setup_user
+
+    return setup_user(parser)
+
+
+def _setup_credits(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._owner_cli import setup_credits
+
+    return setup_credits(parser)
+
+
+def _setup_tiers(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._owner_cli import setup_tiers
+
+    return setup_tiers(parser)
+
+
 SUBCOMMANDS: list[tuple[str, str, Setup]] = [
     ("prices", "manage the model price table", _setup_prices),
     ("serve", "run the upgrade page, overlay, Stripe webhook and dashboard", _setup_serve),
     ("report", "print a month's conversion funnel, revenue, AI cost and top users", _setup_report),
+    ("migrate", "move a Redis store's keys to this release's key layout (dry run unless --apply)",
+     _setup_migrate),
+    ("billing", "billing upkeep: `nasca billing reconcile [--since DATE] [--dry-run]`", _setup_billing),
+    ("user", "show a user, or put them on a tier", _setup_user),
+    ("credits", "grant or list a user's credits", _setup_credits),
+    ("tiers", "list, set or unset tiers, live for every process", _setup_tiers),
 ]
 
 

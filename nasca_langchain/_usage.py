@@ -13,6 +13,7 @@ _CACHE_READ = ("cache_read", "priority_cache_read", "flex_cache_read")
 _CACHE_WRITE = ("cache_creation", "priority_cache_creation", "flex_cache_creation")
 _CACHE_WRITE_TTL = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 _REASONING = ("reasoning", "priority_reasoning", "flex_reasoning")
+_TIERS = ("priority", "flex")
 
 
 def usage_from_langchain(usage_metadata: object) -> TokenUsage:
@@ -24,10 +25,13 @@ def usage_from_langchain(usage_metadata: object) -> TokenUsage:
 
     * langchain-anthropic reports cache writes split by TTL
       (``ephemeral_5m_input_tokens``/``ephemeral_1h_input_tokens``) and then sets
-      ``cache_creation`` to 0 to avoid double counting; we sum the TTL keys back.
-      Both TTLs are priced at the table's single cache-write price (the 5-minute one).
+      ``cache_creation`` to 0 to avoid double counting; we sum the TTL keys back, and the
+      1-hour ones are priced at the 1-hour write price.
     * langchain-openai prefixes details with the service tier on ``priority``/``flex``
-      (``priority_cache_read``, ``flex_reasoning``); we add those in.
+      (``priority_cache_read``, ``flex_reasoning``); we add those in, and the prefix is the
+      service tier the call is priced at.
+
+    Audio tokens (``input_token_details.audio``, ``output_token_details.audio``) are read.
 
     Raises UsageParseError.
     """
@@ -40,8 +44,19 @@ def usage_from_langchain(usage_metadata: object) -> TokenUsage:
     cache_read = _sum(inp, _CACHE_READ)
     cache_write = _sum(inp, _CACHE_WRITE) or _sum(inp, _CACHE_WRITE_TTL)
     reasoning = _sum(out, _REASONING)
+    tier = next((t for t in _TIERS if any(k.startswith(t + "_") for k in (*inp, *out))), None)
     try:
-        return TokenUsage(input_tokens, output_tokens, cache_read, cache_write, reasoning)
+        return TokenUsage(
+            input_tokens,
+            output_tokens,
+            cache_read,
+            cache_write,
+            reasoning,
+            cache_write_1h_tokens=_count(inp, "ephemeral_1h_input_tokens"),
+            input_audio_tokens=min(_count(inp, "audio"), max(input_tokens - cache_read - cache_write, 0)),
+            output_audio_tokens=min(_count(out, "audio"), max(output_tokens - reasoning, 0)),
+            service_tier=tier,
+        )
     except UsageParseError as exc:
         raise UsageParseError(f"LangChain usage is inconsistent: {exc}") from None
 

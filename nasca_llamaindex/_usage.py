@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from nasca_core import UsageParseError
-from nasca_core.pricing import TokenUsage, usage_from_anthropic, usage_from_openai
+from nasca_core.pricing import TokenUsage, usage_from_anthropic, usage_from_openai_response
 
 
 def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
     """Read a LlamaIndex ``ChatResponse``/``CompletionResponse``; None when it carries no usage.
 
     Prefers ``raw.usage`` (llama-index-llms-openai keeps cached and reasoning counts only
-    there; an Anthropic-shaped usage is recognised by its cache counters), then falls back
+    there, and ``raw.service_tier``; an Anthropic-shaped usage is recognised by its cache
+    counters, and carries its own tier and tool counts), then falls back
     to ``additional_kwargs`` ``prompt_tokens``/``completion_tokens``. None means "no usage
     reported" (streams without ``include_usage``, other integrations): the caller must then
     count the text itself. A usage that is present but malformed raises UsageParseError.
@@ -22,7 +23,8 @@ def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
     if usage is not None:
         if _has(usage, "cache_creation_input_tokens") or _has(usage, "cache_read_input_tokens"):
             return usage_from_anthropic(usage)
-        return usage_from_openai(usage)
+        # The whole response: its service_tier and Responses web_search_call items are billed too.
+        return usage_from_openai_response(raw)
     extra = getattr(chat_response, "additional_kwargs", None)
     if not isinstance(extra, Mapping):
         return None

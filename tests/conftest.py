@@ -5,6 +5,7 @@ With CI set, a missing redis-server fails the run instead of skipping the Redis 
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
@@ -19,6 +20,11 @@ from typing import Any
 
 import pytest
 import redis
+
+# Journals of deferred settles go to a directory of the session's, never the user's ~/.local/state.
+if "NASCA_STATE_DIR" not in os.environ:
+    os.environ["NASCA_STATE_DIR"] = tempfile.mkdtemp(prefix="nasca-state-")
+    atexit.register(shutil.rmtree, os.environ["NASCA_STATE_DIR"], ignore_errors=True)
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -149,7 +155,7 @@ def redis_server_factory() -> Iterator[Callable[[], RedisProcess]]:
             p.stop()
 
 
-BACKENDS = ["memory", "redis", "cluster"]
+BACKENDS = ["memory", "sqlite", "redis", "cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -162,6 +168,8 @@ def store_uri(backend: str, request: pytest.FixtureRequest) -> str:
     """A store URI for the backend; memory stores are named so several Nasca share one."""
     if backend == "memory":
         return f"memory://{uuid.uuid4().hex}"
+    if backend == "sqlite":  # a real file, shared by every Nasca of the test like processes would
+        return f"sqlite:///{request.getfixturevalue('tmp_path')}/ledger.db"
     return str(request.getfixturevalue("redis_url" if backend == "redis" else "cluster_url"))
 
 

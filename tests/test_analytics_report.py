@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from nasca_core import InvalidInputError
-from nasca_core.analytics import Funnel
+from nasca_core import ConfigurationError, InvalidInputError, Nasca, NascaBlockedError, Tier
+from nasca_core.analytics import Analytics, Funnel
 from nasca_core.analytics._aggregate import build_report, month_totals
 from nasca_core.analytics._events import month_id, previous_months
 from nasca_core.analytics._text import report_text
@@ -121,12 +121,30 @@ def test_a_month_is_one_cluster_slot_and_events_touch_only_it():
 
 
 def test_ledger_keys_are_found_and_parsed():
-    assert ledger_pattern("a*b", "202611") == r"a\*b:{*}:m:202611"
-    assert month_owner("app:{u:1}:m:202611", "app", "202611") == "u:1"
-    assert month_owner("app:{u1}:m:202610", "app", "202611") is None
+    from nasca_core.stores import UserKeys
+
+    def month_key(namespace: str, user: str, month: str) -> str:
+        return UserKeys.build(namespace, user, ("20261118", "2026W47", month)).month
+
+    assert ledger_pattern("a*b", "202611") == r"a\*b:{*}:*:m:202611"
+    for user in ("u:1", "}x", "a}:m:202611"):
+        assert month_owner(month_key("app", user, "202611"), "app", "202611") == user
+    assert month_owner(month_key("app", "u1", "202610"), "app", "202611") is None
     assert month_owner("app:billing:x", "app", "202611") is None
-    assert month_owner("other:{u1}:m:202611", "app", "202611") is None
+    assert month_owner(month_key("other", "u1", "202611"), "app", "202611") is None
+    assert month_owner("app:{u1}:m:202611", "app", "202611") is None  # the old layout's key
 
 
 def counts(f):
     return f.blocked, f.prompt_shown, f.checkout_started, f.purchase_completed, f.dismissed
+
+
+def test_one_analytics_per_ledger_records_each_block_once() -> None:
+    n = Nasca("memory://", tiers={"free": Tier(daily="0.01")}, default_tier="free")
+    assert n.analytics is n.analytics
+    with pytest.raises(ConfigurationError, match=r"nasca\.analytics"):
+        Analytics(n)
+    n.settle(n.reserve("0.01", user="u1"), "0.01")
+    with pytest.raises(NascaBlockedError):
+        n.reserve("0.001", user="u1")
+    assert n.analytics.month().funnel.blocked == 1

@@ -14,6 +14,7 @@ from nasca_core.analytics import analytics_for
 from nasca_core.billing import BillingEvent
 from nasca_core.stores import MemoryStore
 from nasca_core.stores.redis import AsyncRedisStore, RedisStore
+from nasca_core.stores.sqlite import SqliteStore
 from nasca_core.testing.stripe import completed_session_event
 from tests._webapp import billed, block
 
@@ -94,7 +95,7 @@ async def test_async_twins(make_nasca):
 
 def test_admitted_calls_write_no_analytics(make_nasca, monkeypatch):
     writes = []
-    for cls in (MemoryStore, RedisStore, AsyncRedisStore):
+    for cls in (MemoryStore, RedisStore, AsyncRedisStore, SqliteStore):
         original = cls.record_event
 
         def counted(self, *args, _original=original):
@@ -119,7 +120,7 @@ def test_a_failing_store_never_breaks_the_blocked_call(make_nasca, monkeypatch, 
     def broken(*args):
         raise RuntimeError("analytics down")
 
-    for cls in (MemoryStore, RedisStore):
+    for cls in (MemoryStore, RedisStore, SqliteStore):
         monkeypatch.setattr(cls, "record_event", broken)
     err = block(n, "u1")  # still the NascaBlockedError, not the analytics failure
     assert isinstance(err, NascaBlockedError)

@@ -53,8 +53,8 @@ def test_pack_checkout_sends_stripes_parameters(stripe_server):
     assert req.api_key == "sk_test_nasca" and req.headers["content-type"].startswith(
         "application/x-www-form-urlencoded")
     assert "stripe-version" in req.headers
-    md = {"nasca_user_id": "u_42", "nasca_namespace": "nasca", "nasca_pack": "p5", "nasca_spend": "3",
-          "nasca_prompt_id": "hold-9"}
+    md = {"nasca_user_id": "u_42", "nasca_namespace": "nasca", "nasca_pack": "p5",
+          "nasca_prompt_id": "hold-9"}  # ids only, never an amount
     assert req.params == {
         "mode": "payment",
         "line_items": [{"price_data": {"currency": "usd", "unit_amount": "500",

@@ -40,6 +40,7 @@ def test_langchain_openai_priority_tier_keys() -> None:
     parsed = usage_from_langchain(metadata)
     assert parsed.cache_read_tokens == 1920
     assert parsed.reasoning_tokens == 192
+    assert parsed.service_tier == "priority"  # priced at the priority rates
 
 
 def test_langchain_anthropic_metadata_as_produced() -> None:
@@ -80,6 +81,8 @@ def test_langchain_message_usage_metadata() -> None:
         cache_read_tokens=100,
         cache_write_tokens=200,
         reasoning_tokens=200,
+        input_audio_tokens=10,  # audio is priced at its own rate where the model has one
+        output_audio_tokens=10,
     )
 
 

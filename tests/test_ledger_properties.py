@@ -221,3 +221,25 @@ def make_cluster_nasca(cluster_url):
     yield make
     for n in made:
         n.close()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequences)
+@example(HARD_CAP_WITH_CREDITS)
+def test_sqlite_store_agrees_with_reference_model(make_sqlite_nasca, sequence):
+    run(make_sqlite_nasca, sequence)
+
+
+@pytest.fixture
+def make_sqlite_nasca(tmp_path):
+    # One file for every example (run() gives each its own namespace), as a long-lived store is.
+    make, made = _maker(lambda: f"sqlite:///{tmp_path}/props.db")
+
+    def make_one(**kw):
+        while made:  # the previous example's Nasca: close its connection
+            made.pop().close()
+        return make(**kw)
+
+    yield make_one
+    for n in made:
+        n.close()

@@ -1,17 +1,14 @@
-"""PriceTable: loading, validation, name normalisation, aliases, overrides and the cost formula."""
+"""PriceTable: genai-prices lookups, owner prices, aliases, validation and the cost formula."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nasca_core._errors import ConfigurationError, PricingError, UnknownModelError
-from nasca_core.pricing import LongContextPrice, ModelPrice, PriceTable, TokenUsage
-from nasca_core.pricing._table import shipped_price_file
+from nasca_core.pricing import LongContextPrice, ModelPrice, PriceTable, TokenUsage, parse_price
 
 
 @pytest.fixture
@@ -19,73 +16,8 @@ def table() -> PriceTable:
     return PriceTable.default()
 
 
-# --------------------------------------------------------------------------- the shipped file
-
-
-def test_shipped_file_header() -> None:
-    data = json.loads(shipped_price_file().read_text(encoding="utf-8"))
-    assert data["unit"] == "USD per 1M tokens"
-    assert data["as_of"].startswith("2026-11-")
-    assert "tokencost" in data["source"] and "LiteLLM" in data["source"]
-    assert set(data) == {"source", "as_of", "unit", "models", "aliases"}
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
-        "gpt-5",
-        "gpt-5-mini",
-        "gpt-5-nano",
-        "gpt-4.1",
-        "gpt-4.1-mini",
-        "gpt-4.1-nano",
-        "gpt-4o",
-        "gpt-4o-mini",
-        "o1",
-        "o3",
-        "o3-mini",
-        "o4-mini",
-        "claude-opus-4-5",
-        "claude-opus-4-1",
-        "claude-sonnet-4-5",
-        "claude-sonnet-4",
-        "claude-haiku-4-5",
-        "claude-3-7-sonnet",
-        "claude-3-5-haiku",
-        "gemini-2.5-pro",
-        "gemini-2.5-flash",
-        "gemini-2.5-flash-lite",
-        "gemini-2.0-flash",
-        "mistral-large",
-        "mistral-medium",
-        "mistral-small",
-        "deepseek-chat",
-        "deepseek-reasoner",
-        "grok-4",
-        "grok-3-mini",
-    ],
-)
-def test_current_models_are_priced(table: PriceTable, model: str) -> None:
-    assert table.normalize(model) == model
-
-
-def test_every_entry_has_a_provider(table: PriceTable) -> None:
-    providers = {table.resolve(m)[1].provider for m in table.models}
-    assert providers == {"openai", "anthropic", "google", "mistral", "deepseek", "xai"}
-
-
 def test_default_is_cached(table: PriceTable) -> None:
     assert PriceTable.default() is table
-
-
-def test_round_trip_through_json(table: PriceTable, tmp_path: Path) -> None:
-    path = tmp_path / "prices.json"
-    path.write_text(table.to_json(), encoding="utf-8")
-    again = PriceTable.from_file(path)
-    assert again.to_dict() == table.to_dict()
-    assert again.models == table.models
-    for model in table.models:
-        assert again.resolve(model)[1] == table.resolve(model)[1]
 
 
 def test_prices_are_exact_decimals(table: PriceTable) -> None:
@@ -101,6 +33,7 @@ def test_prices_are_exact_decimals(table: PriceTable) -> None:
 @pytest.mark.parametrize(
     ("name", "canonical"),
     [
+        # What genai-prices' model matching resolves each spelling to (its ids).
         ("gpt-4o", "gpt-4o"),
         ("GPT-4o", "gpt-4o"),
         ("  gpt-4o ", "gpt-4o"),
@@ -109,38 +42,37 @@ def test_prices_are_exact_decimals(table: PriceTable) -> None:
         ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini"),
         ("gpt-5-2025-08-07", "gpt-5"),
         ("o3-2025-04-16", "o3"),
+        ("codex-mini-latest", "codex-mini"),
         ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
         ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
-        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
         ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
         ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
         ("claude-opus-4-1-20250805", "claude-opus-4-1"),
-        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4-0"),
         ("openai/gpt-4o", "gpt-4o"),
-        ("anthropic/claude-3-5-haiku-20241022", "claude-3-5-haiku"),
-        ("azure/gpt-4o-2024-11-20", "gpt-4o"),
+        ("azure/gpt-4o-2024-11-20", "azure/gpt-4o"),
         ("models/gemini-2.5-pro", "gemini-2.5-pro"),
         ("gemini/gemini-2.5-flash", "gemini-2.5-flash"),
         ("gemini-2.0-flash-001", "gemini-2.0-flash"),
         ("gemini-2.5-pro-preview-06-05", "gemini-2.5-pro"),
-        ("anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet"),
-        ("us.anthropic.claude-sonnet-4-20250514-v1:0", "claude-sonnet-4"),
-        ("eu.anthropic.claude-3-7-sonnet-20250219-v1:0", "claude-3-7-sonnet"),
-        ("bedrock/us.anthropic.claude-3-5-haiku-20241022-v1:0", "claude-3-5-haiku"),
-        ("publishers/anthropic/models/claude-3-5-sonnet-v2@20241022", "claude-3-5-sonnet"),
+        # Bedrock ids are priced as AWS bills them.
+        ("anthropic.claude-3-5-sonnet-20241022-v2:0",
+         "aws/regional.anthropic.claude-3-5-sonnet-20241022-v2:0"),
+        ("bedrock/global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         "aws/global.anthropic.claude-sonnet-4-5-20250929-v1:0"),
         ("publishers/anthropic/models/claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
         (
             "projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash-001",
             "gemini-2.0-flash",
         ),
-        ("vertex_ai/claude-opus-4-1@20250805", "claude-opus-4-1"),
-        ("mistral-large-latest", "mistral-large"),
-        ("mistral/mistral-medium-2505", "mistral-medium"),
-        ("mistral-large-2407", "mistral-large-2407"),  # its own, older price
-        ("grok-4-0709", "grok-4"),
+        # -latest maps to the model the provider serves under it, not to a stripped name.
+        ("mistral-large-latest", "mistral-large-2512"),
+        ("codestral-latest", "codestral"),
+        ("mistral-medium-latest", "mistral-medium-latest"),
+        ("grok-4-0709", "grok-4-0709"),
         ("xai/grok-3-mini-latest", "grok-3-mini"),
         ("deepseek/deepseek-chat", "deepseek-chat"),
-        ("gpt-35-turbo", "gpt-3.5-turbo"),  # Azure's spelling, shipped alias
+        ("gpt-35-turbo", "gpt-3.5-turbo"),  # Azure's spelling
     ],
 )
 def test_normalize(table: PriceTable, name: str, canonical: str) -> None:
@@ -156,7 +88,7 @@ def test_normalize(table: PriceTable, name: str, canonical: str) -> None:
         "   ",
         "gpt-7",
         "my-deployment",
-        "ft:gpt-4o-mini-2024-07-18:acme::abc123",  # fine-tunes are priced differently
+        "mistral-nemo:free",  # genai-prices lists it at $0: never free by accident
         "llama-3-70b",
         "2024-08-06",
     ],
@@ -200,7 +132,7 @@ def test_alias_errors(table: PriceTable) -> None:
     with pytest.raises(ConfigurationError, match="unknown model"):
         table.with_overrides({}, aliases={"x": "not-a-model"})
     with pytest.raises(ConfigurationError, match="also a model name"):
-        table.with_overrides({}, aliases={"gpt-4o": "gpt-4o-mini"})
+        table.with_overrides({"house": {"input": 1, "output": 1}}, aliases={"house": "gpt-4o-mini"})
     with pytest.raises(ConfigurationError):
         table.with_overrides({}, aliases={"": "gpt-4o"})
 
@@ -258,22 +190,24 @@ def test_invalid_price_entries(table: PriceTable, entry: dict[str, Any], field: 
     assert field in str(info.value)
 
 
-def test_from_dict_errors() -> None:
-    with pytest.raises(ConfigurationError, match="models"):
-        PriceTable.from_dict({"aliases": {}})
+def test_constructor_errors() -> None:
+    one = ModelPrice(input=Decimal(1), output=Decimal(1))
     with pytest.raises(ConfigurationError, match="twice"):
-        PriceTable.from_dict({"models": {"A": {"input": 1, "output": 1}, "a": {"input": 1, "output": 1}}})
-    with pytest.raises(ConfigurationError, match="aliases"):
-        PriceTable.from_dict({"models": {"a": {"input": 1, "output": 1}}, "aliases": {"b": 3}})
+        PriceTable({"A": one, "a": one})
+    with pytest.raises(ConfigurationError, match="ModelPrice"):
+        PriceTable({"a": {"input": 1, "output": 1}})  # type: ignore[dict-item]
+    with pytest.raises(ConfigurationError, match="unknown model"):
+        PriceTable({"a": one}, {"b": "c"}, use_source=False)
 
 
-def test_from_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="cannot read"):
-        PriceTable.from_file(tmp_path / "missing.json")
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="not valid JSON"):
-        PriceTable.from_file(broken)
+def test_zero_prices_need_free() -> None:
+    with pytest.raises(ConfigurationError, match="free=True"):
+        parse_price("house", {"input": 0, "output": 0})
+    with pytest.raises(ConfigurationError, match="free=True"):
+        parse_price("house", {"input": 0, "output": 3})
+    free = PriceTable().with_overrides({"house": {"free": True}, "mistral-nemo:free": {"free": True}})
+    assert free.cost_nanos("house", TokenUsage(10**6, 10**6)) == 0
+    assert free.normalize("mistral-nemo:free") == "mistral-nemo:free"  # declared free: priced at $0
 
 
 # --------------------------------------------------------------------------- the cost formula
@@ -346,24 +280,21 @@ def test_long_context_tier_model() -> None:
     price = ModelPrice(input=Decimal(3), output=Decimal(15), long_context=(tier,))
     assert price.long_context[0].above_input_tokens == 128_000
     with pytest.raises(ConfigurationError, match="distinct"):
-        PriceTable.from_dict(
+        parse_price(
+            "m",
             {
-                "models": {
-                    "m": {
-                        "input": 1,
-                        "output": 1,
-                        "long_context": [
-                            {"above_input_tokens": 10, "input": 1, "output": 1},
-                            {"above_input_tokens": 10, "input": 2, "output": 2},
-                        ],
-                    }
-                }
-            }
+                "input": 1,
+                "output": 1,
+                "long_context": [
+                    {"above_input_tokens": 10, "input": 1, "output": 1},
+                    {"above_input_tokens": 10, "input": 2, "output": 2},
+                ],
+            },
         )
 
 
 def test_cost_of_zero_usage_is_zero(table: PriceTable) -> None:
-    for model in table.models:
+    for model in ("gpt-5", "claude-sonnet-4-5", "gemini-2.5-pro", "grok-4.7", "deepseek-chat"):
         assert table.cost_nanos(model, TokenUsage()) == 0
 
 
@@ -397,3 +328,15 @@ def test_public_names() -> None:
     for name in pricing.__all__:
         assert getattr(pricing, name) is not None
     assert len(set(pricing.__all__)) == len(pricing.__all__)
+
+
+def test_owner_price_keeps_the_sources_other_dimensions(table: PriceTable) -> None:
+    # An owner who sets input and output keeps gpt-5's cache discount and web search fee.
+    custom = table.with_overrides({"gpt-5": {"input": 1, "output": 8}})
+    usage = TokenUsage(input_tokens=1000, cache_read_tokens=600, output_tokens=100, web_searches=1)
+    # 400 * 1 + 600 * 0.125 + 100 * 8 = 1275 µ$, plus $0.01 for the search
+    assert custom.cost_nanos("gpt-5-2025-08-07", usage) == 1_275_000 + 10_000_000
+    free = table.with_overrides({"gpt-5": {"free": True}})
+    assert free.cost_nanos("gpt-5", usage) == 0  # free is free: nothing inherited
+    own = table.with_overrides({"gpt-5": {"input": 1, "output": 8, "cache_read": 1, "web_search": 0}})
+    assert own.cost_nanos("gpt-5", usage) == 1000 * 1000 + 100 * 8000

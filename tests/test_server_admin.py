@@ -4,7 +4,9 @@ its next call; the month's numbers and the JSON report."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from decimal import Decimal
 
 import pytest
@@ -13,7 +15,7 @@ from nasca_core import NascaBlockedError, Tier
 from nasca_core.analytics import analytics_for
 from nasca_core.server import create_app
 from nasca_core.testing.stripe import completed_session_event
-from tests._webapp import ADMIN, PUBLIC, billed, block, client, settings
+from tests._webapp import ADMIN, PUBLIC, WHSEC, billed, block, client, settings
 
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
 ORIGIN = {"Origin": PUBLIC}
@@ -188,3 +190,112 @@ async def test_dashboard_shows_the_month(make_nasca):
         assert bad.status_code == 400
         old = await c.get("/admin", headers=BEARER, params={"month": "2026-10"})
         assert 'id="kpi-revenue">$0.00<' in old.text
+
+
+# -- guessing the token, and absurd amounts ---------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_wrong_tokens_are_throttled_with_retry_after(make_nasca, clock):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    async with client(app) as c:
+        codes = [(await c.post("/admin/login", data={"token": f"guess-{i}"}, headers=ORIGIN)).status_code
+                 for i in range(8)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3  # a burst of 5, then refused
+        r = await c.post("/admin/login", data={"token": ADMIN}, headers=ORIGIN)  # even the right one waits
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "Too many" in r.text
+        # bearer guesses count against the same client
+        r = await c.get("/admin/report.json", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        clock.advance(int(r.headers["retry-after"]))
+        # after the wait: one more try, whose failure doubles the back-off
+        assert (await c.post("/admin/login", data={"token": "again"}, headers=ORIGIN)).status_code == 401
+        r = await c.post("/admin/login", data={"token": ADMIN}, headers=ORIGIN)
+        assert r.status_code == 429
+        waits = int(r.headers["retry-after"])
+        clock.advance(waits)
+        await signed_in(c)  # the right token after the wait signs in, and forgets the failures
+        assert (await c.post("/admin/login", data={"token": "x"}, headers=ORIGIN)).status_code == 401
+
+
+def test_login_throttle_backs_off_exponentially_and_stays_bounded():
+    from nasca_core.server._security import LoginThrottle
+
+    t = LoginThrottle(burst=2, refill_seconds=10, max_backoff=60, max_clients=3)
+    waits = []
+    now = 0.0
+    for _ in range(6):
+        now += t.retry_after("ip", now)
+        t.failed("ip", now)
+        waits.append(t.retry_after("ip", now))
+    assert waits[0] == 0 and waits[1:] == [10, 10, 10, 16, 32]  # refill, then 2**strikes over it
+    assert t.retry_after("other", now) == 0
+    for ip in ("a", "b", "c", "d"):
+        t.failed(ip, now)
+    assert t.retry_after("ip", now) == 0  # the least recently seen was dropped: memory is bounded
+    t.succeeded("d")
+    assert t.retry_after("d", now) == 0
+
+
+@pytest.mark.parametrize("token", ["a" * 20, "t" * 40, "abcdabcdabcdabcd", "passwordpassword1234",
+                                   "qwertyuiopasdfghjkl", "short"])
+def test_weak_admin_tokens_are_rejected(token):
+    import secrets as _secrets
+
+    from nasca_core import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        settings(admin_token=token)
+    assert "admin_token" in str(info.value)
+    settings(admin_token=_secrets.token_urlsafe(16))  # what `nasca serve` and the docs generate
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_absurd_amounts_in_forms_are_a_fast_400(make_nasca):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        forms = [("/admin/tiers", {"name": "free", "daily": "1e999998"}),
+                 ("/admin/tiers", {"name": "free", "monthly": "1e400000"}),
+                 ("/admin/tiers", {"name": "free", "weekly": "9" * 5000}),
+                 ("/admin/packs", {"id": "px", "price": "1e999998", "spend": "1"}),
+                 ("/admin/plans", {"id": "px", "tier": "pro", "price": "-1e999998"})]
+        for path, data in forms:
+            took = []
+            for _ in range(3):  # the best of three: a shared CI core can pause any one request
+                start = time.perf_counter()
+                r = await c.post(path, headers=ORIGIN, data={"csrf": csrf, "action": "save", **data})
+                took.append(time.perf_counter() - start)
+                assert r.status_code == 400 and "Not saved" in r.text, (path, data)
+            assert min(took) < 0.010, took  # the whole request (before the fix: 6.5 s, or a 500)
+    assert n.tiers["free"].daily == Decimal("0.10") and "px" not in n.packs
+
+
+def test_nasca_serve_generates_a_strong_admin_token(capsys):
+    from nasca_core.cli import main
+    from nasca_core.server._settings import token_weakness
+
+    assert main(["serve", "--new-admin-token"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["serve", "--new-admin-token"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert len(first) >= 43 and first != second and token_weakness(first) is None
+    settings(admin_token=first)
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_dashboard_lists_orders_held_for_review(make_nasca):
+    from nasca_core.testing.stripe import sign_payload
+    from tests._billing import event, session
+
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    s = session("u9", namespace=n.namespace, amount_total=0)  # a $0 session for a $5 pack
+    body = json.dumps(event("checkout.session.completed", s, created=int(n.now())))
+    async with client(app) as c:
+        signature = sign_payload(body, WHSEC, int(time.time()))
+        r = await c.post("/stripe/webhook", content=body, headers={"stripe-signature": signature})
+        assert r.status_code == 200 and r.json()["action"] == "needs_review"
+        page = (await c.get("/admin", headers=BEARER)).text
+        assert "Orders held for review" in page and s["id"] in page and "u9" in page
+    assert n.credit_lots("u9") == ()

@@ -56,7 +56,8 @@ def test_config_builds_the_nasca_and_settings(tmp_path):
     path = tmp_path / "nasca.toml"
     path.write_text(TOML)
     config = ServeConfig.load(path)
-    env = {"NASCA_SECRET": "s" * 32, "NASCA_ADMIN_TOKEN": "t" * 20, "STRIPE_WEBHOOK_SECRET": "whsec_env"}
+    env = {"NASCA_SECRET": "s" * 32, "NASCA_ADMIN_TOKEN": "tok-Xq3vR9kLm2Zp7Wd4",
+           "STRIPE_WEBHOOK_SECRET": "whsec_env"}
     n = build_nasca(config, env)
     try:
         assert (n.namespace, n.timezone, n.default_tier) == ("shop", "Europe/Paris", "free")
@@ -94,7 +95,7 @@ def test_bad_files_say_what_is_wrong(tmp_path, capsys):
 
 def test_the_cli_registry_keeps_prices():
     parser = build_parser()
-    assert parser.parse_args(["prices", "refresh", "x.json", "--dry-run"]).command == "prices"
+    assert parser.parse_args(["prices", "gpt-5", "--prices", "x.json"]).command == "prices"
     assert parser.parse_args(["serve", "--demo", "--port", "0"]).demo
     assert parser.parse_args(["report", "--json", "--month", "2026-11"]).json
 

@@ -72,3 +72,26 @@ async def test_webhook_secret_from_the_settings(make_nasca):
     async with client(create_app(unconfigured, settings())) as c:
         r = await c.post("/stripe/webhook", content=signed.payload, headers=signed.headers)
     assert r.status_code == 500 and r.json() == {"error": "webhooks are not configured"}
+
+
+async def test_stripe_unreachable_during_the_reread_is_a_500_stripe_retries(make_nasca):
+    from nasca_core.testing.stripe import StripeServer
+    from tests._webapp import free_port
+
+    stand_in = StripeServer(webhook_secret=WHSEC, port=free_port()).start()
+    try:
+        n = billed(make_nasca, stripe=stand_in.client(), success_url="https://app.example.com/ok")
+        app = create_app(n, settings())
+        n.billing.create_checkout("ann", "p5")
+        signed = stand_in.complete_session(stand_in.last_session_id, deliver=False)
+        stand_in.stop()  # Stripe is down when the event arrives
+        async with client(app) as c:
+            r = await c.post("/stripe/webhook", content=signed.payload, headers=signed.headers)
+            assert r.status_code == 500 and r.json() == {"error": "stripe unavailable"}
+            assert n.credit_lots("ann") == ()
+            stand_in.start()  # Stripe retries the event once it is back
+            r = await c.post("/stripe/webhook", content=signed.payload, headers=signed.headers)
+        assert r.status_code == 200 and r.json()["action"] == "granted"
+        assert n.get_usage("ann").credit_balance == Decimal(3)
+    finally:
+        stand_in.stop()

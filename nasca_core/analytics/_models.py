@@ -8,9 +8,10 @@ from decimal import Decimal
 from html import escape
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from nasca_core._display import money
+from nasca_core.billing._models import ReviewOrder
 
 UserSort = Literal["ai_cost", "revenue", "profit", "blocked", "calls"]
 
@@ -156,6 +157,7 @@ class MonthReport(_Model):
     active_users: int
     paying_users: int
     users: list[UserMonth]
+    review_orders: list[ReviewOrder] = Field(default_factory=list)  # paid this month, held for review
 
     def top_users(self, by: UserSort = "ai_cost", n: int = 10) -> list[UserMonth]:
         """The ``n`` users with the most ``by`` (profit: the most profitable first)."""

@@ -1,5 +1,5 @@
 """``Analytics``: records a ledger's conversion events and reads its months back, as a
-service over the ledger's public port (docs/PORT.md).
+service over the ledger's public port (docs/ARCHITECTURE.md).
 
 Blocks arrive through ``ledger.block_listeners`` and checkouts and purchases through
 ``ledger.billing.listeners``; the upgrade page records "prompt_shown" and "dismissed".
@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nasca_core._errors import InvalidInputError, NascaBlockedError, NascaError
+from nasca_core._errors import ConfigurationError, InvalidInputError, NascaBlockedError, NascaError
 from nasca_core._identity import check_user_id
 from nasca_core._money import to_nanos
 from nasca_core.analytics._aggregate import build_report, month_totals
@@ -28,7 +28,7 @@ from nasca_core.stores import AnalyticsEvent, MonthRaw
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
-    from nasca_core.billing import BillingEvent
+    from nasca_core.billing import BillingEvent, ReviewOrder
 
 log = logging.getLogger("nasca.analytics")
 
@@ -48,6 +48,10 @@ class Analytics:
     """
 
     def __init__(self, ledger: Nasca) -> None:
+        # Two listening on one ledger would record every block and purchase twice.
+        if any(isinstance(getattr(f, "__self__", None), Analytics) for f in ledger.block_listeners):
+            raise ConfigurationError("this Nasca already records analytics: use nasca.analytics, "
+                                     "not a second Analytics(nasca)")
         self._ledger = ledger
         self._pending: set[asyncio.Task[None]] = set()
         ledger.block_listeners.append(self.on_block)
@@ -143,24 +147,26 @@ class Analytics:
     def _month(self, month: Month) -> str:
         return self._month_at(None) if month is None else month_id(month)
 
-    def _report(self, month: str, raw: MonthRaw) -> MonthReport:
+    def _report(self, month: str, raw: MonthRaw, reviews: tuple[ReviewOrder, ...]) -> MonthReport:
         n = self._ledger
-        return build_report(raw, namespace=n.namespace, month=month, timezone=n.timezone,
-                            generated_at=datetime.fromtimestamp(n.now(), n.tz))
+        report = build_report(raw, namespace=n.namespace, month=month, timezone=n.timezone,
+                              generated_at=datetime.fromtimestamp(n.now(), n.tz))
+        held = [o for o in reviews if self._month_at(o.at) == month]
+        return report.model_copy(update={"review_orders": held}) if held else report
 
     def month(self, month: Month = None) -> MonthReport:
         """The report of ``month`` ("2026-11", a date; default: this month in the ledger's
         timezone). Raises InvalidInputError for a bad month, StoreError."""
         m = self._month(month)
         raw = self._ledger.store.sync.read_month(self._ledger.namespace, m, int(self._ledger.now() * 1000))
-        return self._report(m, raw)
+        return self._report(m, raw, self._ledger.billing.review_orders())
 
     async def amonth(self, month: Month = None) -> MonthReport:
         """Async twin of month()."""
         m = self._month(month)
         store = self._ledger.store.for_loop()
         raw = await store.read_month(self._ledger.namespace, m, int(self._ledger.now() * 1000))
-        return self._report(m, raw)
+        return self._report(m, raw, await self._ledger.billing.areview_orders())
 
     def trend(self, months: int = 6, end: Month = None) -> list[MonthTotals]:
         """Headline numbers of the ``months`` months ending with ``end``, oldest first

@@ -54,6 +54,11 @@ def report_text(report: MonthReport, top: int = 10) -> str:
                  f"{money(report.credit_cost)} paid from credits)")
     lines.append(f"Profit    {_signed(report.profit)}  (USD revenue - AI cost)")
     lines.append(f"Users     {report.active_users} active, {report.paying_users} paying")
+    if report.review_orders:
+        lines += ["", f"Orders held for review ({len(report.review_orders)}): paid, nothing granted"]
+        for o in report.review_orders:
+            lines.append(f"  {o.session_id}  {o.user_id}  {o.pack}  paid {_amount(o.paid, o.currency)}"
+                         f" (price {_amount(o.expected, o.expected_currency)}): {o.reason}")
     if top:
         lines += _users("Top users by AI cost", report.top_users("ai_cost", top))
         lines += _users("Least profitable users", [u for u in report.least_profitable(top) if u.profit < 0])

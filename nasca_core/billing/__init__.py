@@ -13,7 +13,9 @@ takes and returns, and re-exports its errors from ``nasca_core``.
     _checkout       Checkout Session parameters, pure
     _webhook        verify a Stripe event and decide what it asks, pure
     _webhook_flow   do what a webhook asks, as a flow
-    _models         CreditPack, Plan, CreditLot, WebhookResult, BillingEvent, StripeConfig
+    _reconcile      rebuild purchases and refunds from Stripe's lists, as a flow
+    _models         CreditPack, Plan, CreditLot, WebhookResult, BillingEvent, StripeConfig,
+                    BillingPolicy, ReviewOrder
 """
 
 from nasca_core._errors import (
@@ -24,25 +26,32 @@ from nasca_core._errors import (
 )
 from nasca_core.billing._models import (
     BillingEvent,
+    BillingPolicy,
     CreditGrant,
     CreditLot,
     CreditPack,
     Plan,
+    ReviewOrder,
     StripeConfig,
     WebhookAction,
     WebhookResult,
 )
+from nasca_core.billing._reconcile import ReconcileChange, ReconcileReport
 from nasca_core.billing._service import Billing
 
 __all__ = [
     "Billing",
     "BillingEvent",
+    "BillingPolicy",
     "CheckoutError",
     "CreditGrant",
     "CreditLot",
     "CreditPack",
     "CurrencyMismatchError",
     "Plan",
+    "ReconcileChange",
+    "ReconcileReport",
+    "ReviewOrder",
     "StripeConfig",
     "UnknownPackError",
     "UnknownPlanError",

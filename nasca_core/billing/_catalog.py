@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nasca_core._errors import ConfigurationError, UnknownPackError, UnknownPlanError, UnknownTierError
-from nasca_core.billing._models import CreditPack, Plan
+from nasca_core.billing._models import BillingPolicy, CreditPack, Plan
 from nasca_core.billing._webhook import Catalog
 
 if TYPE_CHECKING:
@@ -39,9 +39,9 @@ class Offer:
         live_plans, retired_plans = _apply_stored(snapshot.stored.sections.get("plan", {}), Plan, plans)
         return cls(snapshot, live_packs, live_plans, retired_packs, retired_plans)
 
-    def webhook_catalog(self, allow_bonus_credits: bool) -> Catalog:
+    def webhook_catalog(self, allow_bonus_credits: bool, policy: BillingPolicy) -> Catalog:
         return Catalog({**self.retired_packs, **self.packs}, {**self.retired_plans, **self.plans},
-                       frozenset(self.snapshot.tiers), allow_bonus_credits)
+                       frozenset(self.snapshot.tiers), allow_bonus_credits, policy)
 
     def pack(self, pack: str | CreditPack) -> CreditPack:
         """The pack on offer. Raises UnknownPackError, ConfigurationError (a CreditPack that

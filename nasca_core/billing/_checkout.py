@@ -28,8 +28,7 @@ def checkout_metadata(namespace: str, user_id: str, item: CreditPack | Plan,
     """What the session (and its payment intent or subscription) carries back in webhooks."""
     md = {"nasca_user_id": user_id, "nasca_namespace": namespace}
     if isinstance(item, CreditPack):
-        md["nasca_pack"] = item.id
-        md["nasca_spend"] = str(item.spend)  # the offer the user saw, even if the pack changes
+        md["nasca_pack"] = item.id  # ids only: what a purchase grants comes from the pack itself
     else:
         md["nasca_plan"] = item.id
     if prompt_id is not None:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from nasca_core._config import first_error
-from nasca_core._errors import ConfigurationError
+from nasca_core._errors import ConfigurationError, InvalidAmountError
 from nasca_core._money import MAX_OP_NANOS, NANOS_PER_USD, to_nanos
 from nasca_core.stores import Lot
 
@@ -61,7 +61,10 @@ def _check_id(value: Any, what: str) -> str:
 
 
 def _money(value: Any, what: str) -> Decimal:
-    nanos = to_nanos(value, what=what, allow_zero=False)
+    try:
+        nanos = to_nanos(value, what=what, allow_zero=False)
+    except InvalidAmountError as exc:  # pydantic reports only ValueErrors as validation errors
+        raise ValueError(str(exc)) from None
     if nanos > MAX_OP_NANOS:
         raise ValueError(f"{what} {value!r} is above the ledger's maximum of $100,000 per lot")
     return Decimal(nanos) / Decimal(NANOS_PER_USD)
@@ -252,8 +255,52 @@ class CreditGrant(BaseModel):
 
 WebhookAction = Literal[
     "granted", "plan_applied", "tier_set", "tier_cleared", "revoked", "awaiting_payment",
-    "stale", "ignored",
+    "stale", "ignored", "needs_review", "refund_recorded", "renewal_recorded",
 ]
+AmountMismatch = Literal["review", "grant", "proportional"]
+PartialRefund = Literal["proportional", "keep", "revoke"]
+
+
+class BillingPolicy(_Frozen):
+    """What billing does when Stripe's figures and the offer disagree.
+
+    ``on_amount_mismatch``: a paid Checkout Session whose currency, ``amount_total`` or
+    Stripe price is not the pack's (a discount, a wrong price, $0). ``"review"`` (default)
+    grants nothing and records a review order (``Billing.review_orders()``, the dashboard,
+    ``nasca report``); ``"grant"`` grants the whole pack; ``"proportional"`` grants the
+    share of the pack that was paid, never more than the pack.
+
+    ``on_partial_refund``: ``"proportional"`` (default) takes back the refunded share of
+    the lot's credits (what is left of them), ``"keep"`` keeps them, ``"revoke"`` takes
+    back all that remains.
+
+    ``past_due_grace_days``: a ``past_due`` or ``unpaid`` subscription keeps its tier this
+    many days after the period it paid for ended, then loses it.
+
+    Raises ConfigurationError.
+    """
+
+    on_amount_mismatch: AmountMismatch = "review"
+    on_partial_refund: PartialRefund = "proportional"
+    past_due_grace_days: int = Field(default=7, ge=0, le=90)
+
+
+class ReviewOrder(BaseModel):
+    """A paid checkout that granted nothing because Stripe's figures did not match the offer
+    (``BillingPolicy.on_amount_mismatch="review"``): grant it by hand with
+    ``grant_credits(user, pack, idempotency_key=session_id, paid=...)`` or refund it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    user_id: str
+    pack: str
+    reason: str
+    paid: Decimal  # what Stripe says was paid, in ``currency``
+    currency: str
+    expected: Decimal
+    expected_currency: str
+    at: datetime
 
 
 class WebhookResult(BaseModel):
@@ -273,6 +320,7 @@ class WebhookResult(BaseModel):
     lot_id: str | None = None
     tier: str | None = None
     detail: str | None = None
+    revoked: Decimal | None = None  # AI spend taken back by this event (refunds, disputes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """``Billing``: credit packs, plans, manual grants, Stripe Checkout and Stripe webhooks,
-as a service over the ledger's public port (docs/PORT.md).
+as a service over the ledger's public port (docs/ARCHITECTURE.md).
 
 Every operation is a flow written once (``_requests``) and run by ``drive`` (sync) or
 ``adrive`` (async). What a webhook asks for is decided in ``_webhook`` and done in
@@ -8,6 +8,7 @@ Every operation is a flow written once (``_requests``) and run by ``drive`` (syn
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -29,14 +30,17 @@ from nasca_core.billing._checkout import check_url, checkout_metadata, checkout_
 from nasca_core.billing._grants import check_idempotency_key, expiry_ms, pack_lot, spend_lot
 from nasca_core.billing._models import (
     BillingEvent,
+    BillingPolicy,
     CreditGrant,
     CreditLot,
     CreditPack,
     Plan,
+    ReviewOrder,
     StripeConfig,
     WebhookResult,
 )
-from nasca_core.billing._requests import CONFIG, CreateSession, Flow, StoreOp, adrive, ask, drive
+from nasca_core.billing._reconcile import ReconcileReport, reconcile_flow, since_of
+from nasca_core.billing._requests import CONFIG, CreateSession, Flow, StoreOp, StripeCall, adrive, ask, drive
 from nasca_core.billing._webhook_flow import webhook_flow
 
 if TYPE_CHECKING:
@@ -69,6 +73,7 @@ class Billing:
         cancel_url: str | None = None,
         webhook_secret: str | None = None,
         allow_bonus_credits: bool = True,
+        policy: BillingPolicy | None = None,
     ) -> None:
         pack_map = as_map(packs, CreditPack, "packs")
         plan_map = as_map(plans, Plan, "plans")
@@ -108,6 +113,9 @@ class Billing:
         self._allow_bonus = allow_bonus_credits
         self.listeners: list[Callable[[BillingEvent], None]] = []
         self._offer: Offer | None = None
+        self._policy = BillingPolicy()
+        if policy is not None:
+            self.policy = policy
 
     @property
     def webhook_secret(self) -> str | None:
@@ -119,6 +127,18 @@ class Billing:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigurationError("webhook_secret must be the endpoint's signing secret (whsec_...)")
         self._webhook_secret = value
+
+    @property
+    def policy(self) -> BillingPolicy:
+        """What webhooks do with amounts that don't match the offer, partial refunds and
+        unpaid subscriptions (``BillingPolicy``); assign a new one to change it."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: BillingPolicy) -> None:
+        if not isinstance(value, BillingPolicy):
+            raise ConfigurationError(f"policy must be a BillingPolicy, got {type(value).__name__}")
+        self._policy = value
 
     @property
     def stripe(self) -> Any:
@@ -351,6 +371,33 @@ class Billing:
                    **{kind: chosen.id}, amount=chosen.price, currency=chosen.currency, prompt_id=prompt_id)
         return url
 
+    # -- the customer portal ------------------------------------------------------------------
+    def create_portal_session(self, user: str, return_url: str) -> str | None:
+        """The URL of a Stripe Billing Portal session where a subscriber manages or cancels
+        their subscription (then back to ``return_url``); None when Nasca knows no
+        subscription of the user. Raises InvalidUserError, ConfigurationError (no Stripe
+        client, a bad URL), CheckoutError (Stripe refused or is unreachable), StoreError."""
+        return drive(self._portal_flow(user, return_url), self._ledger, self._stripe)
+
+    async def acreate_portal_session(self, user: str, return_url: str) -> str | None:
+        """Async twin of create_portal_session()."""
+        return await adrive(self._portal_flow(user, return_url), self._ledger, self._stripe)
+
+    def _portal_flow(self, user: str, return_url: str) -> Flow[str | None]:
+        check_user_id(user)
+        back = check_url(return_url, "return_url")
+        key = f"{self._ledger.namespace}:billing:portal:{user}"
+        customer = yield from ask(StoreOp.get_marker(key, int(self._ledger.now() * 1000)))
+        if customer is None:
+            return None
+        session = yield from ask(StripeCall(("billing_portal", "sessions"), "create",
+                                            {"customer": customer, "return_url": back},
+                                            what="billing portal session"))
+        url = session.get("url") if isinstance(session, dict) else None
+        if not isinstance(url, str):
+            raise CheckoutError("Stripe answered without a billing portal URL")
+        return url
+
     # -- webhooks --------------------------------------------------------------------------
     def handle_stripe_webhook(self, payload: bytes | str, signature_header: str | None) -> WebhookResult:
         """Verify and apply one Stripe webhook (pass the raw body and the Stripe-Signature
@@ -375,7 +422,47 @@ class Billing:
     def _webhook_flow(self, payload: bytes | str, header: str | None) -> Flow[WebhookResult]:
         if self._webhook_secret is None:
             raise ConfigurationError("handle_stripe_webhook() needs Nasca(webhook_secret='whsec_...')")
+        policy = self._policy
         return webhook_flow(
             payload, header, self._webhook_secret, self.webhook_tolerance, ledger=self._ledger,
-            catalog=lambda snap: self._offered(snap).webhook_catalog(self._allow_bonus),
-            emit=self._emit)
+            catalog=lambda snap: self._offered(snap).webhook_catalog(self._allow_bonus, policy),
+            emit=self._emit, policy=policy, refetch=self._stripe is not None)
+
+    # -- reconciliation ------------------------------------------------------------------------
+    def reconcile(self, since: datetime | str | None = None, *, dry_run: bool = False) -> ReconcileReport:
+        """Apply what Stripe says was paid and refunded that the store misses (after a store
+        restore or a webhook outage): completed Checkout Sessions of this namespace since
+        ``since`` (a datetime, or ``"2026-11-01"`` in UTC; default: all) are granted as their
+        webhooks would be, refunds revoke. Exactly once: a second run changes nothing.
+        ``dry_run=True`` only reports what it would change.
+
+        Raises ConfigurationError (no Stripe client), InvalidInputError (bad ``since``),
+        CheckoutError (Stripe refused or is unreachable), StoreError."""
+        return drive(self._reconcile_flow(since, dry_run), self._ledger, self._stripe)
+
+    async def areconcile(self, since: datetime | str | None = None, *,
+                         dry_run: bool = False) -> ReconcileReport:
+        """Async twin of reconcile()."""
+        return await adrive(self._reconcile_flow(since, dry_run), self._ledger, self._stripe)
+
+    def _reconcile_flow(self, since: datetime | str | None, dry_run: bool) -> Flow[ReconcileReport]:
+        if self._stripe is None:
+            raise ConfigurationError("reconcile() needs Nasca(stripe=StripeClient(...) or StripeConfig(...))")
+        policy = self._policy
+        return reconcile_flow(
+            ledger=self._ledger, emit=self._emit, policy=policy, since=since_of(since), dry_run=bool(dry_run),
+            catalog=lambda snap: self._offered(snap).webhook_catalog(self._allow_bonus, policy))
+
+    def review_orders(self) -> tuple[ReviewOrder, ...]:
+        """Paid checkouts held for review (``BillingPolicy.on_amount_mismatch="review"``),
+        oldest first. Raises StoreError."""
+        return drive(self._reviews_flow(), self._ledger, self._stripe)
+
+    async def areview_orders(self) -> tuple[ReviewOrder, ...]:
+        """Async twin of review_orders()."""
+        return await adrive(self._reviews_flow(), self._ledger, self._stripe)
+
+    def _reviews_flow(self) -> Flow[tuple[ReviewOrder, ...]]:
+        key = f"{self._ledger.namespace}:billing:reviews"
+        raw = yield from ask(StoreOp.get_marker(key, int(self._ledger.now() * 1000)))
+        return tuple(ReviewOrder.model_validate(x) for x in (json.loads(raw) if raw else ()))

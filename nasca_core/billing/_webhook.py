@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from nasca_core._errors import (
-    CurrencyMismatchError,
     NascaError,
     SignatureError,
     UnknownPackError,
@@ -22,12 +22,15 @@ from nasca_core._errors import (
 )
 from nasca_core._identity import check_user_id
 from nasca_core._money import MAX_OP_NANOS, to_nanos
-from nasca_core.billing._models import CreditPack, Plan, from_minor
+from nasca_core.billing._models import BillingPolicy, CreditPack, Plan, ReviewOrder, from_minor
 from nasca_core.stores import Lot, SubChange
 
-# A subscription keeps its plan's tier while Stripe still expects payment (past_due is
-# Stripe's retry period); incomplete, unpaid, paused and canceled subscriptions do not.
-ACTIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
+# A subscription keeps its plan's tier while it is paid for; a payment that failed
+# (past_due while Stripe retries, then unpaid) keeps it for the policy's grace period after
+# the paid period ended; incomplete, paused and canceled subscriptions do not. One with
+# cancel_at_period_end stays active until Stripe deletes it at the period's end.
+ACTIVE_STATUSES = frozenset({"active", "trialing"})
+GRACE_STATUSES = frozenset({"past_due", "unpaid"})
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 SESSION_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
 SUBSCRIPTION_EVENTS = frozenset({
@@ -35,6 +38,9 @@ SUBSCRIPTION_EVENTS = frozenset({
     "customer.subscription.deleted", "customer.subscription.paused",
     "customer.subscription.resumed",
 })
+REFUND_EVENTS = frozenset({"charge.refunded", "charge.refund.updated"})
+# A dispute takes the money back until it is won: the credits go with it.
+DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.funds_withdrawn"})
 DAY_MS = 86_400_000
 
 
@@ -88,10 +94,22 @@ class GrantPack:
     user_id: str
     pack: CreditPack
     lot: Lot
-    amount: Decimal
+    amount: Decimal  # what Stripe says was paid, in ``currency``
+    currency: str
     payment_intent: str | None
     customer: str | None
     prompt_id: str | None
+    mismatch: str | None = None  # why Stripe's figures differ from the pack's (policy "grant"/"proportional")
+
+
+@dataclass(frozen=True)
+class Review:
+    """A paid session whose figures don't match the pack: grant nothing, record the order."""
+
+    order: ReviewOrder
+    lot_granted: int  # the pack's spend, for the refund index (a hand grant may follow)
+    payment_intent: str | None
+    customer: str | None
 
 
 @dataclass(frozen=True)
@@ -100,9 +118,10 @@ class ApplyPlan:
     plan: Plan
     change: SubChange
     session_id: str
-    amount: Decimal | None
+    amount: Decimal | None  # what Stripe says was paid, in ``currency``
     customer: str | None
     prompt_id: str | None
+    currency: str = "usd"
 
 
 @dataclass(frozen=True)
@@ -114,12 +133,30 @@ class SubscriptionChange:
 
 @dataclass(frozen=True)
 class Refund:
+    """Money Stripe handed back (a refund) or took back (a dispute), in the charge's minor units."""
+
     payment_intent: str
     full: bool
     charge_id: str | None
+    refunded: int  # cumulative: charge.amount_refunded (a dispute: the whole charge)
+    amount: int  # charge.amount
+    dispute: bool = False
 
 
-Decision = Ignore | AwaitPayment | GrantPack | ApplyPlan | SubscriptionChange | Refund
+@dataclass(frozen=True)
+class Renewal:
+    """A paid subscription invoice after the first (the first is counted with its checkout)."""
+
+    user_id: str | None  # None: look the customer up
+    customer: str | None
+    invoice_id: str
+    subscription: str
+    amount: Decimal  # what Stripe says was paid
+    currency: str
+    plan: Plan | None
+
+
+Decision = Ignore | AwaitPayment | GrantPack | Review | ApplyPlan | SubscriptionChange | Refund | Renewal
 
 
 @dataclass(frozen=True)
@@ -130,6 +167,7 @@ class Catalog:
     plans: Mapping[str, Plan]
     tiers: frozenset[str]
     allow_bonus_credits: bool
+    policy: BillingPolicy
 
 
 def decide(event: Mapping[str, Any], namespace: str, catalog: Catalog, now_ms: int) -> Decision:
@@ -141,8 +179,12 @@ def decide(event: Mapping[str, Any], namespace: str, catalog: Catalog, now_ms: i
             return _session(event, obj, namespace, catalog, now_ms)
         if kind in SUBSCRIPTION_EVENTS:
             return _subscription(event, obj, namespace, catalog)
-        if kind == "charge.refunded":
-            return _refund(obj)
+        if kind == "invoice.paid":
+            return _invoice(obj, namespace, catalog)
+        if kind in REFUND_EVENTS:
+            return refund_of(obj)
+        if kind in DISPUTE_EVENTS:
+            return _dispute(obj)
     except WebhookError:
         raise
     except NascaError as exc:  # an unknown pack, a currency mismatch, a bad user id...
@@ -189,12 +231,8 @@ def _session(event: Mapping[str, Any], s: Mapping[str, Any], namespace: str, cat
         if pack.is_bonus and not catalog.allow_bonus_credits:
             raise WebhookError(f"credit pack {pack.id!r} grants more than it costs and "
                                "allow_bonus_credits is False")
-        amount = _paid(s, pack)
-        spend = _spend(md.get("nasca_spend"), pack)
-        lot = Lot(id=str(session_id), pack=pack.id, paid=to_nanos(amount), currency=pack.currency,
-                  granted=spend, remaining=spend, created_ms=now_ms,
-                  expires_ms=now_ms + pack.expires_in_days * DAY_MS if pack.expires_in_days else 0)
-        return GrantPack(user, pack, lot, amount, _id_of(s.get("payment_intent")), customer, prompt_id)
+        return _pack_purchase(event, s, user, str(session_id), pack, catalog.policy, now_ms, customer,
+                              prompt_id)
     if mode == "subscription":
         if not md.get("nasca_plan"):
             raise WebhookError(f"Nasca subscription session {session_id} has no nasca_plan in its metadata")
@@ -207,8 +245,9 @@ def _session(event: Mapping[str, Any], s: Mapping[str, Any], namespace: str, cat
             raise WebhookError(f"subscription checkout {session_id} has no subscription id")
         created = int(event["created"])
         change = SubChange(sub_id, created, str(event["id"]), True, plan.tier, created, False)
-        total = _minor(s.get("amount_total"), str(s.get("currency") or plan.currency))
-        return ApplyPlan(user, plan, change, str(session_id), total, customer, prompt_id)
+        currency = str(s.get("currency") or plan.currency).lower()
+        total = _minor(s.get("amount_total"), currency)
+        return ApplyPlan(user, plan, change, str(session_id), total, customer, prompt_id, currency)
     return Ignore(f"checkout mode {mode!r} grants nothing", user)
 
 
@@ -226,13 +265,66 @@ def _subscription(event: Mapping[str, Any], sub: Mapping[str, Any], namespace: s
         return Ignore("no Nasca plan names this subscription or its prices")
     user = check_user_id(md["nasca_user_id"]) if md.get("nasca_user_id") else None
     deleted = event["type"] == "customer.subscription.deleted"
-    active = not deleted and sub.get("status") in ACTIVE_STATUSES
+    status = sub.get("status")
+    active = not deleted and (status in ACTIVE_STATUSES or (
+        status in GRACE_STATUSES
+        and int(event["created"]) < period_end(sub) + catalog.policy.past_due_grace_days * 86_400))
     if active:
         _check_tier(plan, catalog)
     started = _int(sub.get("created")) or _int(sub.get("start_date")) or int(event["created"])
     change = SubChange(str(sub_id), int(event["created"]), str(event["id"]), active, plan.tier,
                        started, deleted)
     return SubscriptionChange(user, _id_of(sub.get("customer")), change)
+
+
+def period_end(sub: Mapping[str, Any]) -> int:
+    """When the period the subscription paid for ends (epoch s): on its items since API
+    version 2025-03-31, on the subscription before."""
+    items = sub.get("items")
+    data = items.get("data") if isinstance(items, dict) else None
+    ends = [_int(i.get("current_period_end")) for i in data or () if isinstance(i, dict)]
+    return max([*ends, _int(sub.get("current_period_end"))])
+
+
+def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decision:
+    # API 2025-03-31 on: parent.subscription_details; before: subscription_details, subscription
+    parent = inv.get("parent")
+    details = _mapping(parent.get("subscription_details") if isinstance(parent, dict) else None) \
+        or _mapping(inv.get("subscription_details"))
+    sub_id = _id_of(details.get("subscription")) or _id_of(inv.get("subscription"))
+    if not sub_id:
+        return Ignore("not a subscription invoice")
+    md = _mapping(details.get("metadata"))
+    ns = md.get("nasca_namespace")
+    if ns is not None and ns != namespace:
+        return Ignore(f"for namespace {ns!r}, not {namespace!r}")
+    if inv.get("billing_reason") == "subscription_create":
+        return Ignore("the first invoice of a subscription is counted with its checkout")
+    plan = catalog.plans.get(str(md.get("nasca_plan"))) if md.get("nasca_plan") else None
+    if plan is None:
+        lines = inv.get("lines")
+        prices = {_line_price(li) for li in (lines.get("data") if isinstance(lines, dict) else None) or ()}
+        plan = next((p for p in catalog.plans.values() if p.stripe_price and p.stripe_price in prices), None)
+    user = check_user_id(md["nasca_user_id"]) if md.get("nasca_user_id") else None
+    if user is None and plan is None:
+        return Ignore("not a Nasca subscription (no metadata, no plan's price)")
+    currency = str(inv.get("currency") or "").lower()
+    amount = _minor(inv.get("amount_paid"), currency or "usd")
+    if amount is None or not _nonempty(inv.get("id")):
+        raise WebhookError("the paid invoice has no id or no integer amount_paid")
+    return Renewal(user, _id_of(inv.get("customer")), str(inv["id"]), sub_id, amount, currency, plan)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _line_price(line: Any) -> str | None:
+    if not isinstance(line, dict):
+        return None
+    pricing = line.get("pricing")
+    details = pricing.get("price_details") if isinstance(pricing, dict) else None
+    return _id_of(details.get("price")) if isinstance(details, dict) else _id_of(line.get("price"))
 
 
 def _plan_of(sub: Mapping[str, Any], md: Mapping[str, Any], catalog: Catalog) -> Plan | None:
@@ -252,12 +344,69 @@ def _plan_of(sub: Mapping[str, Any], md: Mapping[str, Any], catalog: Catalog) ->
     return None
 
 
-def _refund(charge: Mapping[str, Any]) -> Decision:
+def _pack_purchase(event: Mapping[str, Any], s: Mapping[str, Any], user: str, session_id: str,
+                   pack: CreditPack, policy: BillingPolicy, now_ms: int, customer: str | None,
+                   prompt_id: str | None) -> Decision:
+    """What a paid pack session grants: the pack's spend (never an amount from the event),
+    when Stripe's currency, total and price are the pack's; else what the policy says."""
+    total, currency = _paid(s, pack)
+    why = _mismatch(s, pack, total, currency)
+    spend = to_nanos(pack.spend)
+    pi = _id_of(s.get("payment_intent"))
+    if why is not None:
+        mode = policy.on_amount_mismatch
+        if mode == "proportional" and currency == pack.currency and total > 0:
+            # Integer arithmetic: the share paid, rounded down, never more than the pack.
+            spend = min(spend, spend * total // pack.unit_amount)
+        elif mode != "grant":
+            spend = 0
+        if spend == 0:
+            order = ReviewOrder(session_id=session_id, user_id=user, pack=pack.id, reason=why,
+                                paid=from_minor(total, currency), currency=currency, expected=pack.price,
+                                expected_currency=pack.currency,
+                                at=datetime.fromtimestamp(int(event["created"]), UTC))
+            return Review(order, to_nanos(pack.spend), pi, customer)
+    amount = from_minor(total, currency)
+    lot = Lot(id=session_id, pack=pack.id, paid=to_nanos(amount), currency=currency,
+              granted=spend, remaining=spend, created_ms=now_ms,
+              expires_ms=now_ms + pack.expires_in_days * DAY_MS if pack.expires_in_days else 0)
+    return GrantPack(user, pack, lot, amount, currency, pi, customer, prompt_id, why)
+
+
+def _mismatch(s: Mapping[str, Any], pack: CreditPack, total: int, currency: str) -> str | None:
+    """Why what Stripe charged is not the pack's price, or None."""
+    if currency != pack.currency:
+        return f"paid in {currency.upper() or 'no currency'}, the pack is priced in {pack.currency.upper()}"
+    if total != pack.unit_amount:
+        return (f"amount_total {total} {currency.upper()} is not the pack's price "
+                f"{pack.unit_amount} {pack.currency.upper()}")
+    items = s.get("line_items")
+    data = items.get("data") if isinstance(items, dict) else None
+    if pack.stripe_price and isinstance(data, list) and data:  # only when Stripe expanded them
+        prices = {_id_of(i.get("price")) for i in data if isinstance(i, dict)}
+        if prices != {pack.stripe_price}:
+            return f"line items {sorted(p or '?' for p in prices)} are not the pack's {pack.stripe_price}"
+    return None
+
+
+def refund_of(charge: Mapping[str, Any]) -> Decision:
+    """What a refunded charge (or a refund object) asks for."""
+    if charge.get("object") == "refund":  # charge.refund.updated carries the refund
+        return Ignore("refund updates change nothing: charge.refunded carries the refunded total")
     pi = _id_of(charge.get("payment_intent"))
     if not pi:
         return Ignore("the refunded charge has no payment intent")
-    full = charge.get("refunded") is True
-    return Refund(pi, full, _id_of(charge.get("id")))
+    amount, refunded = _int(charge.get("amount")), _int(charge.get("amount_refunded"))
+    full = charge.get("refunded") is True or (amount > 0 and refunded >= amount)
+    return Refund(pi, full, _id_of(charge.get("id")), refunded, amount)
+
+
+def _dispute(dispute: Mapping[str, Any]) -> Decision:
+    pi = _id_of(dispute.get("payment_intent"))
+    if not pi:
+        return Ignore("the disputed charge has no payment intent")
+    amount = _int(dispute.get("amount"))
+    return Refund(pi, True, _id_of(dispute.get("charge")), amount, amount, dispute=True)
 
 
 def _check_tier(plan: Plan, catalog: Catalog) -> None:
@@ -265,24 +414,19 @@ def _check_tier(plan: Plan, catalog: Catalog) -> None:
         raise WebhookError(f"plan {plan.id!r} moves users to tier {plan.tier!r}, which no config defines")
 
 
-def _paid(s: Mapping[str, Any], pack: CreditPack) -> Decimal:
-    """What the user paid in the pack's currency. Since API version 2025-03-31 a session's
-    currency is the integration's; older Adaptive Pricing sessions report it under
-    ``currency_conversion`` instead."""
+def _paid(s: Mapping[str, Any], pack: CreditPack) -> tuple[int, str]:
+    """What the user paid, as Stripe's integer amount and its currency: in the pack's currency
+    when Stripe reports it. Since API version 2025-03-31 a session's currency is the
+    integration's; older Adaptive Pricing sessions report it under ``currency_conversion``."""
     currency = str(s.get("currency") or "").lower()
-    if currency == pack.currency:
-        return _minor_required(s.get("amount_total"), currency)
+    total = s.get("amount_total")
     conv = s.get("currency_conversion")
-    if isinstance(conv, dict) and str(conv.get("source_currency") or "").lower() == pack.currency:
-        return _minor_required(conv.get("amount_total"), pack.currency)
-    raise CurrencyMismatchError(pack.id, pack.currency, currency or "none")
-
-
-def _minor_required(value: Any, currency: str) -> Decimal:
-    amount = _minor(value, currency)
-    if amount is None:
+    if (currency != pack.currency and isinstance(conv, dict)
+            and str(conv.get("source_currency") or "").lower() == pack.currency):
+        currency, total = pack.currency, conv.get("amount_total")
+    if _minor(total, currency or pack.currency) is None:
         raise WebhookError("the checkout session has no integer amount_total")
-    return amount
+    return int(total), currency  # type: ignore[arg-type]  # _minor checked it is an int
 
 
 def _minor(value: Any, currency: str) -> Decimal | None:
@@ -292,18 +436,6 @@ def _minor(value: Any, currency: str) -> Decimal | None:
     if to_nanos(amount) > MAX_OP_NANOS:
         raise WebhookError(f"amount_total {value} is above the ledger's maximum per lot")
     return amount
-
-
-def _spend(value: Any, pack: CreditPack) -> int:
-    if value is None:
-        return to_nanos(pack.spend)
-    try:
-        nanos = to_nanos(Decimal(str(value)), what="nasca_spend", allow_zero=False)
-    except (InvalidOperation, NascaError) as exc:
-        raise WebhookError(f"bad nasca_spend {value!r} in the session metadata") from exc
-    if nanos > MAX_OP_NANOS:
-        raise WebhookError(f"nasca_spend {value!r} is above the ledger's maximum per lot")
-    return nanos
 
 
 def _id_of(value: Any) -> str | None:

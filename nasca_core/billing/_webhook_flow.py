@@ -3,8 +3,17 @@
 
 What billing keeps beside the ledger, as store markers under ``<namespace>:billing:``:
 ``evt:<event id>`` the result of each handled event, ``pi:<payment intent>`` the lot it
-bought (for refunds), ``cus:<customer>`` the user, ``once:<session id>`` that a plan's
-purchase was reported.
+bought (for refunds), ``rf:<payment intent>`` what was refunded or disputed (so a refund
+that arrives before its purchase is applied when the purchase arrives), ``cus:<customer>``
+the user, ``portal:<user>`` the customer whose subscription the Billing Portal manages,
+``once:<session id>`` that a plan's purchase was reported, ``inv:<invoice id>`` that a
+renewal was counted, ``review:<session id>`` and ``reviews`` the orders held for review.
+
+Order independence: a purchase writes its ``pi:`` index, grants, then reads ``rf:``; a
+refund writes ``rf:``, then reads ``pi:``. Each writes before it reads what the other
+writes, so whichever runs second sees the first, and revoking is idempotent (a full
+revoke empties the lot; a partial one caps what it keeps at the unrefunded share of its
+credits), so every order and every replay ends in the same state.
 """
 
 from __future__ import annotations
@@ -16,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from nasca_core._errors import UnknownPackError, UnknownPlanError, WebhookError
 from nasca_core._money import to_usd
-from nasca_core.billing._models import WebhookAction, WebhookResult
-from nasca_core.billing._requests import CONFIG, Flow, StoreOp, ask
+from nasca_core.billing._models import BillingPolicy, WebhookAction, WebhookResult
+from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeCall, ask
 from nasca_core.billing._webhook import (
+    SESSION_EVENTS,
     ApplyPlan,
     AwaitPayment,
     Catalog,
@@ -26,6 +36,8 @@ from nasca_core.billing._webhook import (
     GrantPack,
     Ignore,
     Refund,
+    Renewal,
+    Review,
     SubscriptionChange,
     decide,
     verify_and_parse,
@@ -40,20 +52,27 @@ log = logging.getLogger("nasca")
 DAY_MS = 86_400_000
 EVENT_TTL_MS = 30 * DAY_MS  # Stripe retries for 3 days and can resend an event for 30
 INDEX_TTL_MS = 400 * DAY_MS  # refunds come months after the payment
+MAX_REVIEWS = 200  # the dashboard's list of orders held for review
 
 Emit = Callable[..., None]
 
 
 def webhook_flow(payload: bytes | str, header: str | None, secret: str, tolerance: int, *, ledger: Nasca,
-                 catalog: Callable[[ConfigSnapshot], Catalog], emit: Emit) -> Flow[WebhookResult]:
-    """Raises SignatureError, WebhookError (nothing changed), StoreError."""
+                 catalog: Callable[[ConfigSnapshot], Catalog], emit: Emit,
+                 policy: BillingPolicy, refetch: bool = False) -> Flow[WebhookResult]:
+    """``refetch`` (a Stripe client is configured): read sessions and refunded charges
+    from Stripe instead of trusting the event's snapshot, which may be older than events
+    that arrived before it. Raises SignatureError, WebhookError (nothing changed),
+    StoreError, CheckoutError (Stripe unreachable: answer 5xx, Stripe retries)."""
     event = verify_and_parse(payload, header, secret, tolerance)
     now = ledger.now()
     now_ms = int(now * 1000)
-    marker = _key(ledger, "evt", event["id"])
+    marker = billing_key(ledger, "evt", event["id"])
     prior = yield from ask(StoreOp.get_marker(marker, now_ms))
     if prior is not None:
         return _replayed(prior, event)
+    if refetch:
+        event = yield from _fresh(event, ledger.namespace)
     snapshot = yield from ask(CONFIG)
     try:
         decision = decide(event, ledger.namespace, catalog(snapshot), now_ms)
@@ -64,68 +83,205 @@ def webhook_flow(payload: bytes | str, header: str | None, secret: str, toleranc
         # nothing else tells it the config moved): read the config once more.
         ledger.live.invalidate()
         decision = decide(event, ledger.namespace, catalog((yield from ask(CONFIG))), now_ms)
-    result = yield from _apply(decision, event, now, now_ms, ledger, emit)
+    result = yield from _apply(decision, event, now, now_ms, ledger, emit, policy)
     yield from ask(StoreOp.put_marker(marker, result.model_dump_json(), EVENT_TTL_MS, now_ms))
     return result
 
 
+def _fresh(event: dict[str, Any], namespace: str) -> Flow[dict[str, Any]]:
+    obj = event["data"]["object"]
+    kind = event["type"]
+    md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    call = None
+    if kind in SESSION_EVENTS and md.get("nasca_user_id") and md.get("nasca_namespace") in (None, namespace):
+        # line_items expanded: the price the session charged is checked against the pack's
+        call = StripeCall(("checkout", "sessions"), "retrieve", {"expand": ["line_items"]},
+                          str(obj.get("id")), what=f"checkout session {obj.get('id')}", missing_ok=True)
+    elif kind == "charge.refunded" and obj.get("object") == "charge":
+        call = StripeCall(("charges",), "retrieve", {}, str(obj.get("id")), what=f"charge {obj.get('id')}",
+                          missing_ok=True)
+    if call is None:
+        return event
+    fresh = yield from ask(call)
+    if not isinstance(fresh, dict):
+        raise WebhookError(f"Stripe has no {call.what}: an event about it grants and revokes nothing")
+    return {**event, "data": {**event["data"], "object": fresh}}
+
+
 def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledger: Nasca,
-           emit: Emit) -> Flow[WebhookResult]:
+           emit: Emit, policy: BillingPolicy) -> Flow[WebhookResult]:
     if isinstance(d, Ignore):
         return _result(event, "ignored", user_id=d.user_id, detail=d.detail)
     if isinstance(d, AwaitPayment):
         return _result(event, "awaiting_payment", user_id=d.user_id,
                        detail=f"session {d.session_id} is not paid yet")
     if isinstance(d, GrantPack):
-        if d.payment_intent:
-            index = json.dumps({"u": d.user_id, "l": d.lot.id})
-            yield from ask(StoreOp.put_marker(_key(ledger, "pi", d.payment_intent), index, INDEX_TTL_MS,
-                                              now_ms))
-        if d.customer:
-            yield from ask(StoreOp.put_marker(_key(ledger, "cus", d.customer), d.user_id, None, now_ms))
-        granted = yield from ask(StoreOp.grant(ledger.user_keys(d.user_id, now), d.lot))
-        if granted:
-            emit("purchase_completed", d.user_id, session_id=d.lot.id, pack=d.pack.id, amount=d.amount,
-                 currency=d.pack.currency, spend=to_usd(d.lot.granted), prompt_id=d.prompt_id,
-                 lot_id=d.lot.id)
-        return _result(event, "granted", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id)
+        return (yield from apply_grant(d, event, now, now_ms, ledger, emit, policy))
+    if isinstance(d, Review):
+        return (yield from apply_review(d, event, now_ms, ledger, emit))
     if isinstance(d, ApplyPlan):
         if d.customer:
-            yield from ask(StoreOp.put_marker(_key(ledger, "cus", d.customer), d.user_id, None, now_ms))
+            yield from _remember_customer(ledger, d.user_id, d.customer, now_ms, subscriber=True)
         applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(d.user_id, now), d.change,
                                                             now_ms))
-        first = yield from ask(StoreOp.claim_marker(_key(ledger, "once", d.session_id), INDEX_TTL_MS, now_ms))
+        once = billing_key(ledger, "once", d.session_id)
+        first = yield from ask(StoreOp.claim_marker(once, INDEX_TTL_MS, now_ms))
         if first:
             emit("purchase_completed", d.user_id, session_id=d.session_id, plan=d.plan.id, tier=d.plan.tier,
-                 amount=d.amount, currency=d.plan.currency, prompt_id=d.prompt_id)
+                 amount=d.amount, currency=d.currency, prompt_id=d.prompt_id)
         return _result(event, "plan_applied" if applied.status else "stale", duplicate=not first,
                        user_id=d.user_id, tier=applied.tier)
     if isinstance(d, SubscriptionChange):
         user = d.user_id
         if user is None and d.customer:
-            user = yield from ask(StoreOp.get_marker(_key(ledger, "cus", d.customer), now_ms))
+            user = yield from ask(StoreOp.get_marker(billing_key(ledger, "cus", d.customer), now_ms))
         if user is None:
             return _result(event, "ignored", detail="no nasca_user_id metadata and an unknown customer")
         applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(user, now), d.change, now_ms))
+        if d.customer and d.change.active:
+            yield from _remember_customer(ledger, user, d.customer, now_ms, subscriber=True)
         action: WebhookAction = ("stale" if applied.status == 0
                                  else "tier_set" if applied.tier else "tier_cleared")
         return _result(event, action, duplicate=applied.status == 2, user_id=user, tier=applied.tier)
+    if isinstance(d, Renewal):
+        return (yield from apply_renewal(d, event, now_ms, ledger, emit))
     assert isinstance(d, Refund)
-    raw = yield from ask(StoreOp.get_marker(_key(ledger, "pi", d.payment_intent), now_ms))
+    return (yield from apply_refund(d, event, now, now_ms, ledger, policy))
+
+
+def apply_renewal(d: Renewal, event: Mapping[str, Any], now_ms: int, ledger: Nasca,
+                  emit: Emit) -> Flow[WebhookResult]:
+    user = d.user_id
+    if user is None and d.customer:
+        user = yield from ask(StoreOp.get_marker(billing_key(ledger, "cus", d.customer), now_ms))
+    if user is None:
+        return _result(event, "ignored", detail="no nasca_user_id metadata and an unknown customer")
+    # Keyed by the invoice: its invoice.paid resent, or a second event for it, counts once.
+    once = billing_key(ledger, "inv", d.invoice_id)
+    first = yield from ask(StoreOp.claim_marker(once, INDEX_TTL_MS, now_ms))
+    if first:
+        emit("purchase_completed", user, session_id=None, plan=d.plan.id if d.plan else None,
+             tier=d.plan.tier if d.plan else None, amount=d.amount, currency=d.currency, prompt_id=None,
+             renewal=True, invoice_id=d.invoice_id, subscription=d.subscription)
+    return _result(event, "renewal_recorded", duplicate=not first, user_id=user,
+                   detail=f"renewal: {d.amount} {d.currency.upper()} paid")
+
+
+def _remember_customer(ledger: Nasca, user: str, customer: str, now_ms: int,
+                       subscriber: bool = False) -> Flow[None]:
+    yield from ask(StoreOp.put_marker(billing_key(ledger, "cus", customer), user, None, now_ms))
+    if subscriber:  # the customer whose subscription the Billing Portal link manages
+        yield from ask(StoreOp.put_marker(billing_key(ledger, "portal", user), customer, None, now_ms))
+
+
+def apply_grant(d: GrantPack, event: Mapping[str, Any], now: float, now_ms: int, ledger: Nasca, emit: Emit,
+           policy: BillingPolicy) -> Flow[WebhookResult]:
+    if d.payment_intent:
+        index = json.dumps({"u": d.user_id, "l": d.lot.id, "g": d.lot.granted})
+        pi = billing_key(ledger, "pi", d.payment_intent)
+        yield from ask(StoreOp.put_marker(pi, index, INDEX_TTL_MS, now_ms))
+    if d.customer:
+        yield from ask(StoreOp.put_marker(billing_key(ledger, "cus", d.customer), d.user_id, None, now_ms))
+    keys = ledger.user_keys(d.user_id, now)
+    granted = yield from ask(StoreOp.grant(keys, d.lot))
+    if granted:
+        if d.mismatch:
+            log.warning("nasca: session %s granted $%s of AI spend although %s", d.lot.id,
+                        to_usd(d.lot.granted), d.mismatch)
+        emit("purchase_completed", d.user_id, session_id=d.lot.id, pack=d.pack.id, amount=d.amount,
+             currency=d.currency, spend=to_usd(d.lot.granted), prompt_id=d.prompt_id, lot_id=d.lot.id)
+    refund = None
+    if d.payment_intent:  # a refund or dispute that arrived first was remembered
+        refund = yield from ask(StoreOp.get_marker(billing_key(ledger, "rf", d.payment_intent), now_ms))
+    if refund is not None:
+        keep = kept_share(policy, json.loads(refund), d.lot.granted)
+        if keep != d.lot.granted:
+            taken = yield from ask(StoreOp.revoke(keys, d.lot.id, keep))
+            return _result(event, "revoked", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
+                           revoked=to_usd(taken),
+                           detail=f"refunded before this event: granted and revoked ${to_usd(taken)} at once")
+    return _result(event, "granted", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
+                   detail=d.mismatch)
+
+
+def apply_review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca,
+            emit: Emit) -> Flow[WebhookResult]:
+    o = d.order
+    if d.payment_intent:  # a hand grant for this session (lot id = session id) is revoked by its refund
+        index = json.dumps({"u": o.user_id, "l": o.session_id, "g": d.lot_granted})
+        pi = billing_key(ledger, "pi", d.payment_intent)
+        yield from ask(StoreOp.put_marker(pi, index, INDEX_TTL_MS, now_ms))
+    if d.customer:
+        yield from ask(StoreOp.put_marker(billing_key(ledger, "cus", d.customer), o.user_id, None, now_ms))
+    review = billing_key(ledger, "review", o.session_id)
+    first = yield from ask(StoreOp.claim_marker(review, INDEX_TTL_MS, now_ms))
+    if first:
+        # One marker listing the orders for the dashboard: a read-modify-write, fine for
+        # something this rare; the per-session claim above stays the durable record.
+        key = f"{ledger.namespace}:billing:reviews"
+        raw = yield from ask(StoreOp.get_marker(key, now_ms))
+        orders = [x for x in (json.loads(raw) if raw else []) if x.get("session_id") != o.session_id]
+        orders = [*orders, o.model_dump(mode="json")][-MAX_REVIEWS:]
+        yield from ask(StoreOp.put_marker(key, json.dumps(orders), None, now_ms))
+        log.warning("nasca: session %s held for review (nothing granted): %s", o.session_id, o.reason)
+        emit("purchase_completed", o.user_id, session_id=o.session_id, pack=o.pack, amount=o.paid,
+             currency=o.currency, spend=0, prompt_id=None, lot_id=None, review=True)
+    return _result(event, "needs_review", duplicate=not first, user_id=o.user_id, lot_id=o.session_id,
+                   detail=f"{o.reason}: nothing granted, the order awaits review")
+
+
+def apply_refund(d: Refund, event: Mapping[str, Any], now: float, now_ms: int, ledger: Nasca,
+            policy: BillingPolicy) -> Flow[WebhookResult]:
+    rf_key = billing_key(ledger, "rf", d.payment_intent)
+    prior = yield from ask(StoreOp.get_marker(rf_key, now_ms))
+    memo = merge_refund(json.loads(prior) if prior else None, d)
+    yield from ask(StoreOp.put_marker(rf_key, json.dumps(memo), INDEX_TTL_MS, now_ms))
+    raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "pi", d.payment_intent), now_ms))
+    what = "dispute" if d.dispute else "refund"
     if raw is None:
-        return _result(event, "ignored", detail="no credit lot was bought with this payment")
+        return _result(event, "refund_recorded",
+                       detail=f"no credit lot bought with this payment yet: the {what} is remembered "
+                              "and applied when the purchase arrives")
     index = json.loads(raw)
     user, lot_id = str(index["u"]), str(index["l"])
-    if not d.full:
+    keys = ledger.user_keys(user, now)
+    if "g" in index:
+        granted = int(index["g"])
+    else:  # an index written before it kept the lot's size
+        lots = yield from ask(StoreOp.all_lots(keys))
+        granted = next((lot.granted for lot in lots if lot.id == lot_id), 0)
+    keep = kept_share(policy, memo, granted)
+    if keep is not None and keep >= granted:
         log.info("nasca: partial refund of %s: the credits of lot %s are kept", d.charge_id, lot_id)
         return _result(event, "ignored", user_id=user, lot_id=lot_id,
-                       detail="partial refund: the credits are kept")
-    taken = yield from ask(StoreOp.revoke(ledger.user_keys(user, now), lot_id))
-    return _result(event, "revoked", user_id=user, lot_id=lot_id,
-                   detail=f"revoked ${to_usd(taken)} of AI spend")
+                       detail="partial refund: the credits are kept (on_partial_refund='keep')")
+    taken = yield from ask(StoreOp.revoke(keys, lot_id, keep))
+    return _result(event, "revoked", user_id=user, lot_id=lot_id, revoked=to_usd(taken),
+                   detail=f"{what}: revoked ${to_usd(taken)} of AI spend")
 
 
-def _key(ledger: Nasca, kind: str, ident: str) -> str:
+def merge_refund(prior: Mapping[str, Any] | None, d: Refund) -> dict[str, Any]:
+    """What is known refunded of one payment: refund events carry running totals and may
+    arrive out of order, so keep the largest."""
+    prior = prior or {}
+    return {"r": max(int(prior.get("r", 0)), d.refunded), "a": max(int(prior.get("a", 0)), d.amount),
+            "f": bool(prior.get("f")) or d.full}
+
+
+def kept_share(policy: BillingPolicy, memo: Mapping[str, Any], granted: int) -> int | None:
+    """What a lot of ``granted`` nanos may keep after the refunds in ``memo``: None = nothing
+    (revoke it), else a cap on what remains: the unrefunded share, rounded down."""
+    if memo.get("f") or policy.on_partial_refund == "revoke":
+        return None
+    amount = int(memo.get("a", 0))
+    if amount <= 0:
+        return None
+    if policy.on_partial_refund == "keep":
+        return granted
+    return granted * (amount - min(int(memo.get("r", 0)), amount)) // amount
+
+
+def billing_key(ledger: Nasca, kind: str, ident: str) -> str:
     return f"{ledger.namespace}:billing:{kind}:{ident}"
 
 

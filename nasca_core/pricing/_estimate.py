@@ -102,6 +102,10 @@ _O200K_PREFIXES = (
     "o3",
     "o4",
     "gpt-oss",
+    "gpt-6",
+    "gpt-realtime",
+    "gpt-audio",
+    "codex-mini",
 )
 
 _lock = threading.Lock()

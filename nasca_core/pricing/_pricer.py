@@ -6,7 +6,8 @@ import logging
 import threading
 
 from nasca_core._errors import ConfigurationError, UnknownModelError
-from nasca_core.pricing._table import ModelPrice, PriceTable
+from nasca_core.pricing._owner import ModelPrice
+from nasca_core.pricing._table import PriceTable
 from nasca_core.pricing._usage import TokenUsage
 
 logger = logging.getLogger("nasca.pricing")

@@ -1,242 +1,123 @@
-"""Model prices, the price table and the integer cost formula.
+"""The price table: genai-prices behind the project's own layer.
 
-Prices are Decimal USD per 1M tokens (what providers publish). At load each model is
-compiled once into integer nano-dollars per 1M tokens, so a cost is five integer
-multiplications, one addition and one rounded division: exact, and a few hundred
-nanoseconds.
+genai-prices (the Pydantic team's maintained price database) is the source of every
+model's prices. On top of it the table keeps what only Nasca knows:
 
-    cost = (input - cache_read - cache_write) * input_price
-         + cache_read * cache_read_price          (missing -> input_price)
-         + cache_write * cache_write_price        (missing -> input_price)
-         + (output - reasoning) * output_price
-         + reasoning * reasoning_price            (missing -> output_price)
+* owner prices (``prices=``, live ``set_price``): a ``ModelPrice`` per model, winning over
+  the source for that exact name and for every name the source resolves to it;
+* aliases (Azure deployment names) to a priced model;
+* "never $0 by accident": a model priced at $0 input (from any source) is refused unless
+  its owner price says ``free=True``;
+* compilation: each model is compiled once per service tier into integer nano-dollar
+  rates (``Rates``), so a cost is a few integer operations, exact, well under 5 µs.
 
-A long-context tier replaces the prices of the whole call when its input tokens are above
-the tier's threshold (that is how Anthropic, Google and LiteLLM all bill it). A field a tier
-leaves out takes the base model's explicit price, then the tier's own fallback.
+Owner prices (``ModelPrice``) and their fallbacks are described in ``_owner.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import weakref
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from datetime import datetime
+from time import time as _time
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from nasca_core._errors import ConfigurationError, UnknownModelError
-from nasca_core._money import NANOS_PER_USD
-from nasca_core.pricing._names import candidates
+from nasca_core.pricing import _genai
+from nasca_core.pricing._owner import ModelPrice, owner_rates, parse_price, price_of
+from nasca_core.pricing._rates import Rates
 from nasca_core.pricing._usage import TokenUsage
 
-_PER_MILLION = 1_000_000
-_HALF = _PER_MILLION // 2
-_MAX_PRICE = Decimal(1_000_000)  # USD per 1M tokens; anything above is a typo (or per-token)
-_SHIPPED = Path(__file__).with_name("prices.json")
-
-
-def _decimal_price(value: object) -> object:
-    # Floats arrive from JSON/YAML configs: take their shortest repr, not the binary expansion.
-    if isinstance(value, bool):
-        raise ValueError("a price must be a number, not a bool")
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, int | str):
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"not a number: {value!r}") from None
-    return value
-
-
-def _check_price(value: Decimal | None) -> Decimal | None:
-    if value is None:
-        return None
-    if not value.is_finite():
-        raise ValueError(f"price must be finite, got {value}")
-    if value < 0:
-        raise ValueError(f"price must be >= 0, got {value}")
-    if value > _MAX_PRICE:
-        raise ValueError(f"price {value} USD per 1M tokens is implausible")
-    if (value * NANOS_PER_USD) % 1 != 0:
-        # Our integer unit is nano-dollars per 1M tokens (1e-15 USD per token).
-        raise ValueError(f"price {value} has more than 9 decimal places (USD per 1M tokens)")
-    return value
-
-
-class _Prices(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @field_validator(
-        "input",
-        "output",
-        "cache_read",
-        "cache_write",
-        "reasoning",
-        mode="before",
-        check_fields=False,
-    )
-    @classmethod
-    def _coerce(cls, value: object) -> object:
-        return _decimal_price(value)
-
-    @field_validator(
-        "input",
-        "output",
-        "cache_read",
-        "cache_write",
-        "reasoning",
-        mode="after",
-        check_fields=False,
-    )
-    @classmethod
-    def _validate(cls, value: Decimal | None) -> Decimal | None:
-        return _check_price(value)
-
-
-class LongContextPrice(_Prices):
-    """Prices that apply to a whole call whose input tokens are above ``above_input_tokens``."""
-
-    above_input_tokens: int = Field(gt=0, strict=True)
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal | None = None
-    cache_write: Decimal | None = None
-    reasoning: Decimal | None = None
-
-
-class ModelPrice(_Prices):
-    """Prices of one model in USD per 1M tokens (Decimal, finite, >= 0).
-
-    ``cache_read``/``cache_write`` default to ``input`` and ``reasoning`` to ``output`` when
-    absent. ``source`` says where a number came from when it is not the table's main source.
-    """
-
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal | None = None
-    cache_write: Decimal | None = None
-    reasoning: Decimal | None = None
-    long_context: tuple[LongContextPrice, ...] = ()
-    provider: str | None = None
-    source: str | None = None
-
-    @field_validator("long_context", mode="after")
-    @classmethod
-    def _distinct_thresholds(cls, tiers: tuple[LongContextPrice, ...]) -> tuple[LongContextPrice, ...]:
-        thresholds = [t.above_input_tokens for t in tiers]
-        if len(set(thresholds)) != len(thresholds):
-            raise ValueError("long_context tiers must have distinct above_input_tokens")
-        return tuple(sorted(tiers, key=lambda t: t.above_input_tokens))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in the price-file format."""
-        data: dict[str, Any] = _plain(self.model_dump(exclude_none=True, exclude_defaults=True))
-        return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        # Prices have <= 9 decimals and < 1e6: a float's shortest repr has the same digits,
-        # and the reader parses them back with parse_float=Decimal, exactly.
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------- compiled rates
-
-_Rates = tuple[int, int, int, int, int]  # input, cache_read, cache_write, output, reasoning
-
-
-def _nanos(price: Decimal) -> int:
-    return int(price * NANOS_PER_USD)
-
-
-class _Compiled:
-    """Integer nano-dollars per 1M tokens, base first, tiers by descending threshold."""
-
-    __slots__ = ("base", "tiers")
-
-    def __init__(self, price: ModelPrice) -> None:
-        self.base = _rates(price, None)
-        self.tiers = tuple(
-            (tier.above_input_tokens, _rates(tier, price)) for tier in reversed(price.long_context)
-        )
-
-    def cost(self, usage: TokenUsage) -> int:
-        inp = usage.input_tokens
-        rates = self.base
-        for threshold, tier_rates in self.tiers:
-            if inp > threshold:
-                rates = tier_rates
-                break
-        p_in, p_cr, p_cw, p_out, p_rs = rates
-        cr = usage.cache_read_tokens
-        cw = usage.cache_write_tokens
-        rs = usage.reasoning_tokens
-        total = (
-            (inp - cr - cw) * p_in + cr * p_cr + cw * p_cw + (usage.output_tokens - rs) * p_out + rs * p_rs
-        )
-        return (total + _HALF) // _PER_MILLION  # round half up, once
-
-
-def _rates(p: ModelPrice | LongContextPrice, base: ModelPrice | None) -> _Rates:
-    def pick(own: Decimal | None, inherited: Decimal | None, fallback: Decimal) -> int:
-        if own is not None:
-            return _nanos(own)
-        if inherited is not None:
-            return _nanos(inherited)
-        return _nanos(fallback)
-
-    return (
-        _nanos(p.input),
-        pick(p.cache_read, base.cache_read if base else None, p.input),
-        pick(p.cache_write, base.cache_write if base else None, p.input),
-        _nanos(p.output),
-        pick(p.reasoning, base.reasoning if base else None, p.output),
-    )
-
-
-# --------------------------------------------------------------------------- the table
-
 _CACHE_LIMIT = 4096  # distinct model strings remembered; cleared when full (names can be user input)
+# Where genai-prices' name matching lags what the provider serves under a name. Each entry
+# is checked against LiteLLM's table in tests/test_pricing_parity.py; drop it once fixed upstream.
+SOURCE_ALIASES = {
+    # Mistral serves Mistral Large 3 (mistral-large-2512, $0.5/$1.5) as -latest; genai-prices
+    # 0.2.3 still matches it to Large 2 ($2/$6), 4x the bill.
+    "mistral-large-latest": "mistral-large-2512",
+    "mistral-large-3": "mistral-large-2512",
+    # xAI's grok-4.20 names beyond the two dated ones genai-prices 0.2.3 matches (same price).
+    "grok-4.20-reasoning": "grok-4.20",
+    "grok-4.20-non-reasoning": "grok-4.20",
+    "grok-4.20-0309": "grok-4.20",
+    "grok-4.20-reasoning-latest": "grok-4.20",
+    "grok-4.20-non-reasoning-latest": "grok-4.20",
+}
+UNIT = "USD per 1M tokens (web_search: per 1,000 searches)"
+SOURCE = "genai-prices"
+
+
+# --------------------------------------------------------------------------- the source, cached
+
+
+@functools.lru_cache(maxsize=_CACHE_LIMIT)
+def _source_model(name: str) -> _genai.SourceModel | None:
+    return _genai.find(name)
+
+
+def _source_rates(model: _genai.SourceModel, tier: str | None, day: int | None = None) -> Rates:
+    return _compiled_source(model, tier, _day() if day is None else day)
+
+
+@functools.lru_cache(maxsize=_CACHE_LIMIT)
+def _compiled_source(model: _genai.SourceModel, tier: str | None, day: int) -> Rates:
+    # ``day`` (UTC days since the epoch) keys the cache so a dated price change recompiles.
+    return _genai.compile_rates(model, tier)
+
+
+def _day() -> int:
+    return int(_time() // 86_400)
+
+
+class _Entry:
+    """What ``cost_nanos`` keeps per model string: rates by service tier."""
+
+    __slots__ = ("by_tier", "source")
+
+    def __init__(self, rates: Rates, source: _genai.SourceModel | None) -> None:
+        self.by_tier: dict[str | None, Rates] = {None: rates}
+        self.source = source
+
+    def rates(self, tier: str | None) -> Rates:
+        rates = self.by_tier.get(tier)
+        if rates is None or rates.expires <= _time():
+            # Owner prices hold for every tier; the source has a price per tier (or none).
+            source = self.source
+            rates = self.by_tier[None] if source is None else _source_rates(source, tier, _day())
+            if len(self.by_tier) < 32:  # tiers come from responses: a handful, never unbounded
+                self.by_tier[tier] = rates
+        return rates
 
 
 class PriceTable:
-    """An immutable price table: canonical model names, their prices, and aliases.
+    """Owner prices and aliases over genai-prices. Immutable; lookups are cached per table.
 
-    Lookups (``normalize``, ``resolve``, ``cost_nanos``) are cached per table.
-    Raises ConfigurationError on construction when the data is invalid.
+    Raises ConfigurationError on construction when a price or alias is unusable.
     """
 
     __slots__ = (
+        "__weakref__",
+        "_alias_targets",
         "_aliases",
-        "_as_of",
-        "_compiled",
         "_cost_cache",
+        "_found",
         "_models",
         "_norm_cache",
-        "_source",
+        "_owner_rates",
+        "_use_source",
     )
 
     def __init__(
         self,
-        models: Mapping[str, ModelPrice],
+        models: Mapping[str, ModelPrice] | None = None,
         aliases: Mapping[str, str] | None = None,
         *,
-        source: str | None = None,
-        as_of: str | None = None,
+        use_source: bool = True,
     ) -> None:
         clean: dict[str, ModelPrice] = {}
-        for name, price in models.items():
+        for name, price in (models or {}).items():
             key = _key(name, "model name")
             if key in clean:
                 raise ConfigurationError(f"model {name!r} is listed twice (names are case-blind)")
@@ -244,79 +125,68 @@ class PriceTable:
                 raise ConfigurationError(f"price of {name!r} must be a ModelPrice")
             clean[key] = price
         self._models: Mapping[str, ModelPrice] = MappingProxyType(clean)
-        self._compiled = {name: _Compiled(price) for name, price in clean.items()}
-        self._source = source
-        self._as_of = as_of
+        self._owner_rates: dict[str, Rates] = {}  # compiled on first use, over the source's rates
+        self._use_source = use_source
         self._norm_cache: dict[str, str | None] = {}
-        self._cost_cache: dict[str, _Compiled] = {}
+        self._cost_cache: dict[str, _Entry] = {}
+        self._found: dict[str, _genai.SourceModel] = {}  # canonical -> source model
         self._aliases: Mapping[str, str] = MappingProxyType({})
+        self._alias_targets: dict[str, str] = {}  # alias -> the name it was given (re-resolvable)
         resolved: dict[str, str] = {}
-        for alias, target in (aliases or {}).items():
+        wanted = {**SOURCE_ALIASES, **(aliases or {})} if use_source else dict(aliases or {})
+        for alias, target in wanted.items():
             key = _key(alias, "alias")
             if key in clean:
                 raise ConfigurationError(f"alias {alias!r} is also a model name; override its price instead")
-            canonical = self._lookup(_key(target, "alias target"), {})
+            target_key = _key(target, "alias target")
+            canonical = self._lookup(target_key, aliases=False)
             if canonical is None:
                 raise ConfigurationError(f"alias {alias!r} points to unknown model {target!r}")
             resolved[key] = canonical
+            self._alias_targets[key] = target_key
         self._aliases = MappingProxyType(resolved)
+        self._norm_cache.clear()
+        _TABLES.add(self)
 
-    # ---------------------------------------------------------------- construction
+    def forget(self) -> None:
+        """Drop cached lookups and compiled prices (the source's data changed)."""
+        self._norm_cache.clear()
+        self._owner_rates.clear()
+        self._found.clear()
+        self._cost_cache.clear()
 
     @classmethod
     def default(cls) -> PriceTable:
-        """The table shipped with Nasca (loaded once). Raises ConfigurationError if corrupt."""
+        """genai-prices with no owner prices (one shared instance)."""
         return _default()
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> PriceTable:
-        """Load a price file in Nasca's format. Raises ConfigurationError."""
-        return cls.from_dict(read_json_file(Path(path)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PriceTable:
-        """Build from the price-file structure ``{"models": {...}, "aliases": {...}, ...}``.
-
-        Raises ConfigurationError naming the model and field that is wrong.
-        """
-        if not isinstance(data, Mapping) or not isinstance(data.get("models"), Mapping):
-            raise ConfigurationError("a price file needs a top-level 'models' object")
-        aliases = data.get("aliases", {})
-        if not isinstance(aliases, Mapping) or not all(isinstance(v, str) for v in aliases.values()):
-            raise ConfigurationError("'aliases' must map alias names to model names")
-        models = {name: parse_price(name, raw) for name, raw in data["models"].items()}
-        source = data.get("source")
-        as_of = data.get("as_of")
-        return cls(
-            models,
-            aliases,
-            source=source if isinstance(source, str) else None,
-            as_of=as_of if isinstance(as_of, str) else None,
-        )
 
     def with_overrides(
         self,
         prices: Mapping[str, ModelPrice | Mapping[str, Any]],
         aliases: Mapping[str, str] | None = None,
     ) -> PriceTable:
-        """A new table with ``prices`` added or replacing existing models, and more aliases.
+        """A new table with owner ``prices`` added or replacing existing ones, and more aliases.
 
-        An override key is taken as an exact canonical name (``"gpt-4o-2024-05-13"`` adds that
-        snapshot beside ``gpt-4o``). Raises ConfigurationError.
+        An override applies to its exact name and to every name the source resolves to it
+        (``"gpt-4o"`` also prices ``gpt-4o-2024-08-06``). Raises ConfigurationError.
         """
         models = dict(self._models)
         for name, raw in prices.items():
-            models[_key(name, "model name")] = raw if isinstance(raw, ModelPrice) else parse_price(name, raw)
-        merged = {k: v for k, v in self._aliases.items() if k not in models}
+            models[_key(name, "model name")] = parse_price(name, raw)
+        merged = {k: v for k, v in self._alias_targets.items() if k not in models and k not in SOURCE_ALIASES}
         merged.update({_key(k, "alias"): v for k, v in (aliases or {}).items()})
-        return PriceTable(models, merged, source=self._source, as_of=self._as_of)
+        return PriceTable(models, merged, use_source=self._use_source)
 
     # ---------------------------------------------------------------- lookups
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Canonical model names, sorted."""
+        """Names with an owner price, sorted."""
         return tuple(sorted(self._models))
+
+    @property
+    def owner_prices(self) -> Mapping[str, ModelPrice]:
+        return self._models
 
     @property
     def aliases(self) -> Mapping[str, str]:
@@ -324,101 +194,124 @@ class PriceTable:
         return self._aliases
 
     @property
-    def source(self) -> str | None:
-        return self._source
-
-    @property
-    def as_of(self) -> str | None:
-        return self._as_of
+    def source(self) -> str:
+        """Where prices without an owner price come from, with the version."""
+        return f"{SOURCE} {_genai.version()}" if self._use_source else "owner prices only"
 
     def __contains__(self, model: object) -> bool:
         return isinstance(model, str) and self.normalize(model) is not None
 
-    def __len__(self) -> int:
-        return len(self._models)
-
     def normalize(self, model: str) -> str | None:
-        """The canonical name ``model`` stands for, or None if the table cannot price it.
+        """The canonical name ``model`` is priced as, or None if nothing prices it.
 
-        Tries the exact name, then aliases, then strips in turn: resource paths
-        (``publishers/anthropic/models/``, ``models/``), provider prefixes (``openai/``,
-        ``azure/``, ...), Bedrock region and vendor prefixes and ``-v2:0`` versions, Vertex
-        ``@version``, then dated/versioned suffixes (``-2024-08-06``, ``-20241022``,
-        ``-latest``, ``-2505``, ``-001``). Fine-tuned ``ft:`` models are never mapped to their
-        base model: they are priced differently.
+        Tries the owner's exact name, then aliases, then genai-prices' model matching (dated
+        snapshots, ``-latest``, ``provider/`` prefixes, Bedrock and Vertex ids). A source
+        model whose input is priced at $0 is not priced: it needs an owner price.
         """
         try:
             return self._norm_cache[model]
         except KeyError:
             pass
-        if not isinstance(model, str):
-            return None
-        result = self._lookup(model.strip().lower(), self._aliases)
+        result = self._lookup(model) if isinstance(model, str) else None
         if len(self._norm_cache) >= _CACHE_LIMIT:
             self._norm_cache.clear()
         self._norm_cache[model] = result
         return result
 
-    def _lookup(self, name: str, aliases: Mapping[str, str]) -> str | None:
-        if not name or name.startswith("ft:"):
+    def _lookup(self, model: str, *, aliases: bool = True) -> str | None:
+        name = model.strip().lower()
+        if not name:
             return None
-        for candidate in candidates(name):
-            if candidate in self._models:
-                return candidate
-            target = aliases.get(candidate)
+        tail = name.rsplit("/", 1)[-1]  # azure/my-deployment: the owner's names, prefixed
+        for key in (name, tail):
+            if key in self._models:
+                return key
+            target = self._alias_targets.get(key) if aliases else None
             if target is not None:
-                return target
-        return None
+                return self._lookup(target, aliases=False)
+        found = self._source(name)
+        if found is None:
+            return None
+        for canonical in (found.canonical, found.model_id):
+            if canonical in self._models:
+                return canonical
+        if _source_rates(found, None).is_zero:
+            return None
+        self._found[found.canonical] = found
+        return found.canonical
+
+    def _source(self, name: str) -> _genai.SourceModel | None:
+        return _source_model(name) if self._use_source else None
+
+    def _owner_compiled(self, canonical: str) -> Rates:
+        rates = self._owner_rates.get(canonical)
+        if rates is None:
+            price = self._models[canonical]
+            found = None if price.free else self._source(canonical)
+            rates = owner_rates(price, _source_rates(found, None) if found is not None else None)
+            self._owner_rates[canonical] = rates
+        return rates
+
+    def _found_for(self, canonical: str) -> _genai.SourceModel:
+        found = self._found.get(canonical)
+        if found is None:
+            found = self._source(canonical)
+            if found is None:
+                raise UnknownModelError(canonical)
+            self._found[canonical] = found
+        return found
 
     def resolve(self, model: str) -> tuple[str, ModelPrice]:
-        """``(canonical_name, price)`` for ``model``. Raises UnknownModelError."""
+        """``(canonical_name, price)`` for ``model``; a source model's price shows its standard
+        rates. Raises UnknownModelError."""
         canonical = self.normalize(model)
         if canonical is None:
             raise UnknownModelError(model)
-        return canonical, self._models[canonical]
+        owner = self._models.get(canonical)
+        if owner is not None:
+            return canonical, owner
+        found = self._found_for(canonical)
+        return canonical, price_of(_source_rates(found, None), found.provider, self.source)
+
+    def rates(self, model: str, service_tier: str | None = None) -> Rates:
+        """The compiled rates ``model`` is charged at. Raises UnknownModelError."""
+        entry = self._cost_cache.get(model)
+        if entry is None:
+            entry = self._entry(model)
+        return entry.rates(service_tier)
 
     def cost_nanos(self, model: str, usage: TokenUsage) -> int:
-        """Cost of ``usage`` on ``model`` in integer nano-dollars, rounded half-up once.
+        """Cost of ``usage`` on ``model`` in integer nano-dollars, rounded half-up once, at the
+        prices of the service tier the usage reports. Raises UnknownModelError."""
+        entry = self._cost_cache.get(model)
+        if entry is None:
+            entry = self._entry(model)
+        rates = entry.by_tier.get(usage.service_tier)
+        if rates is None or rates.expires <= _time():
+            rates = entry.rates(usage.service_tier)
+        return rates.cost(usage)
 
-        Raises UnknownModelError.
-        """
-        compiled = self._cost_cache.get(model)
-        if compiled is None:
-            compiled = self._compiled_for(model)
-        return compiled.cost(usage)
-
-    def _compiled_for(self, model: str) -> _Compiled:
+    def _entry(self, model: str) -> _Entry:
         canonical = self.normalize(model)
         if canonical is None:
             raise UnknownModelError(model)
-        compiled = self._compiled[canonical]
+        if canonical in self._models:
+            entry = _Entry(self._owner_compiled(canonical), None)
+        else:
+            found = self._found_for(canonical)
+            entry = _Entry(_source_rates(found, None), found)
         if len(self._cost_cache) >= _CACHE_LIMIT:
             self._cost_cache.clear()
-        self._cost_cache[model] = compiled
-        return compiled
+        self._cost_cache[model] = entry
+        return entry
 
-    # ---------------------------------------------------------------- export
-
-    def to_dict(self) -> dict[str, Any]:
-        """The price-file structure, models and aliases sorted (stable diffs)."""
-        out: dict[str, Any] = {}
-        if self._source is not None:
-            out["source"] = self._source
-        if self._as_of is not None:
-            out["as_of"] = self._as_of
-        out["unit"] = UNIT
-        out["models"] = {name: self._models[name].to_dict() for name in sorted(self._models)}
-        out["aliases"] = {k: self._aliases[k] for k in sorted(self._aliases)}
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    def source_rates(self, model: str) -> Rates | None:
+        """What genai-prices alone would charge ``model`` at (None: it doesn't price it)."""
+        found = _source_model(model.strip().lower())
+        return None if found is None else _source_rates(found, None)
 
     def __repr__(self) -> str:
-        return f"PriceTable({len(self._models)} models, {len(self._aliases)} aliases, as_of={self._as_of!r})"
-
-
-UNIT = "USD per 1M tokens"
+        return f"PriceTable({self.source}, {len(self._models)} owner prices, {len(self._aliases)} aliases)"
 
 
 def _key(name: object, what: str) -> str:
@@ -427,44 +320,37 @@ def _key(name: object, what: str) -> str:
     return name.strip().lower()
 
 
-def parse_price(model: str, raw: object) -> ModelPrice:
-    """Validate one model's price entry. Raises ConfigurationError naming model and field."""
-    if isinstance(raw, ModelPrice):
-        return raw
-    if not isinstance(raw, Mapping):
-        raise ConfigurationError(f"price of model {model!r} must be an object, got {raw!r}")
-    try:
-        return ModelPrice.model_validate(dict(raw))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigurationError(f"invalid price for model {model!r}: {problems}") from None
-
-
-def read_json_file(path: Path) -> Any:
-    """A price file's JSON, numbers as Decimal. Raises ConfigurationError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read price file {str(path)!r}: {exc}") from None
-    try:
-        # parse_float=Decimal keeps 0.075 exactly 0.075, not 0.07499999999999999722...
-        return json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"price file {str(path)!r} is not valid JSON: {exc}") from None
+_TABLES: weakref.WeakSet[PriceTable] = weakref.WeakSet()
 
 
 @functools.cache
 def _default() -> PriceTable:
-    return PriceTable.from_file(_SHIPPED)
+    return PriceTable()
 
 
-def shipped_price_file() -> Path:
-    """Path of the price file shipped inside the package."""
-    return _SHIPPED
+def clear_source_cache() -> None:
+    """Forget compiled source prices (after genai-prices' data changed in this process)."""
+    _source_model.cache_clear()
+    _compiled_source.cache_clear()
+    for table in list(_TABLES):
+        table.forget()
 
 
-def clear_default_cache() -> None:
-    """Forget the loaded default table (after the shipped file was rewritten)."""
-    _default.cache_clear()
+def source_date() -> datetime | None:
+    """When genai-prices' data in use was fetched by its updater (None: the bundled data)."""
+    snap = _genai.snapshot()
+    return snap.timestamp if snap.from_auto_update else None
+
+
+def start_price_updates(interval_seconds: float = 3600, *, url: str | None = None) -> Any:
+    """Opt in to genai-prices' background updater for a long-running process.
+
+    Off by default; never started at import or on a call's path. It fetches genai-prices'
+    published data every ``interval_seconds`` in its own thread (so it needs the network to
+    reach it; a failed fetch is logged by genai-prices and the prices in use stay). After
+    each fetch every table forgets what it compiled, so the next call to a model compiles
+    the new prices. Returns the updater: call ``.stop()`` to end it.
+    """
+    from nasca_core.pricing import _genai
+
+    return _genai.start_updates(interval_seconds, clear_source_cache, url)

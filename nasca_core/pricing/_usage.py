@@ -33,6 +33,12 @@ _MAX_TOKENS = 2**53  # no real call comes near; a bigger count is a corrupt payl
 class TokenUsage:
     """Token counts of one model call, in the convention described in the module docstring.
 
+    Beyond the five core counts: ``cache_write_1h_tokens`` (subset of ``cache_write_tokens``
+    written with a 1-hour TTL), audio and image tokens (subsets of input and output, billed at
+    their own rates where the model has them), ``web_searches`` (server-side tool calls billed
+    per call), ``web_fetches`` (Anthropic's web fetch: recorded, no fee) and ``service_tier``
+    (the tier the provider says it served: ``"flex"``, ``"priority"``, ``"batch"``...).
+
     Raises UsageParseError when a count is not a non-negative int, or a subset exceeds its total.
     """
 
@@ -41,6 +47,14 @@ class TokenUsage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    web_searches: int = 0
+    web_fetches: int = 0
+    service_tier: str | None = None
 
     def __post_init__(self) -> None:
         i, o = self.input_tokens, self.output_tokens
@@ -58,30 +72,51 @@ class TokenUsage:
             and cw >= 0
             and 0 <= rs <= o
             and cr + cw <= i
+            and not (
+                self.cache_write_1h_tokens
+                or self.input_audio_tokens
+                or self.input_image_tokens
+                or self.output_audio_tokens
+                or self.output_image_tokens
+                or self.web_searches
+                or self.web_fetches
+            )
+            and (self.service_tier is None or type(self.service_tier) is str)
         ):
             return
         for name in _FIELDS:
             _check_count(getattr(self, name), name)
-        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+        if self.service_tier is not None and not isinstance(self.service_tier, str):
+            raise UsageParseError(f"service_tier must be a string or None, got {self.service_tier!r}")
+        inputs = (
+            self.cache_read_tokens
+            + self.cache_write_tokens
+            + self.input_audio_tokens
+            + self.input_image_tokens
+        )
+        if inputs > self.input_tokens:
             raise UsageParseError(
                 f"cache_read_tokens ({self.cache_read_tokens}) + cache_write_tokens "
-                f"({self.cache_write_tokens}) exceed input_tokens ({self.input_tokens})"
+                f"({self.cache_write_tokens}) + input audio/image tokens exceed input_tokens "
+                f"({self.input_tokens})"
             )
-        if self.reasoning_tokens > self.output_tokens:
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
             raise UsageParseError(
-                f"reasoning_tokens ({self.reasoning_tokens}) exceed output_tokens ({self.output_tokens})"
+                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) exceed cache_write_tokens "
+                f"({self.cache_write_tokens})"
+            )
+        outputs = self.reasoning_tokens + self.output_audio_tokens + self.output_image_tokens
+        if outputs > self.output_tokens:
+            raise UsageParseError(
+                f"reasoning_tokens ({self.reasoning_tokens}) + output audio/image tokens exceed "
+                f"output_tokens ({self.output_tokens})"
             )
 
     def __add__(self, other: object) -> TokenUsage:
         if not isinstance(other, TokenUsage):
             return NotImplemented
-        return TokenUsage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
-            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
-        )
+        counts = {name: getattr(self, name) + getattr(other, name) for name in _FIELDS}
+        return TokenUsage(**counts, service_tier=self.service_tier or other.service_tier)
 
     @property
     def total_tokens(self) -> int:
@@ -94,6 +129,13 @@ _FIELDS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "input_image_tokens",
+    "output_audio_tokens",
+    "output_image_tokens",
+    "web_searches",
+    "web_fetches",
 )
 
 
@@ -168,28 +210,38 @@ def _details(data: Mapping[str, Any], key: str, what: str) -> Mapping[str, Any] 
     return _as_mapping(value, f"{what} {key}")
 
 
-def _build(what: str, **counts: int) -> TokenUsage:
+def _build(what: str, **counts: Any) -> TokenUsage:
     try:
         return TokenUsage(**counts)
     except UsageParseError as exc:
         raise UsageParseError(f"{what} usage is inconsistent: {exc}") from None
 
 
+def _tier(value: object) -> str | None:
+    # "default"/"standard"/"auto" are the standard price; anything else selects a variant.
+    if not isinstance(value, str) or value in ("default", "standard", "auto", ""):
+        return None
+    return value
+
+
 # --------------------------------------------------------------------------- OpenAI
 
 
-def usage_from_openai(usage: object) -> TokenUsage:
+def usage_from_openai(usage: object, *, service_tier: str | None = None, web_searches: int = 0) -> TokenUsage:
     """Read OpenAI usage: Chat Completions (``prompt_tokens``…) or Responses (``input_tokens``…).
 
     Accepts a dict or the SDK objects (``openai.types.CompletionUsage``,
     ``openai.types.responses.ResponseUsage``), also the final ``include_usage`` stream chunk's
     ``usage``. ``prompt_tokens`` already includes ``cached_tokens`` (and ``cache_write_tokens``),
     and ``completion_tokens`` already includes ``reasoning_tokens``: both are subsets, unlike
-    Anthropic's counters.
+    Anthropic's counters. Audio and image token details are read where reported.
+    ``service_tier`` and ``web_searches`` live on the response, not its usage: pass them, or
+    use ``usage_from_openai_response``.
 
     Raises UsageParseError.
     """
     data = _as_mapping(usage, "OpenAI")
+    tier = _tier(service_tier)
     if "prompt_tokens" in data or "completion_tokens" in data:
         what = "OpenAI chat.completions"
         inp = _details(data, "prompt_tokens_details", what)
@@ -198,13 +250,21 @@ def usage_from_openai(usage: object) -> TokenUsage:
         if cached == 0:
             # DeepSeek's OpenAI-compatible API reports cache hits at the top level.
             cached = _optional(data, "prompt_cache_hit_tokens", what)
+        input_tokens = _required(data, "prompt_tokens", what)
+        cache_write = _optional(inp, "cache_write_tokens", what)
+        # Cached audio is counted in cached_tokens too: only the uncached part is audio-priced.
+        audio_in = min(_optional(inp, "audio_tokens", what), max(input_tokens - cached - cache_write, 0))
         return _build(
             what,
-            input_tokens=_required(data, "prompt_tokens", what),
+            input_tokens=input_tokens,
             output_tokens=_required(data, "completion_tokens", what),
             cache_read_tokens=cached,
-            cache_write_tokens=_optional(inp, "cache_write_tokens", what),
+            cache_write_tokens=cache_write,
             reasoning_tokens=_optional(out, "reasoning_tokens", what),
+            input_audio_tokens=audio_in,
+            output_audio_tokens=_optional(out, "audio_tokens", what),
+            web_searches=web_searches,
+            service_tier=tier,
         )
     if "input_tokens" in data or "output_tokens" in data:
         what = "OpenAI responses"
@@ -217,8 +277,27 @@ def usage_from_openai(usage: object) -> TokenUsage:
             cache_read_tokens=_optional(inp, "cached_tokens", what),
             cache_write_tokens=_optional(inp, "cache_write_tokens", what),
             reasoning_tokens=_optional(out, "reasoning_tokens", what),
+            web_searches=web_searches,
+            service_tier=tier,
         )
     raise UsageParseError(f"not an OpenAI usage payload: {dict(data)!r}")
+
+
+def usage_from_openai_response(response: object) -> TokenUsage | None:
+    """Usage of a whole OpenAI response (chat completion, Responses object, or the final
+    stream chunk/event's response): its ``usage``, ``service_tier`` and, for Responses, one
+    web search per ``web_search_call`` output item. None when it carries no usage.
+
+    Raises UsageParseError.
+    """
+    usage = _get(response, "usage")
+    if usage is None:
+        return None
+    searches = 0
+    for item in _get(response, "output") or ():
+        if _get(item, "type") == "web_search_call":
+            searches += 1
+    return usage_from_openai(usage, service_tier=_get(response, "service_tier"), web_searches=searches)
 
 
 # --------------------------------------------------------------------------- Anthropic
@@ -229,10 +308,12 @@ def usage_from_anthropic(usage: object) -> TokenUsage:
 
     Anthropic's ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
     ``cache_creation_input_tokens``: the three are disjoint and each is billed (writes at
-    1.25x input, reads at 0.1x). We add them into ``input_tokens`` so they are subsets like
-    everyone else's; pricing the raw ``input_tokens`` as "all input" and the cache counters
-    again on top is the double-billing trap, forgetting them is the under-billing one.
-    ``output_tokens`` includes thinking (``output_tokens_details.thinking_tokens``).
+    1.25x input for 5 minutes or 2x for 1 hour, reads at 0.1x). We add them into
+    ``input_tokens`` so they are subsets like everyone else's; pricing the raw
+    ``input_tokens`` as "all input" and the cache counters again on top is the
+    double-billing trap, forgetting them is the under-billing one. ``cache_creation`` splits
+    writes by TTL; ``server_tool_use`` counts web searches (billed per search) and web
+    fetches; ``service_tier`` says standard, priority or batch.
 
     Raises UsageParseError.
     """
@@ -246,12 +327,12 @@ def usage_from_anthropic(usage: object) -> TokenUsage:
 def _anthropic(data: Mapping[str, Any], uncached: int, output: int, what: str) -> TokenUsage:
     cache_read = _optional(data, "cache_read_input_tokens", what)
     cache_write = _optional(data, "cache_creation_input_tokens", what)
+    ttl = _details(data, "cache_creation", what)
+    one_hour = _optional(ttl, "ephemeral_1h_input_tokens", what)
     if cache_write == 0:
-        # Older payloads carry only the per-TTL breakdown.
-        ttl = _details(data, "cache_creation", what)
-        cache_write = _optional(ttl, "ephemeral_5m_input_tokens", what) + _optional(
-            ttl, "ephemeral_1h_input_tokens", what
-        )
+        # Some payloads carry only the per-TTL breakdown.
+        cache_write = _optional(ttl, "ephemeral_5m_input_tokens", what) + one_hour
+    tools = _details(data, "server_tool_use", what)
     out = _details(data, "output_tokens_details", what)
     return _build(
         what,
@@ -259,7 +340,11 @@ def _anthropic(data: Mapping[str, Any], uncached: int, output: int, what: str) -
         output_tokens=output,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=one_hour,
         reasoning_tokens=_optional(out, "thinking_tokens", what),
+        web_searches=_optional(tools, "web_search_requests", what),
+        web_fetches=_optional(tools, "web_fetch_requests", what),
+        service_tier=_tier(data.get("service_tier")),
     )
 
 
@@ -359,11 +444,44 @@ def usage_from_gemini(usage_metadata: object) -> TokenUsage:
     if not found:
         raise UsageParseError(f"not a Gemini usageMetadata payload: {dict(data)!r}")
     thoughts = found.get("thoughts", 0)
+    input_tokens = found.get("prompt", 0) + found.get("tool_prompt", 0)
+    output_tokens = found.get("candidates", 0) + thoughts
+    cached = found.get("cached", 0)
+    prompt_by = _gemini_modalities(data, ("promptTokensDetails", "prompt_tokens_details"), what)
+    out_by = _gemini_modalities(data, ("candidatesTokensDetails", "candidates_tokens_details"), what)
+    # Cached tokens are cache-priced whatever their modality: audio/image take the rest.
+    room = input_tokens - cached
+    audio_in = min(prompt_by.get("AUDIO", 0), room)
+    image_in = min(prompt_by.get("IMAGE", 0) + prompt_by.get("VIDEO", 0), room - audio_in)
+    room_out = output_tokens - thoughts
+    audio_out = min(out_by.get("AUDIO", 0), room_out)
     return _build(
         what,
-        input_tokens=found.get("prompt", 0) + found.get("tool_prompt", 0),
-        output_tokens=found.get("candidates", 0) + thoughts,
-        cache_read_tokens=found.get("cached", 0),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cached,
         reasoning_tokens=thoughts,
+        input_audio_tokens=audio_in,
+        input_image_tokens=image_in,
+        output_audio_tokens=audio_out,
+        output_image_tokens=min(out_by.get("IMAGE", 0), room_out - audio_out),
     )
 
+
+def _gemini_modalities(data: Mapping[str, Any], keys: tuple[str, str], what: str) -> dict[str, int]:
+    # [{"modality": "AUDIO", "tokenCount": 12}, ...]; google-genai gives an enum for modality.
+    items = None
+    for key in keys:
+        if data.get(key) is not None:
+            items = data[key]
+            break
+    counts: dict[str, int] = {}
+    for item in items or ():
+        entry = _as_mapping(item, f"{what} {keys[0]}")
+        modality = entry.get("modality")
+        modality = getattr(modality, "value", modality)
+        count = entry.get("tokenCount", entry.get("token_count"))
+        if isinstance(modality, str) and count is not None:
+            name = modality.upper()
+            counts[name] = counts.get(name, 0) + _check_count(count, f"{what} {keys[0]}")
+    return counts

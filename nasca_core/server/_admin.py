@@ -22,9 +22,10 @@ from starlette.routing import BaseRoute, Route
 
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, InvalidInputError, StoreError
+from nasca_core._money import parse_amount
 from nasca_core._windows import WINDOWS
 from nasca_core.analytics import UserSort
-from nasca_core.analytics._events import month_id, month_label
+from nasca_core.analytics._events import month_id, month_label, previous_months
 from nasca_core.billing import CreditPack, Plan
 from nasca_core.server._charts import funnel_svg, profit_svg, trend_svg
 from nasca_core.server._context import Context, offer_order, price
@@ -32,6 +33,7 @@ from nasca_core.server._security import (
     ADMIN_COOKIE,
     CSRF_COOKIE,
     SESSION_TTL,
+    LoginThrottle,
     csrf_ok,
     csrf_token,
     new_csrf_cookie,
@@ -57,6 +59,7 @@ _NOTICES = {
 class AdminRoutes:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.throttle = LoginThrottle()  # per process: a few guesses a minute per client, then back-off
         s = ctx.settings
         if s.admin_token is None and s.auth is None:
             log.warning("nasca: no admin_token and no auth hook: the dashboard answers 401 to everyone")
@@ -77,8 +80,14 @@ class AdminRoutes:
         """How the request is authenticated: "bearer", "session", "hook", or None."""
         keys = self.ctx.keys
         header = request.headers.get("authorization", "")
-        if header[:7].lower() == "bearer " and token_ok(keys, header[7:].strip()):
-            return "bearer"
+        if header[:7].lower() == "bearer " and keys.admin_token is not None:
+            # A wrong bearer token is a guess like a wrong login: throttled the same way.
+            client, now = _client(request), self.ctx.now()
+            if not self.throttle.retry_after(client, now):
+                if token_ok(keys, header[7:].strip()):
+                    self.throttle.succeeded(client)
+                    return "bearer"
+                self.throttle.failed(client, now)
         if session_ok(keys, request.cookies.get(ADMIN_COOKIE), self.ctx.now()):
             return "session"
         hook = self.ctx.settings.auth
@@ -96,6 +105,11 @@ class AdminRoutes:
 
     def _unauthorized(self, request: Request) -> Response:
         headers = {"WWW-Authenticate": 'Bearer realm="nasca"'}
+        wait = (self.throttle.retry_after(_client(request), self.ctx.now())
+                if request.headers.get("authorization") else 0)
+        if wait:
+            return self.ctx.json({"error": "too many wrong tokens", "retry_after": wait}, 429,
+                                 {**headers, "Retry-After": str(wait)})
         if "application/json" in request.headers.get("accept", "") or request.url.path.endswith(".json"):
             return self.ctx.json({"error": "unauthorized"}, 401, headers)
         return self.ctx.page(request, "login.html", {
@@ -153,12 +167,20 @@ class AdminRoutes:
         if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
                               self.ctx.own_origins(request)):
             return self._refused(request)
+        client, now = _client(request), self.ctx.now()
+        wait = self.throttle.retry_after(client, now)
+        if wait:
+            return self.ctx.page(request, "login.html", {
+                **context, "error": f"Too many wrong tokens: try again in {wait} s."},
+                status=429, headers={"Retry-After": str(wait)})
         try:
             form = await request.form(max_files=0, max_fields=5)
         except Exception:
             form = FormData()
         if not token_ok(self.ctx.keys, _field(form, "token")):
+            self.throttle.failed(client, now)
             return self.ctx.page(request, "login.html", {**context, "error": "Wrong token."}, status=401)
+        self.throttle.succeeded(client)
         response = RedirectResponse(self.ctx.path(request, "admin"), status_code=303)
         response.set_cookie(ADMIN_COOKIE, session_value(self.ctx.keys, self.ctx.now()), max_age=SESSION_TTL,
                             path=self._cookie_path(request), secure=self._secure(request), httponly=True,
@@ -205,8 +227,8 @@ class AdminRoutes:
             "profit_svg": Markup(profit_svg(users[:12])),
             "tiers": [_tier_row(name, tier, name in stored_tiers)
                       for name, tier in sorted(state.tiers.items())],
-            "packs": sorted(nasca.packs.values(), key=offer_order),
-            "plans": sorted(nasca.plans.values(), key=offer_order),
+            "packs": sorted(nasca.billing.packs.values(), key=offer_order),
+            "plans": sorted(nasca.billing.plans.values(), key=offer_order),
             "price": price, "csrf": csrf_token(self.ctx.keys, cookie),
             "notice": _NOTICES[notice].format(name=request.query_params.get("name", ""))
             if notice in _NOTICES else None,
@@ -262,7 +284,7 @@ class AdminRoutes:
         async def apply(form: FormData) -> tuple[str, str]:
             pack_id = _required(form, "id")
             if _field(form, "action") == "retire":
-                await self.ctx.nasca.aset_pack(pack_id, None)
+                await self.ctx.nasca.billing.aset_pack(pack_id, None)
                 return "pack_retired", pack_id
             pack = CreditPack(**_clean({
                 "id": pack_id, "price": _required(form, "price"), "spend": _required(form, "spend"),
@@ -270,7 +292,7 @@ class AdminRoutes:
                 "stripe_price": _field(form, "stripe_price"),
                 "expires_in_days": _int_or_none(form, "expires_in_days"),
             }))
-            await self.ctx.nasca.aset_pack(pack_id, pack)
+            await self.ctx.nasca.billing.aset_pack(pack_id, pack)
             return "pack_saved", pack_id
         return await self._edit(request, apply)
 
@@ -278,7 +300,7 @@ class AdminRoutes:
         async def apply(form: FormData) -> tuple[str, str]:
             plan_id = _required(form, "id")
             if _field(form, "action") == "retire":
-                await self.ctx.nasca.aset_plan(plan_id, None)
+                await self.ctx.nasca.billing.aset_plan(plan_id, None)
                 return "plan_retired", plan_id
             plan = Plan(**_clean({
                 "id": plan_id, "tier": _required(form, "tier"), "price": _required(form, "price"),
@@ -286,12 +308,18 @@ class AdminRoutes:
                 "currency": _field(form, "currency") or "usd",
                 "name": _field(form, "name"), "stripe_price": _field(form, "stripe_price"),
             }))
-            await self.ctx.nasca.aset_plan(plan_id, plan)
+            await self.ctx.nasca.billing.aset_plan(plan_id, plan)
             return "plan_saved", plan_id
         return await self._edit(request, apply)
 
 
 # -- form helpers -------------------------------------------------------------------------------
+def _client(request: Request) -> str:
+    # The peer's address: behind a reverse proxy every client shares the proxy's (the
+    # throttle then guards the whole dashboard, which errs on the safe side).
+    return request.client.host if request.client else "?"
+
+
 def _field(form: FormData, name: str) -> str | None:
     value = form.get(name)
     if not isinstance(value, str):
@@ -311,10 +339,7 @@ def _money_or_none(form: FormData, name: str) -> Decimal | None:
     value = _field(form, name)
     if value is None:
         return None
-    try:
-        return Decimal(value.lstrip("$"))
-    except ArithmeticError:
-        raise InvalidInputError(f"{name} must be an amount of dollars, got {value!r}") from None
+    return parse_amount(value, what=name)  # O(1): "1e999998" is a 400, not seconds of CPU
 
 
 def _int_or_none(form: FormData, name: str) -> int | None:
@@ -341,7 +366,5 @@ def _this_month(ctx: Context) -> str:
 
 
 def _month_choices(selected: str, current: str) -> list[dict[str, Any]]:
-    from nasca_core.analytics._events import previous_months
-
     months = reversed(previous_months(current, 12))
     return [{"value": month_label(m), "selected": m == selected} for m in months]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nasca_core._errors import NascaError
+from nasca_core._errors import ConfigurationError, NascaError
 from nasca_core.server._config import ServeConfig, build_nasca, build_settings
 
 Runner = Callable[[argparse.Namespace], int]
@@ -39,17 +39,26 @@ def setup_serve(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--host", help="interface to listen on (default: the config's, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: the config's, else 8000)")
     parser.add_argument("--demo", action="store_true",
-                        help="embedded store, a local Stripe stand-in and demo users and data")
+                        help="embedded store, a local Stripe stand-in and demo users and data (implies "
+                             "--ephemeral)")
+    parser.add_argument("--ephemeral", action="store_true",
+                        help="allow a memory:// store (its spend and credits are gone when the server stops)")
+    parser.add_argument("--new-admin-token", action="store_true",
+                        help="print a strong random admin token (for NASCA_ADMIN_TOKEN) and exit")
     return run_serve
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "new_admin_token", False):
+        print(secrets.token_urlsafe(32))
+        return 0
     try:
         config = _config(args.config, required=not args.demo)
         host = args.host or config.server.host
         port = config.server.port if args.port is None else args.port
         if args.demo:
             return _serve_demo(config, dict(os.environ), host, port)
+        _check_durable(config.store, args.ephemeral)
         from nasca_core.server._app import create_app
 
         nasca = build_nasca(config, os.environ)
@@ -60,6 +69,16 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"Nasca on http://{host}:{port}  (dashboard: /admin, overlay script: /nasca.js)", flush=True)
     _uvicorn(app, host, port)
     return 0
+
+
+def _check_durable(store: str, ephemeral: bool) -> None:
+    # A server on memory:// would forget every purchased credit at its next restart, and each
+    # worker process would keep its own ledger.
+    if store.lower().startswith("memory:") and not ephemeral:
+        raise ConfigurationError(
+            f"store = {store!r} keeps the ledger in this process only: spend and purchased credits "
+            "are gone when the server stops. Use sqlite:///./nasca.db (one machine) or redis://, "
+            "or pass --ephemeral to accept that.")
 
 
 def _uvicorn(app: Any, host: str, port: int) -> None:
@@ -139,4 +158,50 @@ def run_report(args: argparse.Namespace) -> int:
         print(report.model_dump_json(indent=2))
     else:
         print(report_text(report, top=max(0, args.top)))
+    return 0
+
+
+# -- migrate -----------------------------------------------------------------------------
+def setup_migrate(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--config", metavar="PATH", help=f"the config file (default: ./{DEFAULT_CONFIG})")
+    parser.add_argument("--store", help="store URI (default: the config's)")
+    parser.add_argument("--namespace", help="namespace (default: the config's)")
+    parser.add_argument("--apply", action="store_true", help="move the keys (without it: a dry run)")
+    return run_migrate
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from nasca_core.stores import open_store
+    from nasca_core.stores._base import KEY_LAYOUT
+    from nasca_core.stores._layout import migrate
+
+    try:
+        config = _config(args.config, required=False)
+        uri, namespace = args.store or config.store, args.namespace or config.namespace
+        handle = open_store(uri)
+    except NascaError as exc:
+        return _fail(exc)
+    try:
+        client = getattr(handle.sync, "client", None)
+        if client is None:  # memory and SQLite stores were only ever written in the current layout
+            print(f"{handle.description}: key layout {KEY_LAYOUT}, nothing to migrate")
+            return 0
+        try:
+            plan = migrate(client, namespace, apply=args.apply)
+        except NascaError as exc:
+            return _fail(exc)
+    finally:
+        handle.close()
+    print(f"{handle.description}, namespace {namespace!r}: {len(plan.moves)} keys of {len(plan.users)} "
+          f"users in key layout 1 -> layout {KEY_LAYOUT}")
+    for old, new in plan.moves[:10]:
+        print(f"  {old}  ->  {new}")
+    if len(plan.moves) > 10:
+        print(f"  ... and {len(plan.moves) - 10} more")
+    if plan.conflicts:
+        print(f"nasca: {len(plan.conflicts)} target keys exist already (e.g. {plan.conflicts[0]!r}): "
+              "nothing was moved", file=sys.stderr)
+        return 1
+    print(f"moved; the store is now in layout {KEY_LAYOUT}" if plan.applied
+          else "dry run: nothing changed (run again with --apply, with the app stopped)")
     return 0

@@ -1,7 +1,8 @@
 """``nasca.toml``: what ``nasca serve`` and ``nasca report`` run on. Secrets never live in
 the file: they come from environment variables, read by the CLI and passed in here.
 
-    store = "redis://localhost:6379/0"      # or memory://, redis+cluster://h:p,h:p
+    store = "sqlite:///./nasca.db"          # the default; redis://h:6379/0, redis+cluster://h:p,h:p,
+                                            # memory:// (gone at exit: only with --ephemeral)
     namespace = "myapp"
     timezone = "UTC"
     default_tier = "free"
@@ -17,6 +18,9 @@ the file: they come from environment variables, read by the CLI and passed in he
     [plans.pro]                             # Plan(...) fields; the key is the id
     tier = "pro"
     price = 20
+
+    [billing]                               # BillingPolicy(...) fields, optional
+    on_amount_mismatch = "review"           # or "grant", "proportional"
 
     [stripe]
     api_base = "https://api.stripe.com"     # optional
@@ -43,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from nasca_core._config import Tier, first_error
 from nasca_core._errors import ConfigurationError
 from nasca_core._ledger import Nasca
-from nasca_core.billing import CreditPack, Plan, StripeConfig
+from nasca_core.billing import BillingPolicy, CreditPack, Plan, StripeConfig
 from nasca_core.server._settings import ServerSettings
 
 ENV_SECRET = "NASCA_SECRET"
@@ -74,16 +78,20 @@ class ServerSection(_Section):
     link_ttl: int | None = None
 
 
+DEFAULT_STORE = "sqlite:///./nasca.db"  # durable, one machine, no server to run
+
+
 class ServeConfig(_Section):
     """The parsed ``nasca.toml``. Raises ConfigurationError (through ``load``/``parse``)."""
 
-    store: str = "memory://"
+    store: str = DEFAULT_STORE
     namespace: str = "nasca"
     timezone: str = "UTC"
     default_tier: str | None = None
     tiers: dict[str, dict[str, Any]] = {}
     packs: dict[str, dict[str, Any]] = {}
     plans: dict[str, dict[str, Any]] = {}
+    billing: dict[str, Any] = {}  # a BillingPolicy: on_amount_mismatch, on_partial_refund, ...
     stripe: StripeSection = StripeSection()
     server: ServerSection = ServerSection()
 
@@ -136,10 +144,13 @@ def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = Non
     default = config.default_tier or (next(iter(tiers)) if len(tiers) == 1 else None)
     if stripe is None and env.get(ENV_STRIPE_KEY):
         stripe = StripeConfig(api_key=SecretStr(env[ENV_STRIPE_KEY]), api_base=config.stripe.api_base)
-    return Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
-                 namespace=config.namespace, timezone=config.timezone,
-                 packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
-                 webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
+    policy = BillingPolicy(**dict(config.billing))  # checked before the store is opened
+    nasca = Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
+                  namespace=config.namespace, timezone=config.timezone,
+                  packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
+                  webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
+    nasca.billing.policy = policy
+    return nasca
 
 
 def build_settings(config: ServeConfig, env: Mapping[str, str], *, public_url: str | None = None,

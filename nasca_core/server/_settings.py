@@ -13,6 +13,24 @@ from nasca_core._errors import ConfigurationError
 
 AuthHook = Callable[[Any], bool | Awaitable[bool]]
 MIN_SECRET = 16
+# zxcvbn's estimate of the guesses an attacker needs: 10**14 tries at the login throttle's
+# pace (a few a minute per client) outlasts anyone; secrets.token_urlsafe(16) scores ~10**22.
+MIN_TOKEN_GUESSES_LOG10 = 14.0
+_ZXCVBN_MAX = 72  # zxcvbn refuses longer input; what follows the 72nd character only adds
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too easy to guess for an admin token (short, repeated, a sequence,
+    dictionary words, a keyboard walk), or None. Uses zxcvbn (Dropbox's estimator)."""
+    if len(token) < MIN_SECRET:
+        return f"it is shorter than {MIN_SECRET} characters"
+    from zxcvbn import zxcvbn
+
+    found = zxcvbn(token[:_ZXCVBN_MAX])
+    if float(found["guesses_log10"]) >= MIN_TOKEN_GUESSES_LOG10:
+        return None
+    hint = found.get("feedback", {}).get("warning") or "it is made of guessable patterns"
+    return f"it is too easy to guess ({hint.rstrip('.').lower()}, ~10^{found['guesses_log10']:.0f} guesses)"
 
 
 def origin_of(url: str) -> str:
@@ -41,6 +59,8 @@ class ServerSettings(BaseModel):
       (``https://app.example.com``); the app's own origin is always allowed.
     - ``admin_token`` and/or ``auth`` (``auth(request) -> bool``, sync or async, e.g. your
       own session check) protect the dashboard; with neither it answers 401 to everyone.
+      The token must be hard to guess (``token_weakness``: zxcvbn's estimate); make one
+      with ``nasca serve --new-admin-token``. Wrong tokens are throttled per client.
     - ``stripe_webhook_secret``: the endpoint's ``whsec_...`` when the Nasca has none.
     - ``success_url``/``cancel_url``: where Stripe Checkout returns (default: this app's
       own success and cancel pages); ``return_url``: the "back to the app" link.
@@ -81,8 +101,10 @@ class ServerSettings(BaseModel):
     @field_validator("admin_token")
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_SECRET:
-            raise ValueError(f"admin_token must be at least {MIN_SECRET} characters")
+        why = None if value is None else token_weakness(value.get_secret_value())
+        if why:
+            raise ValueError(f"admin_token is rejected: {why}; generate one with "
+                             "`nasca serve --new-admin-token` or secrets.token_urlsafe(32)")
         return value
 
     @field_validator("public_url")

@@ -62,6 +62,7 @@ class UpgradeRoutes:
             Route("/u/{token}/cancel", self.cancel, methods=["GET"], name="cancel"),
             Route("/u/{token}/status", self.status, methods=["GET"], name="status"),
             Route("/u/{token}/event", self.event, methods=["POST"], name="event"),
+            Route("/u/{token}/portal", self.portal, methods=["POST"], name="portal"),
         ]
 
     # -- helpers ---------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class UpgradeRoutes:
 
     def _urls(self, request: Request, token: str) -> dict[str, str]:
         return {name: self.ctx.path(request, name, token=token)
-                for name in ("upgrade", "checkout", "status", "event", "success", "cancel")}
+                for name in ("upgrade", "checkout", "status", "event", "success", "cancel", "portal")}
 
     async def _record(self, kind: EventKind, tok: UpgradeToken) -> None:
         try:
@@ -121,13 +122,13 @@ class UpgradeRoutes:
         token = request.path_params["token"]
         try:
             usage = await self._usage(tok)
-            lots = await self.ctx.nasca.acredit_lots(tok.user_id)
+            lots = await self.ctx.nasca.billing.acredit_lots(tok.user_id)
         except (StoreError, ConfigurationError):
             log.exception("nasca: upgrade page could not read the ledger")
             return self._unavailable(request)
         # The config was just read (aget_usage), so packs and plans need no store trip.
-        packs = sorted(self.ctx.nasca.packs.values(), key=offer_order)
-        plans = sorted(self.ctx.nasca.plans.values(), key=offer_order)
+        packs = sorted(self.ctx.nasca.billing.packs.values(), key=offer_order)
+        plans = sorted(self.ctx.nasca.billing.plans.values(), key=offer_order)
         if not _is_prefetch(request):
             await self._record("prompt_shown", tok)
         parent = self._parent(request)
@@ -151,6 +152,8 @@ class UpgradeRoutes:
                        "limits": self._tier_limits(p.tier), "current": p.tier == usage.tier}
                       for p in plans],
             "urls": urls, "config": config, "embedded": parent is not None,
+            # A subscriber manages or cancels in Stripe's Billing Portal.
+            "portal": self.ctx.nasca.billing.stripe is not None and any(p.tier == usage.tier for p in plans),
         }, frameable=True)
 
     def _windows(self, usage: Usage) -> list[dict[str, Any]]:
@@ -195,7 +198,7 @@ class UpgradeRoutes:
                                     + "?session_id={CHECKOUT_SESSION_ID}")
         cancel = s.cancel_url or self.ctx.url(request, "cancel", token=token)
         try:
-            url = await self.ctx.nasca.acreate_checkout(tok.user_id, item, tok.prompt_id,
+            url = await self.ctx.nasca.billing.acreate_checkout(tok.user_id, item, tok.prompt_id,
                                                         success_url=success, cancel_url=cancel)
         except (UnknownPackError, UnknownPlanError):
             return self._checkout_error(request, 404, "This offer is no longer available.")
@@ -245,7 +248,7 @@ class UpgradeRoutes:
             return self._forbidden(request, json_body=True)
         try:
             usage = await self._usage(tok)
-            lots = await self.ctx.nasca.acredit_lots(tok.user_id)
+            lots = await self.ctx.nasca.billing.acredit_lots(tok.user_id)
         except (StoreError, ConfigurationError):
             return self.ctx.json({"error": "temporarily unavailable"}, 503)
         session = request.query_params.get("session_id")
@@ -273,6 +276,31 @@ class UpgradeRoutes:
             return self.ctx.json({"error": "unknown event"}, 400)
         await self._record("dismissed", tok)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
+    async def portal(self, request: Request) -> Response:
+        """To the Stripe Billing Portal, back to the upgrade page after."""
+        tok = self._token(request)
+        if tok is None:
+            return self._forbidden(request)
+        if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
+                              self.ctx.own_origins(request)):
+            return self.ctx.json({"error": "cross-site request refused"}, 403)
+        back = self.ctx.url(request, "upgrade", token=request.path_params["token"])
+        try:
+            url = await self.ctx.nasca.billing.acreate_portal_session(tok.user_id, back)
+        except CheckoutError:
+            log.exception("nasca: billing portal failed")
+            return self._checkout_error(request, 502,
+                                        "The billing portal could not be opened. Please try again.")
+        except (ConfigurationError, StoreError):
+            log.exception("nasca: billing portal is not available")
+            return self._checkout_error(request, 503, "Subscription management is not available right now.")
+        if url is None:
+            return self._checkout_error(request, 404, "We found no subscription to manage for this account.")
+        if _wants_json(request):
+            return self.ctx.json({"url": url})
+        return RedirectResponse(url, status_code=303, headers={"Referrer-Policy": "same-origin"})
 
 
 async def _form(request: Request) -> FormData:

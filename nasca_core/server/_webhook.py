@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from nasca_core._errors import ConfigurationError, SignatureError, StoreError, WebhookError
+from nasca_core._errors import CheckoutError, ConfigurationError, SignatureError, StoreError, WebhookError
 from nasca_core.server._context import Context
 
 log = logging.getLogger("nasca.server")
@@ -43,6 +43,9 @@ class WebhookRoutes:
         except StoreError:
             log.exception("nasca: store unavailable while handling a Stripe webhook")
             return self.ctx.json({"error": "store unavailable"}, 500)
+        except CheckoutError:  # Stripe did not answer the re-read: Stripe retries the event
+            log.exception("nasca: Stripe unreachable while handling a Stripe webhook")
+            return self.ctx.json({"error": "stripe unavailable"}, 500)
         except ConfigurationError:
             log.exception("nasca: Stripe webhooks are not configured")
             return self.ctx.json({"error": "webhooks are not configured"}, 500)

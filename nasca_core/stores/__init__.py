@@ -1,5 +1,5 @@
-"""Stores chosen by URI: ``memory://[name]``, ``redis://``, ``rediss://``, ``unix://``,
-``redis+cluster://host:port[,host:port...]``, or an existing redis-py client.
+"""Stores chosen by URI: ``memory://[name]``, ``sqlite:///path``, ``redis://``, ``rediss://``,
+``unix://``, ``redis+cluster://host:port[,host:port...]``, or an existing redis-py client.
 
 Every store implements one typed protocol (``Store``, and ``AsyncStore`` for asyncio)
 holding each operation the ledger, billing and analytics need:
@@ -7,6 +7,8 @@ holding each operation the ledger, billing and analytics need:
     _base            the records and the Store / AsyncStore protocols
     _open            open_store(): URI or client -> StoreHandle
     memory           MemoryStore, in this process (+ _memory_analytics)
+    sqlite           SqliteStore, AsyncSqliteStore: one file, every process on the machine
+                     (+ _sqlite_schema: the tables, the layout version)
     redis            RedisStore, AsyncRedisStore: single server and Cluster, I/O only
     _redis_codec     what each operation sends and what its reply means, sync and async alike
     _redis_errors    the one translation of redis-py's errors into Nasca's

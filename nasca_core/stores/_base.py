@@ -18,12 +18,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Literal, Protocol, get_args
+
+from nasca_core._identity import check_user_id
+
+KEY_LAYOUT = 2  # how UserKeys spells keys; recorded in the store (``layout_key``)
+
+
+def user_tag(user_id: str) -> str:
+    """The user's Redis Cluster hash tag: 16 hex digits of a hash of the id. No brace, colon
+    or other character of an id can reach the tag, so every key of a user is on one slot."""
+    return blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class UserKeys:
-    """Where one user's state lives; every key shares the user's hash tag."""
+    """Where one user's state lives: ``<namespace>:{<tag>}:<user id><suffix>``. Every key
+    shares the user's hash tag (``user_tag``), and the id itself follows the tag, so two
+    users' keys differ even if their tags ever did."""
 
     meta: str
     holds: str
@@ -36,7 +49,9 @@ class UserKeys:
 
     @classmethod
     def build(cls, namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
-        base = f"{namespace}:{{{user_id}}}"
+        """Raises InvalidUserError for an id the validator refuses: it never reaches a key."""
+        check_user_id(user_id)
+        base = f"{namespace}:{{{user_tag(user_id)}}}:{user_id}"
         d, w, m = window_ids
         return cls(base, f"{base}:h", f"{base}:s", f"{base}:d:{d}", f"{base}:w:{w}", f"{base}:m:{m}",
                    f"{base}:c", f"{base}:hs")
@@ -52,10 +67,17 @@ class UserKeys:
 
 def month_owner(key: str, namespace: str, month: str) -> str | None:
     """The user id in a ledger month key (``UserKeys.month``), or None when the key is not one."""
-    head, tail = f"{namespace}:{{", f"}}:m:{month}"
-    if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
-        return key[len(head):-len(tail)]
-    return None
+    head, tail = f"{namespace}:{{", f":m:{month}"
+    start = len(head) + 18  # the tag's 16 hex digits, then "}:"
+    if not (key.startswith(head) and key.endswith(tail) and len(key) > start + len(tail)):
+        return None
+    user = key[start:-len(tail)]
+    return user if key[len(head):start] == f"{user_tag(user)}}}:" else None
+
+
+def layout_key(namespace: str) -> str:
+    """Where a Redis store records the key layout of ``namespace`` (beside its config)."""
+    return f"{{{namespace}:cfg}}:layout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +262,7 @@ class Store(Protocol):
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
-    def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
+    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int: ...
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     def load_config(self, namespace: str) -> StoredConfig: ...
     def config_version(self, namespace: str) -> int: ...
@@ -265,7 +287,7 @@ class AsyncStore(Protocol):
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     async def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
-    async def revoke(self, keys: UserKeys, lot_id: str) -> int: ...
+    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int: ...
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     async def load_config(self, namespace: str) -> StoredConfig: ...
     async def config_version(self, namespace: str) -> int: ...

@@ -1,11 +1,12 @@
 """Open a store by URI or client: the sync store and, per event loop, its async twin.
 
-Memory is built in; the Redis modules load only for a Redis URI or client.
+Memory is built in; the SQLite and Redis modules load only for their URIs or clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -28,7 +29,7 @@ class StoreHandle:
     built on first use (a Redis client connects when it is first asked)."""
 
     def __init__(self, make_sync: Callable[[], Store], make_async: Callable[[], AsyncStore],
-                 description: str, *, is_memory: bool = False) -> None:
+                 description: str, *, is_memory: bool = False, identity: str | None = None) -> None:
         self._make_sync = make_sync
         self._sync: Store | None = None
         self._make_async = make_async
@@ -37,6 +38,9 @@ class StoreHandle:
         self._lock = threading.Lock()
         self.description = description
         self.is_memory = is_memory
+        # Which data this is, the same in every process that opens it (no credentials): it
+        # keys the journal of deferred settles. None for memory, which has no journal.
+        self.identity = identity
 
     @property
     def sync(self) -> Store:
@@ -67,20 +71,21 @@ class StoreHandle:
             await store.close()
 
 
-def open_store(spec: Any) -> StoreHandle:
-    """Build the store for a URI or a redis-py client. Raises ConfigurationError."""
+def open_store(spec: Any, *, require_durable: bool = False) -> StoreHandle:
+    """Build the store for a URI or a redis-py client. ``require_durable``: refuse a Redis
+    that may evict or forget ledger keys (else a warning is logged). Raises ConfigurationError."""
     if isinstance(spec, MemoryStore):
         return _memory(spec)
     if isinstance(spec, str):
-        return _from_uri(spec)
-    return _from_client(spec)
+        return _from_uri(spec, require_durable)
+    return _from_client(spec, require_durable)
 
 
 def _memory(store: MemoryStore) -> StoreHandle:
     return StoreHandle(lambda: store, lambda: AsyncMemoryStore(store), "memory", is_memory=True)
 
 
-def _from_uri(uri: str) -> StoreHandle:
+def _from_uri(uri: str, durable: bool) -> StoreHandle:
     try:
         parts = urlsplit(uri)
     except ValueError as exc:
@@ -88,6 +93,8 @@ def _from_uri(uri: str) -> StoreHandle:
     scheme = parts.scheme.lower()
     if scheme == "memory":
         return _memory(named_memory_store(parts.netloc + parts.path.strip("/")))
+    if scheme == "sqlite":
+        return _sqlite(uri)
     if scheme in _REDIS_SCHEMES:
         if scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"Store URI {uri!r} names no host: use redis://host:6379/0.")
@@ -104,13 +111,15 @@ def _from_uri(uri: str) -> StoreHandle:
         except ValueError as exc:
             raise ConfigurationError(f"Malformed store URI {uri!r}: {exc}") from None
         return StoreHandle(
-            lambda: RedisStore(redis.Redis(connection_pool=pool), owns_client=True),
+            lambda: RedisStore(redis.Redis(connection_pool=pool), owns_client=True, require_durable=durable),
             lambda: AsyncRedisStore(
                 redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
                     uri, timeout=10, **pool_args)),
-                owns_client=True,
+                owns_client=True, require_durable=durable,
             ),
             f"redis {parts.hostname or parts.path}",
+            identity=_redis_identity(scheme, parts.hostname or "", parts.port or 6379,
+                                     parts.path if scheme == "unix" else parts.path.strip("/") or "0"),
         )
     if scheme in _CLUSTER_SCHEMES:
         nodes = _cluster_nodes(uri, parts.netloc)
@@ -126,19 +135,39 @@ def _from_uri(uri: str) -> StoreHandle:
             lambda: RedisStore(
                 RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], ssl=ssl, password=pw,
                              max_connections=_CLUSTER_CONNECTIONS),
-                owns_client=True,
+                owns_client=True, require_durable=durable,
             ),
             lambda: AsyncRedisStore(
                 AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in nodes], ssl=ssl, password=pw,
                                   max_connections=_CLUSTER_CONNECTIONS),
-                owns_client=True,
+                owns_client=True, require_durable=durable,
             ),
             f"redis cluster {nodes[0][0]}:{nodes[0][1]}",
+            identity=_cluster_identity(nodes),
         )
     raise ConfigurationError(
-        f"Unknown store URI scheme in {uri!r}: use memory://, redis://, rediss://, unix:// "
-        "or redis+cluster://host:port."
+        f"Unknown store URI scheme in {uri!r}: use memory://, sqlite:///path, redis://, rediss://, "
+        "unix:// or redis+cluster://host:port."
     )
+
+
+def _sqlite(uri: str) -> StoreHandle:
+    # As SQLAlchemy spells it: sqlite:///relative/path, sqlite:////absolute/path.
+    path = uri.split("://", 1)[1]
+    if not path.startswith("/") or len(path) < 2 or "?" in path or path[1:] == ":memory:":
+        raise ConfigurationError(
+            f"Malformed SQLite store URI {uri!r}: use sqlite:///nasca.db (relative to the working "
+            "directory) or sqlite:////var/lib/nasca.db (absolute); memory:// for a store in memory.")
+    from nasca_core.stores.sqlite import AsyncSqliteStore, SqliteStore
+
+    path = path[1:]
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigurationError(f"SQLite store {uri!r}: the directory {parent!r} does not exist.")
+    store = SqliteStore(path)
+    where = os.path.realpath(path)
+    return StoreHandle(lambda: store, lambda: AsyncSqliteStore(store), f"sqlite {where}",
+                       identity=f"sqlite:{where}")
 
 
 def _cluster_nodes(uri: str, netloc: str) -> list[tuple[str, int]]:
@@ -154,7 +183,7 @@ def _cluster_nodes(uri: str, netloc: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def _from_client(client: Any) -> StoreHandle:
+def _from_client(client: Any, durable: bool) -> StoreHandle:
     import redis
     import redis.asyncio
     from redis.asyncio.cluster import ClusterNode as AsyncNode
@@ -166,35 +195,38 @@ def _from_client(client: Any) -> StoreHandle:
     if isinstance(client, RedisCluster):
         nodes = [(n.host, n.port) for n in client.get_nodes()]
         return StoreHandle(
-            lambda: RedisStore(client),
+            lambda: RedisStore(client, require_durable=durable),
             lambda: AsyncRedisStore(
-                AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in nodes]), owns_client=True
+                AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in nodes]), owns_client=True,
+                require_durable=durable,
             ),
-            "redis cluster (client)",
+            "redis cluster (client)", identity=_cluster_identity(nodes),
         )
     if isinstance(client, redis.Redis):
         kwargs = dict(client.connection_pool.connection_kwargs)
         cls = client.connection_pool.connection_class
         return StoreHandle(
-            lambda: RedisStore(client),
-            lambda: AsyncRedisStore(_async_twin(kwargs, cls), owns_client=True),
-            "redis (client)",
+            lambda: RedisStore(client, require_durable=durable),
+            lambda: AsyncRedisStore(_async_twin(kwargs, cls), owns_client=True,
+                                    require_durable=durable),
+            "redis (client)", identity=_client_identity(kwargs),
         )
     if isinstance(client, AsyncRedisCluster):
         nodes = [(n.host, n.port) for n in client.get_nodes()]
         return StoreHandle(
             lambda: RedisStore(RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes]),
-                               owns_client=True),
-            lambda: AsyncRedisStore(client),
-            "redis cluster (asyncio client)",
+                               owns_client=True, require_durable=durable),
+            lambda: AsyncRedisStore(client, require_durable=durable),
+            "redis cluster (asyncio client)", identity=_cluster_identity(nodes),
         )
     if isinstance(client, redis.asyncio.Redis):
         kwargs = dict(client.connection_pool.connection_kwargs)
         kwargs.pop("connection_class", None)
         return StoreHandle(
-            lambda: RedisStore(redis.Redis(**_sync_kwargs(kwargs)), owns_client=True),
-            lambda: AsyncRedisStore(client),
-            "redis (asyncio client)",
+            lambda: RedisStore(redis.Redis(**_sync_kwargs(kwargs)), owns_client=True,
+                               require_durable=durable),
+            lambda: AsyncRedisStore(client, require_durable=durable),
+            "redis (asyncio client)", identity=_client_identity(kwargs),
         )
     raise ConfigurationError(
         f"store must be a URI string or a redis-py client, got {type(client).__name__}."
@@ -214,3 +246,19 @@ def _sync_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     keep = ("host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
             "decode_responses", "encoding")
     return {k: v for k, v in kwargs.items() if k in keep}
+
+
+def _redis_identity(scheme: str, host: str, port: int, db: str) -> str:
+    return f"unix:{db}" if scheme == "unix" else f"redis:{host.lower()}:{port}/{db}"
+
+
+def _client_identity(kwargs: dict[str, Any]) -> str:
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return _redis_identity("redis", str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)),
+                           str(kwargs.get("db", 0)))
+
+
+def _cluster_identity(nodes: list[tuple[str, int]]) -> str:
+    # Any node names the cluster, but different processes may list different ones: all of them.
+    return "cluster:" + ",".join(sorted(f"{h.lower()}:{p}" for h, p in nodes))

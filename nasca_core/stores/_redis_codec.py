@@ -228,7 +228,7 @@ def month_raw(keys: MonthKeys, results: Sequence[Any]) -> MonthRaw:
 
 def ledger_pattern(namespace: str, month: str) -> str:
     """The SCAN pattern of every user's ledger month hash (glob characters escaped)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", namespace) + ":{*}:m:" + month
+    return re.sub(r"([*?\[\]\\])", r"\\\1", namespace) + ":{*}:*:m:" + month
 
 
 def ledger_batches(found: Sequence[Any], namespace: str, month: str) -> Iterator[list[Command]]:

@@ -73,12 +73,27 @@ class MemoryStore:
             del self._expiry[key]
             self._data.pop(key, None)
 
-    def _holds(self, key: str, now_ms: int) -> _Holds:
+    def _holds(self, key: str, now_ms: int) -> _Holds | None:
+        # Created only when a hold is added, dropped when the last one goes: a store asked
+        # about a million users keeps nothing for those with nothing in flight.
         holds: _Holds | None = self._get(key, now_ms)
-        if holds is None:
-            holds = self._data[key] = _Holds()
-        holds.purge(now_ms)
+        if holds is not None:
+            holds.purge(now_ms)
+            if not holds.live:
+                self._forget(key)
+                return None
         return holds
+
+    def _forget(self, key: str) -> None:
+        self._data.pop(key, None)
+        self._expiry.pop(key, None)
+
+    def _drop_hold(self, key: str, member: str) -> None:
+        holds: _Holds | None = self._data.get(key)
+        if holds is not None:
+            holds.drop(member)
+            if not holds.live:
+                self._forget(key)
 
     def _settled(self, key: str, now_ms: int) -> dict[str, int]:
         settled: dict[str, int] | None = self._get(key, now_ms)
@@ -124,8 +139,11 @@ class MemoryStore:
             self._sweep(op.now_ms)
             name, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             holds = self._holds(op.keys.holds, op.now_ms)
-            held = holds.total
+            held = holds.total if holds else 0
             spent = self._spent(op.keys, op.now_ms)
+            member = f"{op.hold_id}:{op.estimate}"
+            if holds and member in holds.live:  # a retried reserve holds once
+                return ReserveResult(1, name, 0, spent, held, -1)
             credits = -1
             blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
             if blocked >= 0 and not hard[blocked]:
@@ -133,7 +151,9 @@ class MemoryStore:
                 blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
             if blocked >= 0:
                 return ReserveResult(0, name, blocked + 1, spent, held, credits)
-            holds.add(f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms)
+            if holds is None:
+                holds = self._data[op.keys.holds] = _Holds()
+            holds.add(member, op.estimate, op.hold_expiry_ms)
             self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.hold_expiry_ms))
             return ReserveResult(1, name, 0, spent, held + op.estimate, credits)
 
@@ -142,7 +162,7 @@ class MemoryStore:
             settled = self._settled(op.keys.settled, op.now_ms)
             if op.hold_id in settled:
                 return SettleResult(2, 0, 0, (0, 0, 0))
-            self._holds(op.keys.holds, op.now_ms).drop(f"{op.hold_id}:{op.estimate}")
+            self._drop_hold(op.keys.holds, f"{op.hold_id}:{op.estimate}")
             _, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             keys, now_ms, ttls = op.keys, op.now_ms, op.ttls_ms
             day, week = self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0
@@ -176,9 +196,7 @@ class MemoryStore:
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self._lock:
-            holds: _Holds | None = self._data.get(keys.holds)
-            if holds is not None:
-                holds.drop(f"{hold_id}:{estimate}")
+            self._drop_hold(keys.holds, f"{hold_id}:{estimate}")
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         with self._lock:
@@ -186,17 +204,18 @@ class MemoryStore:
             meta = self._data.get(keys.meta) or {}
             month = self._get(keys.month, now_ms) or {}
             lots = tuple(_lot_from_dict(lot) for lot in self._live_lots(keys, now_ms))
-            return Snapshot(meta.get("tier"), holds.total, self._spent(keys, now_ms),
+            return Snapshot(meta.get("tier"), holds.total if holds else 0, self._spent(keys, now_ms),
                             month.get("c", 0), month.get("k", 0), month.get("n", 0), lots,
                             month.get("ti", 0), month.get("to", 0))
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         with self._lock:
-            meta = self._data.setdefault(keys.meta, {})
-            if tier is None:
+            if tier is not None:
+                self._data.setdefault(keys.meta, {})["tier"] = tier
+            elif (meta := self._data.get(keys.meta)) is not None:
                 meta.pop("tier", None)
-            else:
-                meta["tier"] = tier
+                if not meta:
+                    self._forget(keys.meta)
 
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
         with self._lock:
@@ -208,13 +227,18 @@ class MemoryStore:
             lots[lot.id] = {**lot.to_json_dict(), "q": meta["lotseq"]}
             return True
 
-    def revoke(self, keys: UserKeys, lot_id: str) -> int:
+    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
+        # The rules of lua/revoke.lua.
         with self._lock:
             lot = (self._data.get(keys.credits) or {}).get(lot_id)
             if lot is None or (lot["r"] == 0 and lot.get("v") == 1):
                 return 0
-            taken: int = lot["r"]
-            lot["r"], lot["v"] = 0, 1
+            if keep is None:
+                taken: int = lot["r"]
+                lot["r"], lot["v"] = 0, 1
+                return taken
+            taken = max(0, lot["r"] - keep)
+            lot["r"] -= taken
             return taken
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
@@ -327,8 +351,8 @@ class AsyncMemoryStore:
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return self.sync.grant(keys, lot)
 
-    async def revoke(self, keys: UserKeys, lot_id: str) -> int:
-        return self.sync.revoke(keys, lot_id)
+    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
+        return self.sync.revoke(keys, lot_id, keep)
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return self.sync.all_lots(keys)
@@ -391,6 +415,8 @@ class _Holds:
         self.total = 0
 
     def add(self, member: str, amount: int, expiry_ms: int) -> None:
+        if member in self.live:
+            return
         self.live[member] = (expiry_ms, amount)
         heapq.heappush(self.heap, (expiry_ms, member))
         self.total += amount

@@ -1,9 +1,11 @@
 """Redis and Redis Cluster stores: one Lua script per atomic operation, one round trip each.
 
-Every key of a user shares the hash tag ``{user id}``, so the same scripts run on a
-cluster. On a single server the reserve script also checks the config version (the
-key lives on the same server); a cluster keeps that key on another slot, so there the
-check rides in the same pipeline and a stale reserve is released and retried.
+Every key of a user shares the user's hash tag (``UserKeys``: a hash of the id), so the
+same scripts run on a cluster. On first use a store checks the key layout (``_layout``)
+and whether the server can lose ledger keys (``_redis_safety``). On a single server the
+reserve script also checks the config version (the key lives on the same server); a
+cluster keeps that key on another slot, so there the check rides in the same pipeline and
+a stale reserve is released and retried.
 
 The two classes hold only the I/O: what to send and what a reply means is
 ``_redis_codec``, what an error means ``_redis_errors``.
@@ -36,6 +38,7 @@ from nasca_core.stores._base import (
     SubscriptionResult,
     UserKeys,
 )
+from nasca_core.stores._layout import acheck_layout, check_layout
 from nasca_core.stores._redis_codec import (
     STALE,
     Command,
@@ -67,18 +70,23 @@ from nasca_core.stores._redis_codec import (
     totals_result,
 )
 from nasca_core.stores._redis_errors import REDIS_ERRORS, redis_errors
+from nasca_core.stores._redis_safety import acheck_durable, check_durable
 from nasca_core.stores._scripts import NAMES, source
 
 
 class RedisStore:
     """A store on a redis-py client: ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, *, owns_client: bool = False) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, *, owns_client: bool = False,
+                 require_durable: bool = False) -> None:
         self.client = client
+        self.require_durable = require_durable
+        self._durable_checked = False
         self.cluster = isinstance(client, RedisCluster)
         self._owns = owns_client
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._execute: Callable[..., Any] = client.execute_command
+        self._layouts: set[str] = set()  # namespaces whose key layout was checked
 
     # -- I/O -------------------------------------------------------------------------------
     def _run(self, name: str, keys: list[str], args: list[Any], tier: str = "") -> Any:
@@ -146,16 +154,28 @@ class RedisStore:
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return bool(int(self._run("grant", *grant_args(keys, lot))))
 
-    def revoke(self, keys: UserKeys, lot_id: str) -> int:
-        return int(self._run("revoke", [keys.credits], [lot_id]))
+    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
+        return int(self._run("revoke", [keys.credits], [lot_id, -1 if keep is None else keep]))
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return lots_result(self._command("HGETALL", keys.credits))
 
+    def _layout(self, namespace: str) -> None:
+        # Every process reads the config before its first operation: check the key layout there.
+        if namespace not in self._layouts:
+            with REDIS_ERRORS:
+                if not self._durable_checked:
+                    check_durable(self.client, self.require_durable)
+                    self._durable_checked = True
+                check_layout(self.client, namespace)
+            self._layouts.add(namespace)
+
     def load_config(self, namespace: str) -> StoredConfig:
+        self._layout(namespace)
         return config_result(self._run("load_config", list(config_keys(namespace)), []))
 
     def config_version(self, namespace: str) -> int:
+        self._layout(namespace)
         return int(self._command("GET", config_keys(namespace)[1]) or 0)
 
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
@@ -203,13 +223,17 @@ class RedisStore:
 class AsyncRedisStore:
     """The asyncio twin of RedisStore: same scripts, same encoding, awaited calls."""
 
-    def __init__(self, client: redis.asyncio.Redis | AsyncRedisCluster, *, owns_client: bool = False) -> None:
+    def __init__(self, client: redis.asyncio.Redis | AsyncRedisCluster, *, owns_client: bool = False,
+                 require_durable: bool = False) -> None:
         self.client = client
+        self.require_durable = require_durable
+        self._durable_checked = False
         self.cluster = isinstance(client, AsyncRedisCluster)
         self._owns = owns_client
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._loaded = False
         self._load_lock = asyncio.Lock()
+        self._layouts: set[str] = set()
 
     # -- I/O -------------------------------------------------------------------------------
     async def _ready(self) -> None:
@@ -296,16 +320,29 @@ class AsyncRedisStore:
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return bool(int(await self._run("grant", *grant_args(keys, lot))))
 
-    async def revoke(self, keys: UserKeys, lot_id: str) -> int:
-        return int(await self._run("revoke", [keys.credits], [lot_id]))
+    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
+        return int(await self._run("revoke", [keys.credits], [lot_id, -1 if keep is None else keep]))
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return lots_result(await self._command("HGETALL", keys.credits))
 
+    async def _layout(self, namespace: str) -> None:
+        if namespace not in self._layouts:
+            with REDIS_ERRORS:
+                if not self._loaded:
+                    await self._ready()
+                if not self._durable_checked:
+                    await acheck_durable(self.client, self.require_durable)
+                    self._durable_checked = True
+                await acheck_layout(self.client, namespace)
+            self._layouts.add(namespace)
+
     async def load_config(self, namespace: str) -> StoredConfig:
+        await self._layout(namespace)
         return config_result(await self._run("load_config", list(config_keys(namespace)), []))
 
     async def config_version(self, namespace: str) -> int:
+        await self._layout(namespace)
         return int(await self._command("GET", config_keys(namespace)[1]) or 0)
 
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:

@@ -6,14 +6,15 @@ so this module knows nothing of sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import nasca_core.testing._anthropic as anthropic_wire
+import nasca_core.testing._gemini as gemini_wire
 import nasca_core.testing._openai as openai_wire
 from nasca_core.testing._replies import Failure, Turn, Usage, new_id
-from nasca_core.testing._sse import Event
+from nasca_core.testing._sse import Event, sse
 from nasca_core.testing._state import RecordedRequest
 
 
@@ -57,6 +58,8 @@ def serve(x: Exchange, endpoint: str, failure: Failure | None) -> None:
         "embeddings": _embeddings,
         "messages": _messages,
         "messages.count_tokens": _count_tokens,
+        "gemini.generate": _gemini,
+        "gemini.stream": _gemini,
     }[endpoint]
     handler(x, body, failure)
 
@@ -78,6 +81,8 @@ def _chat(x: Exchange, body: dict[str, Any], failure: Failure | None) -> None:
         openai_wire.max_output(body, "max_completion_tokens", "max_tokens"),
         "call_",
     )
+    if _replay(x, turn, named_events=False):
+        return
     completion_id = new_id("chatcmpl-", 29)
     if not x.record.stream:
         x.send_json(200, openai_wire.chat_completion(turn, completion_id))
@@ -97,6 +102,8 @@ def _responses(x: Exchange, body: dict[str, Any], failure: Failure | None) -> No
         openai_wire.max_output(body, "max_output_tokens"),
         "call_",
     )
+    if _replay(x, turn, named_events=True):
+        return
     builder = openai_wire.ResponseBuilder(turn, body)
     if not x.record.stream:
         x.send_json(200, builder.response(final=True))
@@ -114,6 +121,8 @@ def _messages(x: Exchange, body: dict[str, Any], failure: Failure | None) -> Non
         openai_wire.max_output(body, "max_tokens"),
         "toolu_01",
     )
+    if _replay(x, turn, named_events=True):
+        return
     message_id = new_id("msg_01", 22)
     if not x.record.stream:
         x.send_json(200, anthropic_wire.message(turn, message_id))
@@ -123,6 +132,40 @@ def _messages(x: Exchange, body: dict[str, Any], failure: Failure | None) -> Non
         failure,
         lambda f: anthropic_wire.stream_error(f.status, f.message),
     )
+
+
+def _gemini(x: Exchange, body: dict[str, Any], failure: Failure | None) -> None:
+    if not isinstance(body.get("contents"), list) or not body["contents"]:
+        x.fail(400, "* GenerateContentRequest.contents: contents is not specified")
+        return
+    turn = x.turn(gemini_wire.prompt(body), gemini_wire.max_output(body), "call_")
+    turn.model = x.record.path.rsplit("/", 1)[-1].split(":", 1)[0]
+    if _replay(x, turn, named_events=False, done=False):
+        return
+    if not x.record.stream:
+        x.send_json(200, gemini_wire.response(turn))
+        return
+    error = gemini_wire.error_body
+    x.send_stream(gemini_wire.stream(turn), failure, lambda f: sse(error(f.status, f.message)))
+
+
+def _replay(x: Exchange, turn: Turn, *, named_events: bool, done: bool = True) -> bool:
+    """Send a recorded response (``Reply(wire=...)``) verbatim; False when there is none."""
+    wire = turn.wire
+    if wire is None:
+        return False
+    if isinstance(wire, Mapping) != (not x.record.stream):
+        x.fail(500, "the recorded reply is a " + ("body" if isinstance(wire, Mapping) else "stream")
+               + " but the request asked for " + ("a stream" if x.record.stream else "a body"))
+        return True
+    if isinstance(wire, Mapping):
+        x.send_json(200, dict(wire))
+        return True
+    events = [Event(sse(dict(e), event=str(e.get("type")) if named_events else None), False) for e in wire]
+    if done and not named_events:
+        events.append(Event(sse("[DONE]"), False))
+    x.send_stream(iter(events), None, lambda f: b"")
+    return True
 
 
 def _count_tokens(x: Exchange, body: dict[str, Any], failure: Failure | None) -> None:

@@ -30,6 +30,8 @@ ENDPOINTS = (
     "models",
     "messages",
     "messages.count_tokens",
+    "gemini.generate",
+    "gemini.stream",
     "unknown",
 )
 _ROUTES = {
@@ -127,6 +129,13 @@ class Handler(BaseHTTPRequestHandler):
         endpoint = _ROUTES.get((self.command, path), "unknown")
         if endpoint == "unknown" and self.command == "GET" and path.startswith("/v1/models/"):
             endpoint = "models"
+        gemini = path.startswith(("/v1beta/models/", "/v1/models/"))
+        if endpoint == "unknown" and self.command == "POST" and gemini:
+            # Gemini: /v1beta/models/{model}:generateContent or :streamGenerateContent?alt=sse
+            method = path.rsplit(":", 1)[-1]
+            endpoint = {"generateContent": "gemini.generate", "streamGenerateContent": "gemini.stream"}.get(
+                method, "unknown"
+            )
         headers = {k.lower(): v for k, v in self.headers.items()}
         anthropic_shape = endpoint.startswith("messages") or (
             endpoint in ("models", "unknown") and "anthropic-version" in headers
@@ -151,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
             json=body,
             received_at=time.time(),
             request_id=self._request_id,
-            stream=isinstance(body, dict) and body.get("stream") is True,
+            stream=endpoint == "gemini.stream" or (isinstance(body, dict) and body.get("stream") is True),
         )
         server.state.record(record)
         self.record = record
@@ -200,7 +209,11 @@ class Handler(BaseHTTPRequestHandler):
         key = self.server.settings.api_key
         if key is None:
             return True
-        return headers.get("authorization") == f"Bearer {key}" or headers.get("x-api-key") == key
+        return (
+            headers.get("authorization") == f"Bearer {key}"
+            or headers.get("x-api-key") == key
+            or headers.get("x-goog-api-key") == key
+        )
 
     # -- the Exchange the endpoints answer through ------------------------------------
 

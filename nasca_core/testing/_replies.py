@@ -96,6 +96,10 @@ class Reply:
     provider's vocabulary (``"stop"``/``"end_turn"``, ``"length"``/``"max_tokens"``,
     ``"tool_calls"``/``"tool_use"``, ``"content_filter"``/``"refusal"``) and is
     translated per wire format; other values are passed through unchanged.
+
+    ``wire`` replays a recorded provider response verbatim instead: the JSON body (a
+    mapping) for a plain request, or the stream's event payloads (a list of mappings; each
+    ``type`` names its SSE event on Anthropic and Responses streams) for ``stream=True``.
     """
 
     text: str = ""
@@ -103,6 +107,7 @@ class Reply:
     tool_calls: Sequence[ToolCall] = ()
     usage: Usage | None = None
     finish_reason: str | None = None
+    wire: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # a caller's list could still change after the reply was queued
@@ -147,3 +152,4 @@ class Turn:
     usage: Usage
     finish_reason: str  # either vocabulary; each wire format translates it
     created: int = field(default_factory=lambda: int(time.time()))
+    wire: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None  # recorded, sent verbatim

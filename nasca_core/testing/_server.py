@@ -28,6 +28,7 @@ from nasca_core.testing._tokens import TokenizerSpec, resolve_tokenizer, truncat
 if TYPE_CHECKING:
     import anthropic
     import openai
+    from google import genai
 
 Responder = Callable[[dict[str, Any]], Reply | str]
 
@@ -291,6 +292,20 @@ class ProviderServer:
 
         return anthropic.AsyncAnthropic(**self._client_kwargs(kwargs, "base_url", self.anthropic_base_url))
 
+    def gemini_client(self, **kwargs: Any) -> genai.Client:
+        """A ``google.genai.Client`` (Gemini API) pointed here; ``client.aio`` is its async twin
+        (on httpx: google-genai would pick aiohttp when installed)."""
+        import httpx
+        from google import genai
+        from google.genai import types
+
+        kwargs.setdefault("api_key", self.api_key or "test-key")
+        kwargs.setdefault(
+            "http_options",
+            types.HttpOptions(base_url=self.url, async_client_args={"transport": httpx.AsyncHTTPTransport()}),
+        )
+        return genai.Client(**kwargs)
+
     def _client_kwargs(self, kwargs: dict[str, Any], key: str, url: str) -> dict[str, Any]:
         kwargs.setdefault(key, url)
         kwargs.setdefault("api_key", self.api_key or "test-key")
@@ -336,6 +351,7 @@ class ProviderServer:
             tool_calls=calls,
             usage=usage,
             finish_reason=finish or ("tool_calls" if calls else "stop"),
+            wire=reply.wire,
         )
 
 

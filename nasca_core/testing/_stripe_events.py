@@ -73,6 +73,13 @@ _created_lock = threading.Lock()
 _last_created = 0
 
 
+def clock_now() -> int:
+    """The stand-in's "now" (epoch s): never behind the events it has stamped, so its
+    responses' ``Date`` header orders with its events as Stripe's does."""
+    with _created_lock:
+        return max(int(time.time()), _last_created)
+
+
 def _created() -> int:
     # Strictly increasing event times, like distinct events in real life: ordering tests
     # (a deletion after an update) don't depend on the wall clock's second.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 import secrets
 import threading
@@ -14,18 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from nasca_core.testing._stripe_api import (
     ApiError,
     Price,
     SessionState,
     checked_session,
-    decode_form,
     pay_page,
 )
 from nasca_core.testing._stripe_events import (
@@ -35,33 +31,26 @@ from nasca_core.testing._stripe_events import (
     session_object,
     signed_event,
 )
+from nasca_core.testing._stripe_http import Handler, StripeRequest
+from nasca_core.testing._stripe_lists import line_items, list_page, paid_invoice, portal_session, wants
 
 if TYPE_CHECKING:
     from stripe import StripeClient
 
 DEFAULT_WEBHOOK_SECRET = "whsec_nasca_test_secret"
-
-
-@dataclass
-class StripeRequest:
-    """One API request the server received: ``params`` is the form body decoded back into
-    nested dicts and lists, ``form`` the raw (key, value) pairs."""
-
-    method: str
-    path: str
-    params: dict[str, Any]
-    form: list[tuple[str, str]]
-    api_key: str | None
-    headers: dict[str, str]
-    status: int = 0
+_INTERVAL_S = {"day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400}
 
 
 class StripeServer:
-    """A local Stripe API (Checkout Sessions) that records what it receives and sends
-    signed webhooks. Use as a context manager, or ``start()``/``stop()``.
+    """A local Stripe API that records what it receives and sends signed webhooks. Use as
+    a context manager, or ``start()``/``stop()``.
 
-    ``api_key`` makes it answer 401 to any other key; ``prices`` pre-registers Price ids
-    (``add_price``) for line items that name one.
+    It serves ``POST/GET /v1/checkout/sessions`` (create, list, retrieve with
+    ``expand[]=line_items``, ``/line_items``), ``GET /v1/refunds``, ``/v1/charges/<id>``,
+    ``/v1/subscriptions/<id>``, ``/v1/invoices`` and ``POST /v1/billing_portal/sessions``;
+    lists paginate as Stripe's do (newest first, ``starting_after``), at most ``max_page``
+    objects a page. ``api_key`` makes it answer 401 to any other key; ``add_price``
+    registers Price ids for line items that name one.
     """
 
     def __init__(
@@ -72,14 +61,20 @@ class StripeServer:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        max_page: int = 100,
     ) -> None:
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.api_key = api_key
+        self.max_page = max_page
         self.requests: list[StripeRequest] = []
         self.deliveries: list[SignedEvent] = []
         self.prices: dict[str, Price] = {}
         self._sessions: dict[str, SessionState] = {}
+        self._charges: dict[str, dict[str, Any]] = {}  # by payment intent
+        self._refunds: list[dict[str, Any]] = []
+        self._invoices: list[dict[str, Any]] = []
+        self.portal_sessions: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._host, self._port = host, port
         self._httpd: ThreadingHTTPServer | None = None
@@ -91,13 +86,14 @@ class StripeServer:
         if self._httpd is None:
             server = self
 
-            class Handler(_Handler):
+            class Bound(Handler):
                 stripe = server
 
-            self._httpd = ThreadingHTTPServer((self._host, self._port), Handler)
+            self._httpd = ThreadingHTTPServer((self._host, self._port), Bound)
             self._httpd.daemon_threads = True
-            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                            name="nasca-stripe", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, args=(0.05,), name="nasca-stripe", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -229,12 +225,14 @@ class StripeServer:
         event_type: str = "customer.subscription.updated",
         *,
         status: str | None = None,
+        cancel_at_period_end: bool | None = None,
         created: int | None = None,
         deliver: bool | None = None,
         url: str | None = None,
     ) -> SignedEvent:
         """A signed ``customer.subscription.*`` event for a completed subscription session
-        (``...deleted`` sets the status to canceled)."""
+        (``...deleted`` sets the status to canceled; ``cancel_at_period_end`` schedules the
+        end at the current period's end, as the customer portal does)."""
         with self._lock:
             sub = self._sessions[session_id].subscription
             if sub is None:
@@ -244,6 +242,11 @@ class StripeServer:
                 sub.update(status="canceled", canceled_at=now, ended_at=now)
             elif status is not None:
                 sub["status"] = status
+            if cancel_at_period_end is not None:
+                end = sub["items"]["data"][0].get("current_period_end")
+                sub.update(
+                    cancel_at_period_end=cancel_at_period_end, cancel_at=end if cancel_at_period_end else None
+                )
             obj = copy.deepcopy(sub)
         signed = signed_event(event_type, obj, self.webhook_secret, created=created)
         return self._maybe_deliver(signed, deliver, url)
@@ -256,48 +259,93 @@ class StripeServer:
         deliver: bool | None = None,
         url: str | None = None,
     ) -> SignedEvent:
-        """A signed ``charge.refunded`` for a completed payment session (``amount`` in the
-        smallest currency unit; the default refunds it all)."""
+        """Refund a completed payment session (``amount`` in the smallest currency unit; the
+        default refunds what is left) and return the signed ``charge.refunded``: its charge
+        carries the running total refunded, like Stripe's. The refund is listed by
+        ``GET /v1/refunds`` and the charge by ``GET /v1/charges/<id>``."""
         with self._lock:
             s = self._sessions[session_id].session
-            if not s.get("payment_intent"):
+            pi = s.get("payment_intent")
+            if not pi:
                 raise ValueError(f"session {session_id} has no payment: complete it first")
-            total = int(s.get("amount_total") or 0)
-            refunded = total if amount is None else amount
-            charge = copy.deepcopy(OBJECTS["charge"])
-            charge_id = new_id("ch")
-            refund = {
-                "id": new_id("re"),
-                "object": "refund",
-                "amount": refunded,
-                "charge": charge_id,
-                "currency": s["currency"],
-                "payment_intent": s["payment_intent"],
-                "status": "succeeded",
-                "created": int(time.time()),
-                "metadata": {},
+            charge = self._charge(s)
+            total = int(charge["amount"])
+            refunded = total - int(charge["amount_refunded"]) if amount is None else amount
+            refund = copy.deepcopy(OBJECTS["refund"])
+            refund.update(
+                id=new_id("re"),
+                amount=refunded,
+                charge=charge["id"],
+                currency=s["currency"],
+                payment_intent=pi,
+                status="succeeded",
+                created=int(time.time()),
+                metadata={},
+                customer=s.get("customer"),
+                balance_transaction=None,
+                reason="requested_by_customer",
+            )
+            self._refunds.append(refund)
+            done = min(total, int(charge["amount_refunded"]) + refunded)
+            charge.update(amount_refunded=done, refunded=done >= total)
+            charge["refunds"] = {
+                "object": "list",
+                "data": [r for r in self._refunds if r["charge"] == charge["id"]],
+                "has_more": False,
+                "url": f"/v1/charges/{charge['id']}/refunds",
             }
+            obj = copy.deepcopy(charge)
+        return self._maybe_deliver(signed_event("charge.refunded", obj, self.webhook_secret), deliver, url)
+
+    def _charge(self, s: dict[str, Any]) -> dict[str, Any]:
+        pi = str(s["payment_intent"])
+        charge = self._charges.get(pi)
+        if charge is None:
+            total = int(s.get("amount_total") or 0)
+            charge = self._charges[pi] = copy.deepcopy(OBJECTS["charge"])
             charge.update(
-                id=charge_id,
+                id=new_id("ch"),
                 amount=total,
                 amount_captured=total,
-                amount_refunded=refunded,
-                refunded=refunded >= total,
+                amount_refunded=0,
+                refunded=False,
                 captured=True,
                 paid=True,
                 status="succeeded",
                 currency=s["currency"],
                 customer=s.get("customer"),
-                payment_intent=s["payment_intent"],
+                payment_intent=pi,
                 created=int(time.time()),
             )
-            charge["refunds"] = {
-                "object": "list",
-                "data": [refund],
-                "has_more": False,
-                "url": f"/v1/charges/{charge_id}/refunds",
-            }
-        return self._maybe_deliver(signed_event("charge.refunded", charge, self.webhook_secret), deliver, url)
+        return charge
+
+    def invoice_paid(
+        self,
+        session_id: str,
+        *,
+        amount: int | None = None,
+        billing_reason: str = "subscription_cycle",
+        deliver: bool | None = None,
+        url: str | None = None,
+    ) -> SignedEvent:
+        """A renewal: a paid invoice for a completed subscription session (``amount``
+        defaults to the plan's price) and its signed ``invoice.paid``; the subscription's
+        period moves on by one interval."""
+        with self._lock:
+            state = self._sessions[session_id]
+            sub = state.subscription
+            if sub is None:
+                raise ValueError(f"session {session_id} has no subscription: complete it first")
+            item = sub["items"]["data"][0]
+            start = int(item.get("current_period_end") or sub["created"])
+            end = start + _INTERVAL_S.get(str(item["price"]["recurring"]["interval"]), 30 * 86_400)
+            item.update(current_period_start=start, current_period_end=end)
+            paid = int(item["price"]["unit_amount"]) if amount is None else amount
+            invoice = paid_invoice(sub, paid, billing_reason, (start, end), state.subscription_metadata)
+            self._invoices.append(invoice)
+            sub["latest_invoice"] = invoice["id"]
+            obj = copy.deepcopy(invoice)
+        return self._maybe_deliver(signed_event("invoice.paid", obj, self.webhook_secret), deliver, url)
 
     def _maybe_deliver(self, signed: SignedEvent, deliver: bool | None, url: str | None) -> SignedEvent:
         if deliver is False or (deliver is None and not (url or self.webhook_url)):
@@ -352,94 +400,74 @@ class StripeServer:
             self._sessions[session_id] = state
             return copy.deepcopy(s)
 
-    def _handle_api(
+    def handle_api(
         self, method: str, path: str, params: dict[str, Any], api_key: str | None
     ) -> tuple[int, dict[str, Any]]:
         if self.api_key is not None and api_key != self.api_key:
             raise ApiError(401, f"Invalid API Key provided: {(api_key or '')[:12]}***")
         if method == "POST" and path == "/v1/checkout/sessions":
             return 200, self._create_session(params)
-        m = re.fullmatch(r"/v1/checkout/sessions/([^/]+)", path)
-        if method == "GET" and m:
-            with self._lock:
-                state = self._sessions.get(m.group(1))
-                if state is None:
-                    raise ApiError(
-                        404, f"No such checkout.session: '{m.group(1)}'", code="resource_missing", param="id"
-                    )
-                return 200, copy.deepcopy(state.session)
+        if method == "POST" and path == "/v1/billing_portal/sessions":
+            portal = portal_session(params, self.url)
+            self.portal_sessions.append(portal)
+            return 200, portal
+        with self._lock:
+            return 200, self._read(method, path, params)
+
+    def _read(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method != "GET":
+            raise ApiError(404, f"Unrecognized request URL ({method}: {path}).")
+        if path == "/v1/checkout/sessions":
+            sessions = [s.session for s in self._sessions.values()]
+            filters = ("status", "payment_intent", "customer", "subscription")
+            return list_page(sessions, params, path, filters, self.max_page)
+        if path == "/v1/refunds":
+            return list_page(self._refunds, params, path, ("charge", "payment_intent"), self.max_page)
+        if path == "/v1/invoices":
+            return list_page(self._invoices, params, path, ("customer", "status"), self.max_page)
+        if path == "/v1/subscriptions":  # like Stripe: canceled ones only with status=all
+            subs = [s.subscription for s in self._sessions.values() if s.subscription]
+            status = params.get("status")
+            subs = [
+                s
+                for s in subs
+                if (s["status"] != "canceled" if not status else status in ("all", s["status"]))
+            ]
+            return list_page(
+                subs, {k: v for k, v in params.items() if k != "status"}, path, ("customer",), self.max_page
+            )
+        m = re.fullmatch(r"/v1/checkout/sessions/([^/]+?)(/line_items)?", path)
+        if m:
+            state = self._sessions.get(m.group(1))
+            if state is None:
+                raise ApiError(
+                    404, f"No such checkout.session: '{m.group(1)}'", code="resource_missing", param="id"
+                )
+            items = line_items(state.line_items, m.group(1))
+            if m.group(2):
+                return items
+            s = copy.deepcopy(state.session)
+            if wants(params, "line_items"):
+                s["line_items"] = items
+            return s
+        m = re.fullmatch(r"/v1/(charges|subscriptions)/([^/]+)", path)
+        if m:
+            pool = (
+                self._charges.values()
+                if m.group(1) == "charges"
+                else (s.subscription for s in self._sessions.values() if s.subscription)
+            )
+            found = next((o for o in pool if o["id"] == m.group(2)), None)
+            if found is None:
+                raise ApiError(
+                    404, f"No such {m.group(1)[:-1]}: '{m.group(2)}'", code="resource_missing", param="id"
+                )
+            return copy.deepcopy(found)
         raise ApiError(404, f"Unrecognized request URL ({method}: {path}).")
 
-    def _pay_page(self, session_id: str) -> str:
+    def pay_page(self, session_id: str) -> str:
         with self._lock:
             state = self._sessions.get(session_id)
             if state is None:
                 raise ApiError(404, "No such checkout session")
             return pay_page(state.session)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    stripe: StripeServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Request-Id", f"req_{secrets.token_hex(8)}")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
-
-    def _api(self, method: str) -> None:
-        path = urlsplit(self.path).path
-        if path.startswith("/c/pay/"):
-            self._pay(method, path.removeprefix("/c/pay/"))
-            return
-        raw = self._body().decode("utf-8", "replace")
-        query = urlsplit(self.path).query
-        pairs = parse_qsl(raw if method == "POST" else query, keep_blank_values=True)
-        auth = self.headers.get("Authorization") or ""
-        api_key = auth.removeprefix("Bearer ").strip() or None
-        record = StripeRequest(
-            method, path, decode_form(pairs), pairs, api_key, {k.lower(): v for k, v in self.headers.items()}
-        )
-        self.stripe.requests.append(record)
-        try:
-            status, obj = self.stripe._handle_api(method, path, record.params, api_key)
-        except ApiError as err:
-            status, obj = err.status, err.body
-        record.status = status
-        self._json(status, obj)
-
-    def _pay(self, method: str, session_id: str) -> None:
-        try:
-            if method == "GET":
-                self._send(200, self.stripe._pay_page(session_id).encode(), "text/html; charset=utf-8")
-                return
-            self._body()
-            self.stripe.complete_session(session_id)
-            s = self.stripe.session(session_id)
-            target = str(s.get("success_url") or "/").replace("{CHECKOUT_SESSION_ID}", session_id)
-            self._send(303, b"", "text/plain", {"Location": target})
-        except (ApiError, KeyError):
-            self._send(404, b"no such checkout session", "text/plain")
-
-    def do_GET(self) -> None:
-        self._api("GET")
-
-    def do_POST(self) -> None:
-        self._api("POST")

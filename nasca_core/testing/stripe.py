@@ -1,5 +1,7 @@
-"""A local Stripe for tests, demos, notebooks and browser tests: Checkout Sessions and
-signed webhooks, with the standard library only.
+"""A local Stripe for tests, demos, notebooks and browser tests: Checkout Sessions, the
+lists and retrievals reconciliation reads (sessions, refunds, charges, invoices, with
+Stripe's pagination), Billing Portal sessions and signed webhooks, with the standard
+library only.
 
     with StripeServer(webhook_url="http://127.0.0.1:8000/stripe/webhook",
                       webhook_secret="whsec_test") as srv:
@@ -27,7 +29,8 @@ from nasca_core.testing._stripe_events import (
     signed_event,
     simulate_purchase,
 )
-from nasca_core.testing._stripe_server import DEFAULT_WEBHOOK_SECRET, StripeRequest, StripeServer
+from nasca_core.testing._stripe_http import StripeRequest
+from nasca_core.testing._stripe_server import DEFAULT_WEBHOOK_SECRET, StripeServer
 
 __all__ = [
     "DEFAULT_WEBHOOK_SECRET",

@@ -34,8 +34,8 @@ local function held_total(hkey, skey, now)
 end
 
 local function add_hold(hkey, skey, member, amount, expiry, now)
-  redis.call('ZADD', hkey, expiry, member)
-  redis.call('INCRBY', skey, amount)
+  -- NX and the count guard the running sum: a member added twice is summed once.
+  if redis.call('ZADD', hkey, 'NX', expiry, member) == 1 then redis.call('INCRBY', skey, amount) end
   if redis.call('PTTL', hkey) < expiry - now then redis.call('PEXPIRE', hkey, expiry - now) end
   redis.call('PEXPIRE', skey, redis.call('PTTL', hkey))
 end

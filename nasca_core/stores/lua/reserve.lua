@@ -5,6 +5,7 @@
 --       5 strict 0|1, 6 requested tier, 7 tiers JSON {name: {l: [d,w,m], h: [d,w,m]}},
 --       8 config version the caller holds ('' = don't check),
 --       9..14 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
+-- Safe to run twice: a hold id already held is admitted again without holding twice.
 -- Returns {status (1 admitted, 0 blocked, -1 stale config), tier, blocking window (0 = none),
 --          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
 if KEYS[8] and ARGV[8] ~= '' and (redis.call('GET', KEYS[8]) or '0') ~= ARGV[8] then
@@ -16,6 +17,8 @@ local strict = ARGV[5] == '1'
 local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9)
 local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
+-- The same hold id reserved again (a client retry after a lost reply) holds once.
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return {1, name, 0, spent[1], spent[2], spent[3], held, -1} end
 local extra = strict and est or 0
 local deficit, worst = nil, 0
 for i = 3, 1, -1 do

@@ -1,0 +1,168 @@
+"""Deferred settles on disk: one append-only file per process, so a settle the store could
+not take survives the process that deferred it.
+
+    <state dir>/<digest of store and namespace>/<pid>-<random>.jsonl
+
+Each line is ``{"s": <settle>}`` (deferred) or ``{"d": <hold id>}`` (applied since). A line
+is written with one ``write()`` before ``settle`` returns, so a killed process loses
+nothing; ``fsync`` runs at most once a second (and at flush and close), so a power loss can
+lose the last second. The owner holds an exclusive ``flock`` on its file while it lives: a
+file whose lock can be taken belongs to a dead process, and the next Nasca on the same
+store and namespace adopts what it left pending (``adopt_orphans``). A file is emptied
+whenever nothing in it is pending.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+from nasca_core.stores import SettleOp, UserKeys
+
+log = logging.getLogger("nasca")
+
+FSYNC_EVERY_S = 1.0
+
+
+def default_state_dir() -> Path:
+    """``$NASCA_STATE_DIR``, else ``$XDG_STATE_HOME/nasca``, else ``~/.local/state/nasca``."""
+    env = os.environ.get("NASCA_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "nasca"
+
+
+def journal_dir(state_dir: str | os.PathLike[str] | None, store_identity: str, namespace: str) -> Path:
+    digest = sha256(f"{store_identity}\0{namespace}".encode()).hexdigest()[:24]
+    return Path(state_dir) / digest if state_dir is not None else default_state_dir() / digest
+
+
+def encode(op: SettleOp) -> str:
+    k = op.keys
+    return json.dumps({"s": {
+        "k": [k.meta, k.holds, k.settled, k.day, k.week, k.month, k.credits, k.held], "t": op.now_ms,
+        "h": op.hold_id, "e": op.estimate, "c": op.cost, "tr": op.tier, "tj": op.tiers_json,
+        "tc": list(op.tier_compiled), "ttl": list(op.ttls_ms), "mx": op.marker_expiry_ms,
+        "ti": op.input_tokens, "to": op.output_tokens}}, separators=(",", ":")) + "\n"
+
+
+def decode(d: dict[str, Any]) -> SettleOp:
+    ttl = d["ttl"]
+    return SettleOp(keys=UserKeys(*d["k"]), now_ms=int(d["t"]), hold_id=str(d["h"]), estimate=int(d["e"]),
+                    cost=int(d["c"]), tier=str(d["tr"]), tiers_json=str(d["tj"]),
+                    tier_compiled=tuple(int(x) for x in d["tc"]),
+                    ttls_ms=(int(ttl[0]), int(ttl[1]), int(ttl[2])), marker_expiry_ms=int(d["mx"]),
+                    input_tokens=int(d["ti"]), output_tokens=int(d["to"]))
+
+
+def pending_in(lines: Iterator[str]) -> list[SettleOp]:
+    """The settles a journal still holds: deferred and not marked applied, first seen first."""
+    ops: dict[str, SettleOp] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if "s" in entry:
+                op = decode(entry["s"])
+                ops.setdefault(op.hold_id, op)
+            elif "d" in entry:
+                ops.pop(str(entry["d"]), None)
+        except (ValueError, KeyError, TypeError, IndexError):
+            # A line cut short by a crash mid-write (or power loss): everything before it counts.
+            log.error("nasca: skipped an unreadable deferred-settle journal line: %.80r", line)
+    return list(ops.values())
+
+
+class Journal:
+    """This process's journal file, opened on first write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._pid = 0
+        self._synced = 0.0
+
+    def _open(self) -> int:
+        if self._fd is not None and self._pid == os.getpid():
+            return self._fd
+        if self._fd is not None:
+            # Forked: the parent's file (and its lock, shared with the parent) stays the parent's.
+            os.close(self._fd)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._pid = os.getpid()
+        self.path = self.directory / f"{self._pid}-{os.urandom(4).hex()}.jsonl"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd = fd
+        return fd
+
+    def forked(self) -> bool:
+        return self._fd is not None and self._pid != os.getpid()
+
+    def append(self, lines: str, *, sync: bool = False) -> None:
+        """Write ``lines`` with one write(); fsync when asked or when the last was over a second ago.
+        Raises OSError (a full disk, a read-only state dir)."""
+        fd = self._open()
+        data = lines.encode()
+        while data:
+            data = data[os.write(fd, data):]
+        if sync or time.monotonic() - self._synced > FSYNC_EVERY_S:
+            self.sync()
+
+    def done(self, hold_id: str) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            self.append(json.dumps({"d": hold_id}) + "\n")
+
+    def sync(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.fsync(self._fd)
+            self._synced = time.monotonic()
+
+    def empty(self) -> None:
+        """Nothing in the file is pending any more: start it over."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            fd, path, self._fd = self._fd, self.path, None
+            if path is not None and os.fstat(fd).st_size == 0:
+                path.unlink(missing_ok=True)
+            os.close(fd)
+
+    def orphans(self) -> Iterator[tuple[Path, list[SettleOp]]]:
+        """Each journal of a dead process in the directory and what it holds pending; the file
+        is emptied and removed once the caller has taken the pending settles (after the yield)."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.directory / name
+            if not name.endswith(".jsonl") or path == self.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # adopted by another process meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its owner is alive
+                with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
+                    ops = pending_in(iter(f))
+                yield path, ops
+                # Emptied before unlinking: a process that opened it meanwhile reads nothing.
+                os.ftruncate(fd, 0)
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
