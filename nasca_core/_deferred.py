@@ -150,6 +150,9 @@ class DeferredSettles:
             return op
 
     def _put_back(self, op: SettleOp) -> None:
+        # The store refused the retry: that is a store error like any other (health checks
+        # count them), and the settle waits for the next flush.
+        self._stats.store_errors += 1
         with self._lock:
             self._in_flight -= 1
             self._queue.appendleft(op)

@@ -121,3 +121,16 @@ async def test_async_settle_during_an_outage_is_deferred_then_applied(redis_serv
     assert await n.aflush_deferred() == 2
     assert (await n.aget_usage("u1")).daily_spent == Decimal("0.05")
     await n.aclose()
+
+
+def test_every_failed_store_call_is_counted(tmp_path):
+    n = Nasca(DEAD, tiers=TIERS, default_tier="free", on_store_error="allow", state_dir=str(tmp_path))
+    r1, r2 = n.reserve("0.01", user="u1"), n.reserve("0.01", user="u1")
+    n.settle(r1, "0.01")  # deferred
+    before = n.stats.store_errors
+    # One error per failed store call: the live config's reload (under "allow" it is retried
+    # on every call), the queued settle's retry, then this settle, which is deferred too.
+    n.settle(r2, "0.01")
+    assert n.stats.store_errors == before + 3
+    assert n.stats.deferred_pending == 2
+    assert n.flush_deferred() == 0 and n.stats.store_errors == before + 4
