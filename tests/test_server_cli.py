@@ -166,3 +166,10 @@ def test_serve_demo_runs_and_shows_the_dashboard_and_an_upgrade_page(tmp_path):
         proc.wait(10)
         proc.stdout.close()
     assert not list(Path(tmp_path).iterdir())  # the demo writes nothing
+
+
+def test_report_refuses_to_guess_a_store(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./nasca.toml
+    assert main(["report"]) == 2
+    assert "nasca.toml" in capsys.readouterr().err
+    assert not (tmp_path / "nasca.db").exists()  # nothing was created on the way

@@ -145,7 +145,8 @@ def run_report(args: argparse.Namespace) -> int:
     from nasca_core.analytics._text import report_text
 
     try:
-        config = _config(args.config, required=False)
+        # Without a config or a store it would read an empty default store and print zeros.
+        config = _config(args.config, required=not args.store)
         update = {k: v for k, v in (("store", args.store), ("namespace", args.namespace)) if v}
         nasca = build_nasca(config.model_copy(update=update), {})
         try:
