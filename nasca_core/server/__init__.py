@@ -13,6 +13,7 @@ Settings and links need no web framework; ``create_app`` imports Starlette.
 
 import typing
 
+from nasca_core.server._config import ServeConfig, build_nasca, build_settings
 from nasca_core.server._connect import connect
 from nasca_core.server._links import UpgradeLinks, UpgradeToken
 from nasca_core.server._settings import ServerSettings
@@ -20,7 +21,16 @@ from nasca_core.server._settings import ServerSettings
 if typing.TYPE_CHECKING:
     from nasca_core.server._app import create_app
 
-__all__ = ["ServerSettings", "UpgradeLinks", "UpgradeToken", "connect", "create_app"]
+__all__ = [
+    "ServeConfig",
+    "ServerSettings",
+    "UpgradeLinks",
+    "UpgradeToken",
+    "build_nasca",
+    "build_settings",
+    "connect",
+    "create_app",
+]
 
 
 def __getattr__(name: str) -> typing.Any:
