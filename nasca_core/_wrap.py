@@ -17,11 +17,12 @@ budget is reserved before the SDK is called, so a blocked user costs no HTTP req
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from nasca_core._errors import ConfigurationError
+from nasca_core._errors import ConfigurationError, UsageParseError
 from nasca_core.pricing import (
     AnthropicStreamUsage,
     TokenUsage,
@@ -33,6 +34,8 @@ from nasca_core.pricing import (
 if TYPE_CHECKING:
     from nasca_core._calls import LLMCall
     from nasca_core._ledger import Nasca
+
+log = logging.getLogger("nasca")
 
 Kind = Literal["chat", "responses", "messages", "gemini", "embeddings"]
 
@@ -127,6 +130,22 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def _response_usage(kind: Kind, response: Any) -> TokenUsage | None:
+    """The usage the provider reported, or None when it reported none or none we can read:
+    then the call is charged for its counted tokens (the provider has answered, so the hold
+    must close with a charge, never $0 and never left dangling)."""
+    try:
+        return _parse_usage(kind, response)
+    except UsageParseError as exc:
+        if kind not in _unreadable:
+            _unreadable.add(kind)
+            log.warning("nasca: unreadable %s usage, charging counted tokens instead: %s", kind, exc)
+        return None
+
+
+_unreadable: set[str] = set()
+
+
+def _parse_usage(kind: Kind, response: Any) -> TokenUsage | None:
     if kind == "embeddings":
         usage = _field(response, "usage")
         tokens = _field(usage, "prompt_tokens") if usage is not None else None
@@ -160,6 +179,7 @@ class _Observer:
     hide_usage_chunk: bool
     usage: TokenUsage | None = None
     anthropic: AnthropicStreamUsage | None = None
+    counted: bool = False  # the stream's usage was unreadable: charge counted tokens
 
     def feed(self, event: Any) -> tuple[str | None, bool]:
         if self.kind == "gemini":
@@ -170,7 +190,7 @@ class _Observer:
             choices = _field(event, "choices") or []
             usage = _field(event, "usage")
             if usage is not None:
-                self.usage = usage_from_openai_response(event)
+                self.usage = _response_usage("chat", event)
             text = "".join(str(_field(_field(c, "delta"), "content") or "") for c in choices)
             return text, self.hide_usage_chunk and usage is not None and not choices
         kind = _field(event, "type")
@@ -178,12 +198,16 @@ class _Observer:
             if kind == "response.output_text.delta":
                 return str(_field(event, "delta") or ""), False
             if kind in ("response.completed", "response.incomplete"):
-                self.usage = usage_from_openai_response(_field(event, "response")) or self.usage
+                self.usage = _response_usage("responses", _field(event, "response")) or self.usage
             return None, False
         if self.anthropic is None:
             self.anthropic = AnthropicStreamUsage()
-        self.anthropic.add(event)
-        self.usage = self.anthropic.usage
+        if not self.counted:
+            try:
+                self.anthropic.add(event)
+                self.usage = self.anthropic.usage
+            except UsageParseError:  # counted instead, like a stream that reports nothing
+                self.usage, self.counted = None, True
         if kind == "content_block_delta":
             delta = _field(event, "delta")
             return str(_field(delta, "text") or _field(delta, "partial_json") or ""), False

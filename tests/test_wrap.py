@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from nasca_core import ConfigurationError, Nasca, NascaBlockedError, Tier, UnknownModelError
-from nasca_core.pricing import TokenUsage
+from nasca_core.pricing import TokenUsage, count_tokens
 from nasca_core.testing import ProviderServer, Reply, Usage
 
 MSG = [{"role": "user", "content": "How many tokens is this question?"}]
@@ -188,3 +188,28 @@ def test_expected_output_defaults_per_nasca_and_per_tier(srv, make_nasca):
     assert capped.reservation.estimate_nanos == n.cost_of(
         "gpt-4o-mini", TokenUsage(input_tokens=prompt, output_tokens=10))
     capped.fail()
+
+
+UNREADABLE = {
+    "chat": {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "finish_reason": "stop",
+                          "message": {"role": "assistant", "content": "Four words, more or less."}}],
+             "usage": {"prompt_tokens": "many", "completion_tokens": -3, "total_tokens": None}},
+    "messages": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5-20251001",
+                 "content": [{"type": "text", "text": "Four words, more or less."}],
+                 "stop_reason": "end_turn", "stop_sequence": None,
+                 "usage": {"input_tokens": "many", "output_tokens": -3}},
+}
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("kind", ["chat", "messages"])
+def test_unreadable_usage_charges_counted_tokens_and_closes_the_hold(srv, make_nasca, kind, is_async):
+    nasca = make_nasca(tiers={"t": Tier(daily="0.50")}, default_tier="t")
+    srv.queue(Reply(wire=UNREADABLE[kind]))
+    fn, model = _create(srv, kind, is_async)
+    reply = _run(nasca.wrap(fn), is_async, user="u", **_args(kind, model))
+    assert reply is not None  # the caller gets the provider's answer, not an error
+    u = nasca.get_usage("u")
+    assert u.in_flight == 0 and u.month_calls == 1 and u.month_cost > 0
+    assert u.month_output_tokens == count_tokens("Four words, more or less.", model)
