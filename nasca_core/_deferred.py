@@ -140,14 +140,38 @@ class DeferredSettles:
             self._in_flight = self._nanos = 0
 
     def _take(self) -> SettleOp | None:
+        expired: list[SettleOp] = []
         with self._lock:
             self._forked()
-            if not self._queue:
-                return None
-            self._in_flight += 1
-            op = self._queue.popleft()
-            self._nanos -= op.cost
-            return op
+            # Past its settled marker's life, the store can no longer tell whether a retry was
+            # applied before (a timeout after the write): set aside, as replay does, not guessed.
+            now_ms = int(self._clock() * 1000)
+            while self._queue and self._queue[0].marker_expiry_ms <= now_ms:
+                stale = self._queue.popleft()
+                self._nanos -= stale.cost
+                expired.append(stale)
+            op = None
+            if self._queue:
+                self._in_flight += 1
+                op = self._queue.popleft()
+                self._nanos -= op.cost
+        if expired:
+            self._set_aside(expired)
+        return op
+
+    def _set_aside(self, ops: list[SettleOp]) -> None:
+        if self.journal is not None and self.journal.path is not None:
+            self._refuse(self.journal.path, ops)
+            try:
+                for op in ops:  # kept in the .refused file: no replay may apply them either
+                    self.journal.done(op.hold_id)
+            except OSError as err:
+                log.warning("nasca: could not mark set-aside settles in %s: %s", self.journal.path, err)
+        else:
+            self._stats.deferred_refused += len(ops)
+            log.error("nasca: %d deferred settles (%d nanos) waited longer than the store remembers "
+                      "settled holds and were not applied", len(ops), sum(op.cost for op in ops))
+        self._count()
 
     def _put_back(self, op: SettleOp) -> None:
         # The store refused the retry: that is a store error like any other (health checks

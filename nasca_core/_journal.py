@@ -80,6 +80,9 @@ def pending_in(lines: Iterator[str]) -> list[SettleOp]:
     return list(ops.values())
 
 
+_FRESH = ".new"  # a journal being created (left empty if its creator died right then)
+
+
 class Journal:
     """This process's journal file, opened on first write."""
 
@@ -99,8 +102,12 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._pid = os.getpid()
         self.path = self.directory / f"{self._pid}-{os.urandom(4).hex()}.jsonl"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Created and locked under a name orphans() skips, then renamed: another process can
+        # never take an unlocked new journal for a dead one's and delete it under its owner.
+        fresh = self.path.with_name(self.path.name + _FRESH)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(fresh, self.path)
         self._fd = fd
         return fd
 
@@ -158,6 +165,8 @@ class Journal:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # another process adopted and removed it between open and lock
                 with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
                     ops = pending_in(iter(f))
                 yield path, ops

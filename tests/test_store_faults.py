@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from decimal import Decimal
 
 import pytest
@@ -134,3 +135,25 @@ def test_every_failed_store_call_is_counted(tmp_path):
     assert n.stats.store_errors == before + 3
     assert n.stats.deferred_pending == 2
     assert n.flush_deferred() == 0 and n.stats.store_errors == before + 4
+
+
+@pytest.mark.redis
+def test_a_retry_after_the_settled_marker_expired_is_set_aside_not_charged_twice(
+        redis_url, monkeypatch, tmp_path, caplog):
+    # The store applied the settle but the reply was lost; by the time the store answers
+    # again it no longer remembers that hold as settled, so a retry would charge it twice.
+    clock = {"now": 1_795_003_200.0}
+    n = Nasca(redis_url, tiers=TIERS, default_tier="free", namespace=f"late{os.getpid()}",
+              state_dir=str(tmp_path), clock=lambda: clock["now"])
+    r = n.reserve("0.02", user="u1")
+    with monkeypatch.context() as m:
+        _settles_fail(m, n, applied=True)
+        assert n.settle(r, "0.02").deferred
+    clock["now"] += 2 * 3600
+    with caplog.at_level(logging.ERROR, logger="nasca"):
+        assert n.flush_deferred() == 0
+    assert n.stats.deferred_refused == 1 and not n.deferred
+    assert n.get_usage("u1").month_cost == Decimal("0.02")  # once, not twice
+    assert list(tmp_path.rglob("*.refused"))  # kept for the owner to review
+    assert "not applied" in caplog.text
+    n.close()

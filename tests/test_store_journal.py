@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nasca_core import Nasca, StoreError, Tier
-from nasca_core._journal import encode
+from nasca_core._journal import Journal, encode
 from tests.conftest import RedisProcess, _free_port, _need_redis
 
 TIERS = {"free": Tier(daily=1, monthly=5)}
@@ -214,3 +215,32 @@ def test_a_forked_worker_journals_apart_from_its_parent(port_and_dir, tmp_path):
         adopter.close()
     finally:
         server.stop()
+
+
+def test_a_new_journal_is_never_taken_for_a_dead_ones(tmp_path: Path) -> None:
+    # Another process scanning for dead journals while this one creates its own must never
+    # adopt (and delete) the new file in the moment before its owner locks it.
+    stop = threading.Event()
+    adopted: list[Path] = []
+
+    def scan() -> None:
+        scanner = Journal(tmp_path)
+        while not stop.is_set():
+            adopted.extend(path for path, _ in scanner.orphans())
+
+    thread = threading.Thread(target=scan)
+    thread.start()
+    try:
+        journals = []
+        for _ in range(300):
+            j = Journal(tmp_path)
+            j.append('{"d": "x"}\n')
+            journals.append(j)
+            assert j.path is not None and j.path.exists()
+    finally:
+        stop.set()
+        thread.join()
+    assert adopted == []
+    assert all(j.path is not None and os.fstat(j._fd).st_nlink == 1 for j in journals)  # type: ignore[arg-type]
+    for j in journals:
+        j.close()
