@@ -5,6 +5,7 @@ its next call; the month's numbers and the JSON report."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from decimal import Decimal
@@ -259,7 +260,10 @@ async def test_absurd_amounts_in_forms_are_a_fast_400(make_nasca):
                  ("/admin/tiers", {"name": "free", "monthly": "1e400000"}),
                  ("/admin/tiers", {"name": "free", "weekly": "9" * 5000}),
                  ("/admin/packs", {"id": "px", "price": "1e999998", "spend": "1"}),
-                 ("/admin/plans", {"id": "px", "tier": "pro", "price": "-1e999998"})]
+                 ("/admin/plans", {"id": "px", "tier": "pro", "price": "-1e999998"}),
+                 # str.isdigit() says yes to these; int() refuses the first, and chokes on the second
+                 ("/admin/packs", {"id": "px", "price": "5", "spend": "1", "expires_in_days": "²"}),
+                 ("/admin/packs", {"id": "px", "price": "5", "spend": "1", "expires_in_days": "9" * 5000})]
         for path, data in forms:
             took = []
             for _ in range(3):  # the best of three: a shared CI core can pause any one request
@@ -299,3 +303,156 @@ async def test_dashboard_lists_orders_held_for_review(make_nasca):
         page = (await c.get("/admin", headers=BEARER)).text
         assert "Orders held for review" in page and s["id"] in page and "u9" in page
     assert n.credit_lots("u9") == ()
+
+
+# -- users: search, the user page, set tier, grant credits -----------------------------------------------
+def _alerts(page: str) -> list[str]:
+    return re.findall(r'class="state error form-error" role="alert">([^<]*)<', page)
+
+
+def _section(page: str, section_id: str) -> str:
+    start = page.index(f'id="{section_id}"')
+    return page[start:page.index("</section>", start)]
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_user_search_and_the_user_page(make_nasca):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    err = block(n, "whale-7")
+    signed = completed_session_event(n, "whale-7", "p10", prompt_id=err.prompt_id, session_id="cs_whale_1")
+    n.handle_stripe_webhook(signed.payload, signed.signature)
+    n.billing.grant_credits("whale-7", spend="1.5", paid="0", idempotency_key="support-12")
+    block(n, "<script>x</script>")
+    async with client(app) as c:
+        found = await c.get("/admin/users", headers=BEARER, params={"q": "WHALE"})
+        assert found.status_code == 200 and 'href="/admin/user?id=whale-7">whale-7</a>' in found.text
+        assert "&lt;script&gt;" not in _section(found.text, "search")  # only matches
+        nobody = await c.get("/admin/users", headers=BEARER, params={"q": "u_new"})
+        assert "No user matches." in nobody.text and 'href="/admin/user?id=u_new"' in nobody.text
+        everyone = await c.get("/admin/users", headers=BEARER)
+        assert "whale-7" in everyone.text and "&lt;script&gt;x&lt;/script&gt;" in everyone.text
+        assert "<script>x</script>" not in everyone.text
+        page = (await c.get("/admin/user", headers=BEARER, params={"id": "whale-7"})).text
+        assert 'id="user-tier">free<' in page and 'id="user-blocked"' not in page  # the purchase unblocked
+        assert 'data-window="daily"' in page and 'data-window="monthly"' in page
+        month = _section(page, "month")
+        assert 'id="month-calls">3<' in month and "no per-call history" in month
+        lots = _section(page, "lots")
+        assert 'data-lot="cs_whale_1"' in lots and 'data-lot="support-12"' in lots and "active · free" in lots
+        purchases = _section(page, "purchases")
+        assert "cs_whale_1" in purchases and "$10.00" in purchases and "support-12" not in purchases
+        assert "Total paid: <b>$10.00</b>" in purchases
+        bad = await c.get("/admin/user", headers=BEARER, params={"id": ""})
+        assert bad.status_code == 400 and _alerts(bad.text)  # the search page, saying why
+        assert (await c.get("/admin/user", params={"id": "whale-7"})).status_code == 401
+        assert (await c.get("/admin/users")).status_code == 401
+        dash = (await c.get("/admin", headers=BEARER)).text
+        assert 'href="/admin/user?id=whale-7">whale-7</a>' in dash and 'action="/admin/users"' in dash
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"], indirect=True)
+async def test_set_tier_and_grant_credits_are_checked_audited_and_shown_inline(make_nasca, caplog):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    user = "u/ü 42"
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        page = (await c.get("/admin/user", params={"id": user})).text
+        key = re.search(r'name="key" required maxlength="200" value="([^"]+)"', page).group(1)
+        with caplog.at_level(logging.INFO, logger="nasca.audit"):
+            r = await c.post("/admin/user/tier", headers=ORIGIN,
+                             data={"csrf": csrf, "id": user, "tier": "pro"})
+            assert r.status_code == 303
+            shown = await c.get(r.headers["location"])
+            assert "Tier set: pro." in shown.text and 'id="user-tier">pro<' in shown.text
+            grant = {"csrf": csrf, "id": user, "spend": "2", "paid": "0", "currency": "usd", "key": key}
+            r = await c.post("/admin/user/credits", headers=ORIGIN, data=grant)
+            assert r.status_code == 303
+            assert "Credits granted: $2.00 of AI spend, free." in (await c.get(r.headers["location"])).text
+            again = await c.post("/admin/user/credits", headers=ORIGIN, data=grant)  # a double submit
+            assert "Nothing granted: the key" in (await c.get(again.headers["location"])).text
+        assert n.get_usage(user).tier == "pro" and n.get_usage(user).credit_balance == Decimal(2)
+        audit = [rec.getMessage() for rec in caplog.records if rec.name == "nasca.audit"]
+        assert len(audit) == 2 and "'pro' by session" in audit[0] and f"key '{key}'" in audit[1]
+        events = analytics_for(n).month().events
+        assert events["tier_set"] == 1 and events["credits_granted"] == 1
+
+        # A bad value re-renders the page with the message beside its form, the typed values kept.
+        r = await c.post("/admin/user/credits", headers=ORIGIN, data={**grant, "spend": "-1", "key": "k2"})
+        assert r.status_code == 400 and _alerts(_section(r.text, "credits")) == [
+            "Not granted: spend must be &gt; 0, got &#39;-1&#39;"]
+        assert 'value="-1"' in _section(r.text, "credits") and 'value="k2"' in _section(r.text, "credits")
+        r = await c.post("/admin/user/credits", headers=ORIGIN,
+                         data={**grant, "spend": "1e999999", "key": "k3"})
+        assert r.status_code == 400 and "Not granted" in _section(r.text, "credits")
+        r = await c.post("/admin/user/tier", headers=ORIGIN, data={"csrf": csrf, "id": user, "tier": "gold"})
+        assert r.status_code == 400 and "Unknown tier &#39;gold&#39;" in _alerts(_section(r.text, "tier"))[0]
+        # Forged or cross-site posts change nothing.
+        for data, headers in [({**grant, "csrf": "0" * 64, "key": "k4"}, ORIGIN),
+                              ({**grant, "key": "k5"}, {"Origin": "https://evil.example"})]:
+            r = await c.post("/admin/user/credits", headers=headers, data=data)
+            assert r.status_code == 403
+        r = await c.post("/admin/user/tier", headers=ORIGIN, data={"id": user, "tier": "free"})
+        assert r.status_code == 403
+        # Clearing the stored tier.
+        r = await c.post("/admin/user/tier", headers=ORIGIN, data={"csrf": csrf, "id": user, "tier": ""})
+        assert "Stored tier cleared" in (await c.get(r.headers["location"])).text
+    assert n.get_usage(user).tier == "free" and n.get_usage(user).credit_balance == Decimal(2)
+    assert [lot.id for lot in n.billing.credit_lots(user)] == [key]
+    assert analytics_for(n).month().events["tier_set"] == 2
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_dashboard_forms_show_their_errors_inline(make_nasca):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    async with client(app) as c:
+        csrf = await signed_in(c)
+        r = await c.post("/admin/packs", headers=ORIGIN, data={
+            "csrf": csrf, "id": "p20", "price": "20", "spend": "lots", "name": "Big", "action": "save"})
+        assert r.status_code == 400 and "Upgrade funnel" in r.text  # the dashboard itself, not an error page
+        packs = _section(r.text, "packs")
+        assert len(_alerts(packs)) == 1 and "spend" in _alerts(packs)[0]
+        assert 'value="p20"' in packs and 'value="lots"' in packs and 'value="Big"' in packs
+        assert not _alerts(_section(r.text, "plans")) and not _alerts(_section(r.text, "tiers"))
+        r = await c.post("/admin/tiers", headers=ORIGIN, data={
+            "csrf": csrf, "new": "1", "name": "team", "daily": "-5", "monthly": "9", "action": "save"})
+        tiers = _section(r.text, "tiers")
+        assert r.status_code == 400 and "daily must be &gt;= 0" in _alerts(tiers)[0]
+        assert 'name="name" value="team"' in tiers and 'name="daily" value="-5"' in tiers
+        r = await c.post("/admin/tiers", headers=ORIGIN, data={"csrf": csrf, "name": "free", "weekly": "x"})
+        row = r.text[r.text.index('data-tier="free"'):]
+        assert 'name="weekly" value="x"' in row[:row.index("</form>")]  # kept in free's own row
+    assert "team" not in n.tiers and "p20" not in n.packs
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_revenue_against_ai_cost_by_month_and_the_funnel_explained(make_nasca, clock):
+    n = billed(make_nasca)
+    app = create_app(n, settings())
+    clock.advance(-31 * 86400)  # October: AI cost, no revenue
+    r = n.reserve(Decimal("0.01"), user="oct")
+    n.settle(r, Decimal("0.07"))
+    clock.advance(31 * 86400)
+    err = block(n, "nov")
+    signed = completed_session_event(n, "nov", "p5", prompt_id=err.prompt_id)
+    n.handle_stripe_webhook(signed.payload, signed.signature)
+    async with client(app) as c:
+        page = (await c.get("/admin", headers=BEARER)).text
+    table = _section(page, "economics")
+    rows = re.findall(r'<tr data-month="([\d-]+)">(.*?)</tr>', table, re.S)
+    assert [m for m, _ in rows] == ["2026-06", "2026-07", "2026-08", "2026-09", "2026-10", "2026-11"]
+    cells = {m: re.findall(r'class="num[^"]*">([^<]*)<', body) for m, body in rows}
+    assert cells["2026-10"] == ["$0.00", "$0.07", "-$0.07", "0"]
+    assert cells["2026-11"][0] == "$5.00" and cells["2026-11"][3] == "1"
+    assert Decimal(cells["2026-11"][2].lstrip("$")) == Decimal(5) - Decimal(cells["2026-11"][1].lstrip("$"))
+    assert 'aria-label="Revenue against AI cost per month"' in table and 'data-ai-cost="0.07"' in table
+    funnel = page[page.index('id="funnel"'):page.index("</table>", page.index('id="funnel"'))]
+    for step, words in [("blocked", "Calls stopped by a spend limit"),
+                        ("prompt_shown", "Rate: of the blocks"),
+                        ("checkout_started", "Stripe Checkout opened"),
+                        ("purchase_completed", "webhook"), ("dismissed", "without buying")]:
+        row = funnel[funnel.index(f'data-step="{step}"'):]
+        assert words in row[:row.index("</tr>")], step
+    assert "purchases per block" in page

@@ -1,5 +1,8 @@
-"""The owner's dashboard: the month's funnel and unit economics, and live editing of tiers,
-credit packs and plans (saved in the store: every process applies them on its next call).
+"""The owner's dashboard: the month's funnel (each step explained) and unit economics,
+revenue against AI cost by month, and live editing of tiers, credit packs and plans (saved
+in the store: every process applies them on its next call). A form with a bad value comes
+back as the dashboard with the message beside that form (400). The user pages are
+``_admin_users``; what the forms share is ``_admin_forms``.
 
 Access: ``Authorization: Bearer <admin_token>``, a session cookie from ``/admin/login``,
 or the owner's ``auth(request)`` hook. Forms carry a CSRF token (see ``_security``).
@@ -27,7 +30,9 @@ from nasca_core._windows import WINDOWS
 from nasca_core.analytics import UserSort
 from nasca_core.analytics._events import month_id, month_label, previous_months
 from nasca_core.billing import CreditPack, Plan
-from nasca_core.server._charts import funnel_svg, profit_svg, trend_svg
+from nasca_core.server._admin_forms import FUNNEL_HELP, FormError, field, required
+from nasca_core.server._admin_users import UserRoutes
+from nasca_core.server._charts import economics_svg, funnel_svg, profit_svg
 from nasca_core.server._context import Context, offer_order, price
 from nasca_core.server._security import (
     ADMIN_COOKIE,
@@ -44,6 +49,7 @@ from nasca_core.server._security import (
 )
 
 log = logging.getLogger("nasca.server")
+audit = logging.getLogger("nasca.audit")
 
 _SORTS: tuple[str, ...] = get_args(UserSort)
 _NOTICES = {
@@ -73,10 +79,11 @@ class AdminRoutes:
             Route("/admin/tiers", self.save_tier, methods=["POST"], name="admin_tiers"),
             Route("/admin/packs", self.save_pack, methods=["POST"], name="admin_packs"),
             Route("/admin/plans", self.save_plan, methods=["POST"], name="admin_plans"),
+            *UserRoutes(self).routes(),
         ]
 
     # -- access ------------------------------------------------------------------------------
-    async def _who(self, request: Request) -> str | None:
+    async def who(self, request: Request) -> str | None:
         """How the request is authenticated: "bearer", "session", "hook", or None."""
         keys = self.ctx.keys
         header = request.headers.get("authorization", "")
@@ -103,7 +110,7 @@ class AdminRoutes:
                 return "hook"
         return None
 
-    def _unauthorized(self, request: Request) -> Response:
+    def unauthorized(self, request: Request) -> Response:
         headers = {"WWW-Authenticate": 'Bearer realm="nasca"'}
         wait = (self.throttle.retry_after(_client(request), self.ctx.now())
                 if request.headers.get("authorization") else 0)
@@ -117,21 +124,22 @@ class AdminRoutes:
             "token_login": self.ctx.keys.admin_token is not None, "error": None,
         }, status=401, headers=headers)
 
-    def _cookie_path(self, request: Request) -> str:
+    def cookie_path(self, request: Request) -> str:
         return self.ctx.path(request, "admin")
 
-    def _secure(self, request: Request) -> bool:
+    def secure(self, request: Request) -> bool:
         public = self.ctx.settings.public_url or ""
         return request.url.scheme == "https" or public.startswith("https:")
 
-    async def _guarded_form(self, request: Request) -> tuple[FormData | None, Response | None]:
+    async def guarded_form(self, request: Request) -> tuple[FormData | None, Response | None]:
         """The form of an authenticated, same-origin, CSRF-checked POST (or the refusal)."""
-        who = await self._who(request)
+        who = await self.who(request)
         if who is None:
-            return None, self._unauthorized(request)
+            return None, self.unauthorized(request)
+        request.state.nasca_who = who  # for the audit line, without asking the auth hook twice
         if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
                               self.ctx.own_origins(request)):
-            return None, self._refused(request)
+            return None, self.refused(request)
         try:
             form = await request.form(max_files=0, max_fields=50)
         except Exception:
@@ -139,11 +147,11 @@ class AdminRoutes:
         # A bearer token is never sent by a browser on its own: only cookie or hook
         # authentication can be ridden by another site, so only they need the CSRF token.
         if who != "bearer" and not csrf_ok(self.ctx.keys, request.cookies.get(CSRF_COOKIE),
-                                           _field(form, "csrf")):
-            return None, self._refused(request)
+                                           field(form, "csrf")):
+            return None, self.refused(request)
         return form, None
 
-    def _refused(self, request: Request) -> Response:
+    def refused(self, request: Request) -> Response:
         return self.ctx.page(request, "message.html", {
             "title": "Request refused",
             "text": "This form was not sent from the dashboard (or the page was too old). Reload and retry.",
@@ -166,7 +174,7 @@ class AdminRoutes:
             return self.ctx.page(request, "login.html", context)
         if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
                               self.ctx.own_origins(request)):
-            return self._refused(request)
+            return self.refused(request)
         client, now = _client(request), self.ctx.now()
         wait = self.throttle.retry_after(client, now)
         if wait:
@@ -177,39 +185,46 @@ class AdminRoutes:
             form = await request.form(max_files=0, max_fields=5)
         except Exception:
             form = FormData()
-        if not token_ok(self.ctx.keys, _field(form, "token")):
+        if not token_ok(self.ctx.keys, field(form, "token")):
             self.throttle.failed(client, now)
             return self.ctx.page(request, "login.html", {**context, "error": "Wrong token."}, status=401)
         self.throttle.succeeded(client)
         response = RedirectResponse(self.ctx.path(request, "admin"), status_code=303)
         response.set_cookie(ADMIN_COOKIE, session_value(self.ctx.keys, self.ctx.now()), max_age=SESSION_TTL,
-                            path=self._cookie_path(request), secure=self._secure(request), httponly=True,
+                            path=self.cookie_path(request), secure=self.secure(request), httponly=True,
                             samesite="strict")
         return response
 
     async def logout(self, request: Request) -> Response:
-        _, refusal = await self._guarded_form(request)
+        _, refusal = await self.guarded_form(request)
         if refusal is not None:
             return refusal
         response = RedirectResponse(self.ctx.path(request, "admin_login"), status_code=303)
-        response.delete_cookie(ADMIN_COOKIE, path=self._cookie_path(request), secure=self._secure(request),
+        response.delete_cookie(ADMIN_COOKIE, path=self.cookie_path(request), secure=self.secure(request),
                                httponly=True, samesite="strict")
         return response
 
     # -- reading -----------------------------------------------------------------------------
     async def dashboard(self, request: Request) -> Response:
-        if await self._who(request) is None:
-            return self._unauthorized(request)
+        if await self.who(request) is None:
+            return self.unauthorized(request)
         try:
-            month = month_id(request.query_params.get("month") or _this_month(self.ctx))
+            month = month_id(request.query_params.get("month") or this_month(self.ctx))
         except InvalidInputError as exc:
             return self._bad(request, str(exc))
-        asked = request.query_params.get("sort", "ai_cost")
+        notice = request.query_params.get("notice")
+        text = (_NOTICES[notice].format(name=request.query_params.get("name", ""))
+                if notice in _NOTICES else None)
+        return await self._render(request, month, request.query_params.get("sort", "ai_cost"), notice=text)
+
+    async def _render(self, request: Request, month: str, asked: str, *, notice: str | None = None,
+                      error: FormError | None = None) -> Response:
+        """The dashboard; with ``error``, the form that failed shows why, its values kept (400)."""
         sort = cast(UserSort, asked if asked in _SORTS else "ai_cost")
         nasca = self.ctx.nasca
         try:
             report = await self.ctx.analytics.amonth(month)
-            trend = await self.ctx.analytics.atrend(6, month)
+            earlier = [await self.ctx.analytics.amonth(m) for m in previous_months(month, 6)[:-1]]
             state = await nasca.live.afresh()
         except StoreError:
             log.exception("nasca: dashboard could not read the store")
@@ -218,34 +233,37 @@ class AdminRoutes:
         cookie = request.cookies.get(CSRF_COOKIE) or new_csrf_cookie()
         users = report.top_users(sort, 25)
         stored_tiers = set(state.stored.sections.get("tier", {}))
-        notice = request.query_params.get("notice")
+        economics = [{"month": r.month, "revenue": r.revenue_usd, "ai_cost": r.ai_cost, "profit": r.profit,
+                      "orders": r.orders}
+                     for r in [*earlier, report]]
         response = self.ctx.page(request, "admin.html", {
             "report": report, "month": month_label(month), "sort": sort, "sorts": _SORTS,
-            "users": users, "trend": trend,
+            "users": users, "economics": economics,
             "funnel_svg": Markup(funnel_svg(report.funnel)),
-            "trend_svg": Markup(trend_svg(trend)),
+            "economics_svg": Markup(economics_svg(economics)),
             "profit_svg": Markup(profit_svg(users[:12])),
+            "funnel_help": FUNNEL_HELP,
             "tiers": [_tier_row(name, tier, name in stored_tiers)
                       for name, tier in sorted(state.tiers.items())],
             "packs": sorted(nasca.billing.packs.values(), key=offer_order),
             "plans": sorted(nasca.billing.plans.values(), key=offer_order),
-            "price": price, "csrf": csrf_token(self.ctx.keys, cookie),
-            "notice": _NOTICES[notice].format(name=request.query_params.get("name", ""))
-            if notice in _NOTICES else None,
+            "price": price, "csrf": csrf_token(self.ctx.keys, cookie), "notice": notice,
+            "error": error,
             "urls": {name: self.ctx.path(request, name) for name in
-                     ("admin", "admin_tiers", "admin_packs", "admin_plans", "admin_logout", "admin_report")},
-            "months": _month_choices(month, _this_month(self.ctx)),
-        })
+                     ("admin", "admin_tiers", "admin_packs", "admin_plans", "admin_logout", "admin_report",
+                      "admin_users", "admin_user")},
+            "months": _month_choices(month, this_month(self.ctx)),
+        }, status=400 if error else 200)
         if CSRF_COOKIE not in request.cookies:
-            response.set_cookie(CSRF_COOKIE, cookie, path=self._cookie_path(request),
-                                secure=self._secure(request), httponly=True, samesite="strict")
+            response.set_cookie(CSRF_COOKIE, cookie, path=self.cookie_path(request),
+                                secure=self.secure(request), httponly=True, samesite="strict")
         return response
 
     async def report_json(self, request: Request) -> Response:
-        if await self._who(request) is None:
-            return self._unauthorized(request)
+        if await self.who(request) is None:
+            return self.unauthorized(request)
         try:
-            month = month_id(request.query_params.get("month") or _this_month(self.ctx))
+            month = month_id(request.query_params.get("month") or this_month(self.ctx))
             report = await self.ctx.analytics.amonth(month)
         except InvalidInputError as exc:
             return self.ctx.json({"error": str(exc)}, 400)
@@ -254,63 +272,69 @@ class AdminRoutes:
         return self.ctx.json(report.model_dump(mode="json"))
 
     # -- editing -----------------------------------------------------------------------------
-    async def _edit(self, request: Request, apply: Callable[[FormData], Any]) -> Response:
-        form, refusal = await self._guarded_form(request)
+    async def _edit(self, request: Request, section: str, apply: Callable[[FormData], Any]) -> Response:
+        form, refusal = await self.guarded_form(request)
         if refusal is not None:
             return refusal
         assert form is not None
         try:
             notice, name = await apply(form)
+            audit.info("nasca audit: %s %r by %s from %s", notice, name, request.state.nasca_who,
+                       _client(request), extra={"nasca_action": notice, "nasca_name": name})
         except (ConfigurationError, InvalidInputError) as exc:
-            return self._bad(request, str(exc))
+            return await self._form_error(request, FormError(section, f"Not saved: {exc}", form))
         except StoreError:
             log.exception("nasca: dashboard could not save")
-            return self._bad(request, "The store did not answer; nothing was saved.")
+            return await self._form_error(request, FormError(
+                section, "Not saved: the store did not answer.", form))
         return self._back(request, notice, name)
+
+    async def _form_error(self, request: Request, error: FormError) -> Response:
+        return await self._render(request, this_month(self.ctx), "ai_cost", error=error)
 
     async def save_tier(self, request: Request) -> Response:
         async def apply(form: FormData) -> tuple[str, str]:
-            name = _required(form, "name")
-            if _field(form, "action") == "remove":
+            name = required(form, "name")
+            if field(form, "action") == "remove":
                 await self.ctx.nasca.aset_tier(name, None)
                 return "tier_removed", name
-            cover = {"monthly"} | {w for w in ("daily", "weekly") if _field(form, f"credits_{w}")}
+            cover = {"monthly"} | {w for w in ("daily", "weekly") if field(form, f"credits_{w}")}
             tier = Tier(**{w: _money_or_none(form, w) for w in WINDOWS}, credits_cover=frozenset(cover))
             await self.ctx.nasca.aset_tier(name, tier)
             return "tier_saved", name
-        return await self._edit(request, apply)
+        return await self._edit(request, "tiers", apply)
 
     async def save_pack(self, request: Request) -> Response:
         async def apply(form: FormData) -> tuple[str, str]:
-            pack_id = _required(form, "id")
-            if _field(form, "action") == "retire":
+            pack_id = required(form, "id")
+            if field(form, "action") == "retire":
                 await self.ctx.nasca.billing.aset_pack(pack_id, None)
                 return "pack_retired", pack_id
             pack = CreditPack(**_clean({
-                "id": pack_id, "price": _required(form, "price"), "spend": _required(form, "spend"),
-                "currency": _field(form, "currency") or "usd", "name": _field(form, "name"),
-                "stripe_price": _field(form, "stripe_price"),
+                "id": pack_id, "price": required(form, "price"), "spend": required(form, "spend"),
+                "currency": field(form, "currency") or "usd", "name": field(form, "name"),
+                "stripe_price": field(form, "stripe_price"),
                 "expires_in_days": _int_or_none(form, "expires_in_days"),
             }))
             await self.ctx.nasca.billing.aset_pack(pack_id, pack)
             return "pack_saved", pack_id
-        return await self._edit(request, apply)
+        return await self._edit(request, "packs", apply)
 
     async def save_plan(self, request: Request) -> Response:
         async def apply(form: FormData) -> tuple[str, str]:
-            plan_id = _required(form, "id")
-            if _field(form, "action") == "retire":
+            plan_id = required(form, "id")
+            if field(form, "action") == "retire":
                 await self.ctx.nasca.billing.aset_plan(plan_id, None)
                 return "plan_retired", plan_id
             plan = Plan(**_clean({
-                "id": plan_id, "tier": _required(form, "tier"), "price": _required(form, "price"),
-                "interval": _field(form, "interval") or "month",
-                "currency": _field(form, "currency") or "usd",
-                "name": _field(form, "name"), "stripe_price": _field(form, "stripe_price"),
+                "id": plan_id, "tier": required(form, "tier"), "price": required(form, "price"),
+                "interval": field(form, "interval") or "month",
+                "currency": field(form, "currency") or "usd",
+                "name": field(form, "name"), "stripe_price": field(form, "stripe_price"),
             }))
             await self.ctx.nasca.billing.aset_plan(plan_id, plan)
             return "plan_saved", plan_id
-        return await self._edit(request, apply)
+        return await self._edit(request, "plans", apply)
 
 
 # -- form helpers -------------------------------------------------------------------------------
@@ -320,34 +344,20 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
-def _field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    return value or None
-
-
-def _required(form: FormData, name: str) -> str:
-    value = _field(form, name)
-    if value is None:
-        raise InvalidInputError(f"{name} is required")
-    return value
-
-
 def _money_or_none(form: FormData, name: str) -> Decimal | None:
-    value = _field(form, name)
+    value = field(form, name)
     if value is None:
         return None
     return parse_amount(value, what=name)  # O(1): "1e999998" is a 400, not seconds of CPU
 
 
 def _int_or_none(form: FormData, name: str) -> int | None:
-    value = _field(form, name)
+    value = field(form, name)
     if value is None:
         return None
-    if not value.isdigit():
-        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    # isascii: str.isdigit() also says yes to "²", which int() refuses
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        raise InvalidInputError(f"{name} must be a whole number, got {value[:20]!r}")
     return int(value)
 
 
@@ -361,7 +371,7 @@ def _tier_row(name: str, tier: Tier, stored: bool) -> dict[str, Any]:
             "credits_daily": "daily" in tier.credits_cover, "credits_weekly": "weekly" in tier.credits_cover}
 
 
-def _this_month(ctx: Context) -> str:
+def this_month(ctx: Context) -> str:
     return ctx.nasca.windows_at(ctx.now()).ids[2]
 
 

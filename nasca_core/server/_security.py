@@ -76,7 +76,7 @@ def session_ok(keys: Keys, value: str | None, now: float) -> bool:
     expires, _, mac = value.partition(".")
     if not hmac.compare_digest(_mac(keys.session, expires), mac):
         return False
-    return expires.isdigit() and int(expires) > now
+    return expires.isascii() and expires.isdigit() and len(expires) <= 12 and int(expires) > now
 
 
 def origin_allowed(origin: str | None, referer: str | None, allowed: Iterable[str]) -> bool:

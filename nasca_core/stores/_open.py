@@ -175,7 +175,7 @@ def _cluster_nodes(uri: str, netloc: str) -> list[tuple[str, int]]:
     nodes = []
     for item in filter(None, hosts.split(",")):
         host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
             raise ConfigurationError(f"Malformed cluster node {item!r} in {uri!r}: use host:port.")
         nodes.append((host.strip("[]"), int(port)))
     if not nodes:
