@@ -164,6 +164,8 @@ def test_overrides_add_and_replace(table: PriceTable) -> None:
         ({"input": "inf", "output": 1}, "input"),
         ({"input": float("inf"), "output": 1}, "input"),
         ({"input": "abc", "output": 1}, "input"),
+        ({"input": "1e999998", "output": 1}, "input"),  # the shared O(1) parser refuses it
+        ({"input": 1, "output": "9" * 5000}, "output"),
         ({"input": True, "output": 1}, "input"),
         ({"input": 1, "output": 1, "cache_read": -0.1}, "cache_read"),
         ({"input": 1, "output": 1, "cache_wirte": 1}, "cache_wirte"),

@@ -10,13 +10,13 @@ providers publish them. A field left out falls back: cache prices and input audi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nasca_core._errors import ConfigurationError
-from nasca_core._money import NANOS_PER_USD
+from nasca_core._errors import ConfigurationError, InvalidAmountError
+from nasca_core._money import NANOS_PER_USD, parse_amount
 from nasca_core.pricing._rates import RATE_FIELDS, Rates, RateTuple
 
 _MAX_PRICE = Decimal(1_000_000)  # USD per 1M tokens; anything above is a typo (or per-token)
@@ -36,16 +36,13 @@ _PRICE_FIELDS = (
 
 
 def _decimal_price(value: object) -> object:
-    # Floats arrive from JSON/YAML configs: take their shortest repr, not the binary expansion.
-    if isinstance(value, bool):
-        raise ValueError("a price must be a number, not a bool")
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, int | str):
+    # The project's one O(1) amount parser (floats by their shortest repr); pydantic reports
+    # only ValueErrors as validation errors.
+    if isinstance(value, bool | int | float | str | Decimal):
         try:
-            return Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"not a number: {value!r}") from None
+            return parse_amount(value, what="a price")
+        except InvalidAmountError as exc:
+            raise ValueError(str(exc)) from None
     return value
 
 
