@@ -28,3 +28,7 @@ def test_the_readme_example_builds_the_nasca_and_settings() -> None:
         nasca.close()
     settings = build_settings(config, {"NASCA_SECRET": "s" * 40})
     assert settings.app_name == "Acme AI" and settings.allowed_origins == ("https://app.example.com",)
+    units = {**data["server"], "display_unit": "messages", "unit_cost": "0.002"}
+    priced = build_settings(ServeConfig.parse({**data, "store": "memory://", "server": units}), {
+        "NASCA_SECRET": "s" * 40})
+    assert (priced.display_unit, str(priced.unit_cost)) == ("messages", "0.002")

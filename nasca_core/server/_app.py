@@ -33,9 +33,12 @@ def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False) -
         GET  /u/{token}            upgrade page (signed link)   POST /u/{token}/checkout
         GET  /u/{token}/success    GET /u/{token}/cancel         GET  /u/{token}/status
         POST /u/{token}/event      dismiss beacon                GET  /nasca.js   overlay script
-        POST /stripe/webhook       Stripe events -> handle_stripe_webhook
-        GET  /admin                dashboard (+ /admin/login, /admin/tiers, /admin/packs,
-                                   /admin/plans, /admin/report.json)
+        POST /u/{token}/portal     Stripe Billing Portal (subscribers)
+        POST /stripe/webhook       Stripe events -> nasca.billing.handle_stripe_webhook
+        GET  /admin                dashboard (+ /admin/login, /admin/logout, /admin/tiers,
+                                   /admin/packs, /admin/plans, /admin/report.json)
+        GET  /admin/users?q=       user search     GET /admin/user?id=   a user's page
+        POST /admin/user/tier      set the tier    POST /admin/user/credits   grant credits
 
     Raises ConfigurationError.
     """

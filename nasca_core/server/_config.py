@@ -76,6 +76,8 @@ class ServerSection(_Section):
     return_url: str | None = None
     app_name: str | None = None
     link_ttl: int | None = None
+    display_unit: str | None = None
+    unit_cost: str | float | None = None
 
 
 DEFAULT_STORE = "sqlite:///./nasca.db"  # durable, one machine, no server to run
@@ -170,4 +172,6 @@ def build_settings(config: ServeConfig, env: Mapping[str, str], *, public_url: s
         fields["app_name"] = s.app_name
     if s.link_ttl:
         fields["link_ttl"] = s.link_ttl
+    if s.display_unit is not None or s.unit_cost is not None:
+        fields["display_unit"], fields["unit_cost"] = s.display_unit, s.unit_cost
     return ServerSettings(**fields)
