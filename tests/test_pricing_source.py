@@ -33,12 +33,17 @@ PUBLISHED = [
     ("gemini-2.5-pro", 1.25, 10),
     ("gemini-2.5-flash", 0.3, 2.5),
     ("gemini-3.1-pro-preview", 2, 12),
-    ("deepseek-v4-pro", 1.32, 3.96),
+    ("deepseek-v4-pro", 0.66, 1.98),  # at noon UTC; 1.32 / 3.96 in its peak hours (01-04, 06-10 UTC)
 ]
 
 
 @pytest.mark.parametrize(("model", "inp", "out"), PUBLISHED)
-def test_published_standard_prices(model: str, inp: float, out: float) -> None:
+def test_published_standard_prices(model: str, inp: float, out: float,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import nasca_core.pricing._rates as rates_module
+
+    # DeepSeek's prices follow the UTC time of day: ask at noon, whenever CI runs.
+    monkeypatch.setattr(rates_module.time, "time", lambda: 20_000 * 86_400 + 12 * 3600)
     table = PriceTable.default()
     # 100k tokens: below every long-context tier.
     assert table.cost_nanos(model, TokenUsage(input_tokens=100_000)) == round(inp * 10**8)
@@ -97,3 +102,12 @@ def test_deepseek_peak_and_off_peak_follow_the_utc_clock(monkeypatch: pytest.Mon
     for hour, nanos in ((0, 135_000_000), (1, 270_000_000), (16, 270_000_000), (17, 135_000_000)):
         monkeypatch.setattr(rates_module.time, "time", lambda h=hour: day + h * 3600 + 60)
         assert rates.cost(million) == nanos, hour
+
+
+def test_deepseek_v4_peak_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nasca_core.pricing._rates as rates_module
+
+    table = PriceTable.default()
+    for hour, inp in ((2, 1.32), (8, 1.32), (5, 0.66), (12, 0.66)):
+        monkeypatch.setattr(rates_module.time, "time", lambda h=hour: 20_000 * 86_400 + h * 3600 + 60)
+        assert table.cost_nanos("deepseek-v4-pro", TokenUsage(input_tokens=100_000)) == round(inp * 10**8)
