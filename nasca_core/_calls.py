@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nasca_core._calibration import ModelStats
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, UsageParseError
 from nasca_core._types import Charge, Reservation
@@ -118,6 +119,8 @@ class LLMCall:
         self._charge = self.nasca.settle(
             self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens)
         )
+        if usage is not None:  # the provider's own count: what calibration learns from
+            self.nasca.calibration.observe(self.model, self.prompt_tokens, u.input_tokens, u.output_tokens)
         return self._charge
 
     async def afinish(self, usage: TokenUsage | None = None) -> Charge:
@@ -134,6 +137,8 @@ class LLMCall:
         self._charge = await self.nasca.asettle(
             self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens)
         )
+        if usage is not None:
+            self.nasca.calibration.observe(self.model, self.prompt_tokens, u.input_tokens, u.output_tokens)
         return self._charge
 
     def abort(self) -> Charge:
@@ -164,9 +169,13 @@ def estimate_call(
     max_tokens: int | None,
     tier: Tier | None,
     default_output_tokens: int,
+    calibration: ModelStats | None = None,
+    strict: bool = False,
 ) -> tuple[int, int]:
     """The prompt's tokens and the call's estimated cost in nanos (what reserve() holds);
     without ``max_tokens`` the output is the tier's default, else ``default_output_tokens``.
+    A warm ``calibration`` (``_calibration``) scales the prompt by the model's learned input
+    ratio and holds its learned output quantile (``min(max_tokens, p90)``; strict: max_tokens).
 
     Raises ConfigurationError for a missing model name, UnknownModelError."""
     if not isinstance(model, str) or not model:
@@ -184,4 +193,7 @@ def estimate_call(
             if schemas is not None:
                 prompt_tokens += count_tokens(schemas, counted)
     output = (tier.default_output_tokens if tier is not None else None) or default_output_tokens
+    if calibration is not None and calibration.warm:
+        return prompt_tokens, estimate_cost_nanos(pricer, model, calibration.prompt_hold(prompt_tokens),
+                                                  calibration.output_hold(max_tokens, strict), output)
     return prompt_tokens, estimate_cost_nanos(pricer, model, prompt_tokens, max_tokens, output)

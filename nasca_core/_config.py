@@ -12,6 +12,8 @@ from nasca_core._errors import ConfigurationError, InvalidAmountError, UnknownTi
 from nasca_core._money import to_nanos
 from nasca_core._windows import WINDOWS, Window
 
+DEFAULT_MAX_IN_FLIGHT = 64  # calls per user: far above one person, a bound on a runaway loop
+
 
 class Tier(BaseModel):
     """A spend allowance per calendar window, in dollars of AI cost.
@@ -19,6 +21,9 @@ class Tier(BaseModel):
     ``Tier(monthly=10, weekly=5, daily=2)``; a window left as None is unlimited.
     ``credits_cover`` names the windows that prepaid credits may extend: the monthly
     window always; leave "daily" out to make the daily limit a hard cap against abuse.
+
+    ``max_in_flight`` caps the calls one user may have in flight (default 64, None for no
+    cap); a call over it raises NascaBusyError, which says to try again in a moment.
 
     Raises ConfigurationError for a limit <= 0, NaN or infinite, or a bad window name.
     """
@@ -30,6 +35,9 @@ class Tier(BaseModel):
     monthly: Decimal | None = None
     credits_cover: frozenset[Window] = frozenset(WINDOWS)
     default_output_tokens: int | None = Field(default=None, gt=0)
+    # Calls one user may have in flight at once (None: no cap). It bounds what wrong
+    # estimates can overshoot: at most this many calls' (real - hold) past the limit.
+    max_in_flight: int | None = Field(default=DEFAULT_MAX_IN_FLIGHT, gt=0, le=1_000_000)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -67,11 +75,13 @@ class Tier(BaseModel):
         d, w, m = (self.limit(x) is not None and x not in self.credits_cover for x in WINDOWS)
         return d, w, m
 
-    def compiled(self) -> dict[str, list[int]]:
-        """The form the store scripts read: limits in nanos (-1 = none) and hard flags."""
+    def compiled(self) -> dict[str, Any]:
+        """The form the store scripts read: limits in nanos (-1 = none), hard flags and the
+        in-flight cap (-1 = none)."""
         return {
             "l": [-1 if v is None else v for v in self.limits_nanos()],
             "h": [int(h) for h in self.hard_windows()],
+            "f": -1 if self.max_in_flight is None else self.max_in_flight,
         }
 
 

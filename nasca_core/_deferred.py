@@ -45,6 +45,7 @@ class DeferredSettles:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._nanos = 0  # what the queue holds, kept as it changes: a long outage stays O(1) a settle
+        self._owed: dict[str, list[int]] = {}  # user meta key -> [settles, their holds, their costs]
         self._pid = os.getpid()
         _all.add(self)
         self.journal: Journal | None = None
@@ -56,6 +57,22 @@ class DeferredSettles:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def owed(self, meta: str) -> tuple[int, int, int]:
+        """This process's queued settles of one user (by ``UserKeys.meta``): how many, the
+        holds they still leave in the store, and what they cost. A reserve counts them at
+        their cost, never as calls in flight."""
+        entry = self._owed.get(meta)
+        return (entry[0], entry[1], entry[2]) if entry else (0, 0, 0)
+
+    def _owe(self, op: SettleOp, sign: int) -> None:
+        entry = self._owed.setdefault(op.keys.meta, [0, 0, 0])
+        entry[0] += sign
+        entry[1] += sign * op.estimate
+        entry[2] += sign * op.cost
+        self._nanos += sign * op.cost
+        if entry[0] <= 0:
+            del self._owed[op.keys.meta]
 
     @property
     def nanos(self) -> int:
@@ -77,7 +94,7 @@ class DeferredSettles:
                     f"recorded: {exc}") from exc
             journaled = self._journal(op)
             self._queue.append(op)
-            self._nanos += op.cost
+            self._owe(op, 1)
             pending = len(self._queue)
         self._stats.store_errors += 1
         self._stats.deferred += 1
@@ -137,6 +154,7 @@ class DeferredSettles:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._queue.clear()
+            self._owed.clear()
             self._in_flight = self._nanos = 0
 
     def _take(self) -> SettleOp | None:
@@ -148,13 +166,13 @@ class DeferredSettles:
             now_ms = int(self._clock() * 1000)
             while self._queue and self._queue[0].marker_expiry_ms <= now_ms:
                 stale = self._queue.popleft()
-                self._nanos -= stale.cost
+                self._owe(stale, -1)
                 expired.append(stale)
             op = None
             if self._queue:
                 self._in_flight += 1
                 op = self._queue.popleft()
-                self._nanos -= op.cost
+                self._owe(op, -1)
         if expired:
             self._set_aside(expired)
         return op
@@ -180,7 +198,7 @@ class DeferredSettles:
         with self._lock:
             self._in_flight -= 1
             self._queue.appendleft(op)
-            self._nanos += op.cost
+            self._owe(op, 1)
 
     def _applied(self, op: SettleOp) -> None:
         with self._lock:
@@ -222,7 +240,8 @@ class DeferredSettles:
                     if fresh:  # in our journal (and synced) before the orphan is removed
                         self.journal.append("".join(map(encode, fresh)), sync=True)
                         self._queue.extend(fresh)
-                        self._nanos += sum(op.cost for op in fresh)
+                        for op in fresh:
+                            self._owe(op, 1)
                         held.update(op.hold_id for op in fresh)
                         adopted += len(fresh)
                     if old:

@@ -1,4 +1,4 @@
-"""The old spellings of names that moved from ``Nasca`` to ``nasca.billing``."""
+"""Nasca methods that are ``nasca.billing``'s, ``nasca.live``'s or ``nasca.deferred``'s."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
+    from nasca_core._deferred import DeferredSettles
+    from nasca_core._live import LiveConfig
     from nasca_core.billing._service import Billing
 
 P = ParamSpec("P")
@@ -19,5 +21,25 @@ def to_billing(method: Callable[Concatenate[Billing, P], R]) -> Callable[Concate
     @functools.wraps(method)
     def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return method(self.billing, *args, **kwargs)
+
+    return delegate
+
+
+def to_live(method: Callable[Concatenate[LiveConfig, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A Nasca method that calls ``nasca.live``'s ``method``: same signature, same docs."""
+
+    @functools.wraps(method)
+    def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.live, *args, **kwargs)
+
+    return delegate
+
+
+def to_deferred(method: Callable[Concatenate[DeferredSettles, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A Nasca method that calls ``nasca.deferred``'s ``method``: same signature, same docs."""
+
+    @functools.wraps(method)
+    def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.deferred, *args, **kwargs)
 
     return delegate

@@ -10,8 +10,9 @@ figures back without parsing styles.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,36 @@ def money(value: Decimal | None) -> str:
     size = abs(value)
     shown = size.quantize(Decimal("0.01")) if size >= Decimal("0.01") or size == 0 else size.normalize()
     return f"{'-' if value < 0 else ''}${shown:,}"
+
+
+def reader_money(value: Decimal, currency: str = "usd") -> str:
+    """Money as people read it, for end users: whole cents (half up), and a sub-cent amount
+    above zero as ``<$0.01``, never ``$0.0001584``."""
+    code = currency.lower()
+    symbol = _SYMBOLS.get(code)
+    size = abs(value)
+    if 0 < size < Decimal("0.01"):
+        text = "<" + (f"{symbol}0.01" if symbol else f"0.01 {code.upper()}")
+        return text if value > 0 else "-" + text
+    shown = f"{size.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+    sign = "-" if value < 0 and size >= Decimal("0.005") else ""
+    return f"{sign}{symbol}{shown}" if symbol else f"{sign}{shown} {code.upper()}"
+
+
+@dataclass(frozen=True)
+class SpendDisplay:
+    """How an end user reads AI spend: dollars (``reader_money``), or whole units of
+    ``unit_cost`` dollars each (``unit="messages"``: "120 messages"), rounded down so a
+    user is never shown more than they have. Prices are always money."""
+
+    unit: str | None = None
+    unit_cost: Decimal | None = None
+
+    def __call__(self, value: Decimal) -> str:
+        if self.unit is None or self.unit_cost is None:
+            return reader_money(value)
+        count = int((max(value, Decimal(0)) / self.unit_cost).to_integral_value(rounding=ROUND_FLOOR))
+        return f"{count:,} {self.unit}"
 
 
 def amount(value: Decimal, currency: str = "usd") -> str:

@@ -13,6 +13,7 @@
     ├── PricingError
     │   └── UnknownModelError       a model missing from the price table under unknown_model="block"
     ├── NascaBlockedError           the end user may not spend now: show an upgrade prompt
+    │   └── NascaBusyError          only calls in flight stand in the way: try again in a moment
     ├── StoreError                  the store could not be reached and the policy says block
     ├── CheckoutError               Stripe refused, or could not be reached, creating a session
     └── WebhookError                a Stripe webhook to answer with 400 (``__cause__`` says why)
@@ -178,8 +179,31 @@ class NascaBlockedError(NascaError):
         return blocked_html(self)
 
 
-def _rebuild_blocked(state: dict[str, Any]) -> NascaBlockedError:
-    err = NascaBlockedError.__new__(NascaBlockedError)
+class NascaBusyError(NascaBlockedError):
+    """The user has not spent their allowance, but calls in flight hold it (or the tier's
+    ``max_in_flight`` cap is reached): retry after ``retry_after`` seconds.
+
+    It is a NascaBlockedError, so existing handlers keep working; ``upgrade_message`` says
+    to try again in a moment and ``checkout_url`` is None: there is nothing to buy.
+    ``reason`` is "in_flight" (holds cover the allowance) or "cap" (``max_in_flight``).
+    """
+
+    def __init__(self, *, retry_after: float, reason: str, **fields: Any) -> None:
+        self.retry_after = retry_after
+        self.reason = reason
+        super().__init__(**fields)
+
+    def __repr__(self) -> str:
+        return (f"NascaBusyError(user_id={self.user_id!r}, tier={self.tier!r}, reason={self.reason!r}, "
+                f"retry_after={self.retry_after!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_blocked, (self.__dict__.copy(), NascaBusyError))
+
+
+def _rebuild_blocked(state: dict[str, Any], cls: type[NascaBlockedError] = NascaBlockedError,
+                     ) -> NascaBlockedError:
+    err = cls.__new__(cls)
     err.__dict__.update(state)
     Exception.__init__(err, state.get("upgrade_message", ""))
     return err

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from nasca_core import _policy
 from nasca_core._config import Tier
 from nasca_core._display import money
-from nasca_core._errors import NascaBlockedError, UnknownTierError
+from nasca_core._errors import NascaBlockedError, NascaBusyError, UnknownTierError
 from nasca_core._money import to_usd
 from nasca_core._usage import Usage
 from nasca_core._windows import WINDOWS, Window, WindowSet
@@ -21,6 +21,10 @@ DEFAULT_UPGRADE_MESSAGE = (
     "You've used your {window} AI allowance on the {tier} plan "
     "({spent} of {limit}). It resets {resets}. {action}"
 )
+
+
+BUSY_MESSAGE = "Your other AI requests are still running. Try again in a moment."
+BUSY_RETRY_AFTER = 1.0  # seconds: about one model call, after which a hold has settled
 
 
 def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: WindowSet, tz: ZoneInfo) -> Usage:
@@ -83,11 +87,23 @@ def blocked_error(
     template: str,
     checkout_url: Callable[[NascaBlockedError], str | None] | None,
     log: Any,
+    estimate: int = 0,
+    strict: bool = False,
 ) -> NascaBlockedError:
-    """The error a blocked reserve raises, with the message that says what unblocks it."""
+    """The error a blocked reserve raises, with the message that says what unblocks it: a
+    NascaBusyError when only calls in flight stand in the way (``is_busy``)."""
+    usage = None if snap is None else usage_of(user_id, result.tier, tier, snap, ws, tz)
+    reason = busy_reason(result, tier, snap, estimate, strict)
+    if reason is not None:
+        limits = tier.compiled()["l"]
+        index = result.window - 1 if result.window else max(
+            (i for i in range(3) if limits[i] >= 0), default=2)
+        return NascaBusyError(
+            retry_after=BUSY_RETRY_AFTER, reason=reason, user_id=user_id, tier=result.tier,
+            window=WINDOWS[index], usage=usage, resets_at=None, upgrade_message=BUSY_MESSAGE,
+            prompt_id=prompt_id, limit=tier.limit(WINDOWS[index]), spent=to_usd(result.spent[index]))
     index = result.window - 1
     window: Window = WINDOWS[index]
-    usage = None if snap is None else usage_of(user_id, result.tier, tier, snap, ws, tz)
     resets_at = ws.end_datetime(index, tz)
     spent = to_usd(result.spent[index])
     limit = tier.limit(window) or Decimal(0)
@@ -108,3 +124,28 @@ def blocked_error(
         except Exception:
             log.exception("nasca: checkout_url factory failed")
     return err
+
+
+def busy_reason(result: ReserveResult, tier: Tier, snap: Snapshot | None, estimate: int,
+                strict: bool) -> str | None:
+    """"cap" for the in-flight cap, "in_flight" when the settled spend alone would admit the
+    call (holds in flight block it), None for a real block."""
+    if result.status == 2:
+        return "cap"
+    if result.held <= 0:
+        return None
+    compiled = tier.compiled()
+    credits = result.credits if result.credits >= 0 else (
+        sum(lot.remaining for lot in snap.lots) if snap is not None else 0)
+    busy = _policy.busy(compiled["l"], compiled["h"], result.spent, estimate, credits, strict)
+    return "in_flight" if busy else None
+
+
+def tell_listeners(listeners: list[Callable[[NascaBlockedError], None]], err: NascaBlockedError,
+                   log: Any) -> None:
+    """Tell each block listener; one that fails is logged, never raised."""
+    for listener in listeners:
+        try:
+            listener(err)
+        except Exception:
+            log.exception("nasca: block listener failed")

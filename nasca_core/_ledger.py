@@ -11,6 +11,7 @@ returned means); the sync and async methods differ only in the store call betwee
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -21,18 +22,21 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nasca_core import _identity
+from nasca_core._busy import BusyWait, check_busy_wait
+from nasca_core._calibration import Calibration
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
-from nasca_core._delegate import to_billing
+from nasca_core._delegate import to_billing, to_deferred, to_live
 from nasca_core._env import ledger_kwargs
 from nasca_core._errors import (
     ConfigurationError,
     NascaBlockedError,
+    NascaBusyError,
     StoreError,
     UnknownTierError,
 )
-from nasca_core._explain import DEFAULT_UPGRADE_MESSAGE, blocked_error, usage_in
+from nasca_core._explain import DEFAULT_UPGRADE_MESSAGE, blocked_error, tell_listeners, usage_in
 from nasca_core._live import ConfigSnapshot, LiveConfig, StoreErrorPolicy
 from nasca_core._money import Amount, amount_arg
 from nasca_core._types import Charge, LedgerStats, Reservation, count_store_errors, next_hold_id
@@ -41,7 +45,7 @@ from nasca_core._windows import WindowClock, WindowSet, load_zone
 from nasca_core._wrap import wrap
 from nasca_core.analytics._recorder import Analytics
 from nasca_core.billing._service import Billing
-from nasca_core.pricing import ModelPrice, Pricer, TokenUsage
+from nasca_core.pricing import Pricer, TokenUsage
 from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, UserKeys, open_store
 
 if TYPE_CHECKING:
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasca")
 
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
-_NO_TIER = (-1, -1, -1, 0, 0, 0)
+_NO_TIER, _OWED_NOTHING = (-1, -1, -1, 0, 0, 0, -1), (0, 0, 0)
 _CONFIG_CHURN = "the store's live config changed under three reserves in a row"
 
 
@@ -67,7 +71,8 @@ class Nasca:
     Credit packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``,
     ``cancel_url=``, ``webhook_secret=``, ``allow_bonus_credits=``) configure
     ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``);
-    ``require_durable=True`` refuses a Redis that may evict or forget ledger keys.
+    ``require_durable=True`` refuses a Redis that may evict or forget ledger keys;
+    ``busy_wait=`` seconds a reserve waits for calls in flight before raising NascaBusyError.
     Raises ConfigurationError for an unknown store URI, timezone, default tier or policy.
     """
 
@@ -87,19 +92,18 @@ class Nasca:
         plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
         success_url: str | None = None, cancel_url: str | None = None,
         webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
-        require_durable: bool = False,
+        require_durable: bool = False, busy_wait: float = 0.0,
     ) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
-        self.namespace = namespace
-        self.timezone = timezone
+        self.namespace, self.timezone = namespace, timezone
         self.tz = load_zone(timezone)
         self.default_tier = default_tier
         self.strict = bool(strict)
+        self.busy_wait = check_busy_wait(busy_wait)  # seconds a reserve waits out NascaBusyError
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.hold_ttl_ms = int(hold_ttl * 1000)
         self.default_output_tokens, self.charge_embeddings = default_output_tokens, bool(charge_embeddings)
-        self.get_user_id = get_user_id
-        self.get_user_tier = get_user_tier
+        self.get_user_id, self.get_user_tier = get_user_id, get_user_tier
         # {action} says what can unblock the user: credits can't lift a hard cap.
         self.upgrade_message_template = upgrade_message or DEFAULT_UPGRADE_MESSAGE
         self.checkout_url_factory = checkout_url
@@ -111,6 +115,7 @@ class Nasca:
         self._clock = clock or time.time
         self._windows = WindowClock(self.tz)
         self.deferred = DeferredSettles(self.store, self.stats, namespace, self.now, state_dir)
+        self.calibration = Calibration(self.store, namespace, self.now)  # learned estimates, per model
         self._analytics: Analytics | None = None
         self._analytics_lock = threading.Lock()
         self.billing = Billing(self, packs=packs, plans=plans, stripe=stripe, success_url=success_url,
@@ -179,23 +184,10 @@ class Nasca:
         """What ``usage`` on ``model`` costs, in nano-dollars. Raises UnknownModelError."""
         return self.pricer.cost(model, usage)
 
-    def set_tier(self, name: str, tier: Tier | None) -> None:
-        """Define or change a tier for every process sharing the store (None removes the
-        stored override). Raises ConfigurationError, StoreError."""
-        self.live.save("tier", name, self.live.tier_payload(name, tier))
-
-    async def aset_tier(self, name: str, tier: Tier | None) -> None:
-        """Async twin of set_tier()."""
-        await self.live.asave("tier", name, self.live.tier_payload(name, tier))
-
-    def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
-        """Add or change a model's price for every process sharing the store (None removes
-        the override). Raises ConfigurationError, StoreError."""
-        self.live.save("price", model, self.live.price_payload(model, price))
-
-    async def aset_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
-        """Async twin of set_price()."""
-        await self.live.asave("price", model, self.live.price_payload(model, price))
+    set_tier = to_live(LiveConfig.set_tier)
+    aset_tier = to_live(LiveConfig.aset_tier)
+    set_price = to_live(LiveConfig.set_price)
+    aset_price = to_live(LiveConfig.aset_price)
 
     def set_user_tier(self, user: str, tier: str | None) -> None:
         """Put a user on a tier in the store (None clears it); it beats the caller's tier.
@@ -231,7 +223,8 @@ class Nasca:
         return self._reserve(amount, user_id, tier_name, strict)
 
     def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
-        for _ in range(3):
+        wait, stale = BusyWait(self.busy_wait), 0
+        while True:
             op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict)
             try:
                 result = self.store.sync.reserve(op)
@@ -240,13 +233,20 @@ class Nasca:
             if result.status == 1:
                 self.stats.reserved += 1
                 return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
-            if result.status == 0:
-                snap: Snapshot | None = None
-                with suppress(StoreError), count_store_errors(self.stats):
-                    snap = self.store.sync.snapshot(op.keys, op.now_ms)
-                raise self._blocked(user_id, op, result, snap)
-            self.live.invalidate(stale=True)
-        return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
+            if result.status == -1:
+                if (stale := stale + 1) == 3:
+                    return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
+                self.live.invalidate(stale=True)
+                continue
+            if self.deferred and self.deferred.flush():
+                continue
+            snap: Snapshot | None = None
+            with suppress(StoreError), count_store_errors(self.stats):
+                snap = self.store.sync.snapshot(op.keys, op.now_ms)
+            err = self._blocked(user_id, op, result, snap)
+            if not isinstance(err, NascaBusyError) or (pause := wait.next()) is None:
+                raise self._told(err)
+            time.sleep(pause)
 
     async def areserve(self, estimate: Amount | None = None, *, nanos: int | None = None,
                        user: str | None = None, tier: str | None = None, ctx: Any = None,
@@ -257,7 +257,8 @@ class Nasca:
         return await self._areserve(amount, user_id, tier_name, strict)
 
     async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
-        for _ in range(3):
+        wait, stale = BusyWait(self.busy_wait), 0
+        while True:
             op = self._reserve_op(await self.live.acurrent(), user_id, tier_name, amount, strict)
             try:
                 result = await self.store.for_loop().reserve(op)
@@ -266,25 +267,33 @@ class Nasca:
             if result.status == 1:
                 self.stats.reserved += 1
                 return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
-            if result.status == 0:
-                snap: Snapshot | None = None
-                with suppress(StoreError), count_store_errors(self.stats):
-                    snap = await self.store.for_loop().snapshot(op.keys, op.now_ms)
-                raise self._blocked(user_id, op, result, snap)
-            self.live.invalidate(stale=True)
-        return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
+            if result.status == -1:
+                if (stale := stale + 1) == 3:
+                    return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
+                self.live.invalidate(stale=True)
+                continue
+            if self.deferred and await self.deferred.aflush():
+                continue
+            snap: Snapshot | None = None
+            with suppress(StoreError), count_store_errors(self.stats):
+                snap = await self.store.for_loop().snapshot(op.keys, op.now_ms)
+            err = self._blocked(user_id, op, result, snap)
+            if not isinstance(err, NascaBusyError) or (pause := wait.next()) is None:
+                raise self._told(err)
+            await asyncio.sleep(pause)
 
     def _reserve_op(self, snap: ConfigSnapshot, user_id: str, tier: str, estimate: int,
                     strict: bool | None) -> ReserveOp:
         if tier not in snap.tiers:
             raise UnknownTierError(tier, list(snap.tiers))
         now = self.now()
-        now_ms = int(now * 1000)
-        return ReserveOp(keys=self.user_keys(user_id, now), now_ms=now_ms, hold_id=next_hold_id(),
+        now_ms, keys = int(now * 1000), self.user_keys(user_id, now)
+        return ReserveOp(keys=keys, now_ms=now_ms, hold_id=next_hold_id(),
                          estimate=estimate, hold_expiry_ms=now_ms + self.hold_ttl_ms,
                          strict=self.strict if strict is None else strict, tier=tier,
                          tiers_json=snap.tiers_json, config_version=snap.version,
-                         tier_compiled=snap.compiled[tier])
+                         tier_compiled=snap.compiled[tier],
+                         owed=self.deferred.owed(keys.meta) if self.deferred else _OWED_NOTHING)
 
     def _store_failed_reserve(self, user_id: str, op: ReserveOp, exc: StoreError) -> Reservation:
         self.stats.store_errors += 1
@@ -296,17 +305,15 @@ class Nasca:
 
     def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult,
                  snap: Snapshot | None) -> NascaBlockedError:
-        self.stats.blocked += 1
         tier = self.live.current().tiers.get(result.tier) or Tier()
-        err = blocked_error(user_id=user_id, result=result, tier=tier, snap=snap,
-                            ws=self.windows_at(op.now_ms / 1000), tz=self.tz, prompt_id=op.hold_id,
-                            template=self.upgrade_message_template,
-                            checkout_url=self.checkout_url_factory, log=log)
-        for listener in self.block_listeners:
-            try:
-                listener(err)
-            except Exception:
-                log.exception("nasca: block listener failed")
+        return blocked_error(user_id=user_id, result=result, tier=tier, snap=snap,
+                             ws=self.windows_at(op.now_ms / 1000), tz=self.tz, prompt_id=op.hold_id,
+                             template=self.upgrade_message_template, log=log,
+                             checkout_url=self.checkout_url_factory, estimate=op.estimate, strict=op.strict)
+
+    def _told(self, err: NascaBlockedError) -> NascaBlockedError:
+        self.stats.blocked += 1
+        tell_listeners(self.block_listeners, err, log)
         return err
 
     # -- settle / release --------------------------------------------------------------
@@ -357,13 +364,8 @@ class Nasca:
                         ttls_ms=ws.ttls_from(now), marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
                         input_tokens=tokens[0], output_tokens=tokens[1])
 
-    def flush_deferred(self) -> int:
-        """Retry settles that could not reach the store; returns how many went through."""
-        return self.deferred.flush()
-
-    async def aflush_deferred(self) -> int:
-        """Async twin of flush_deferred()."""
-        return await self.deferred.aflush()
+    flush_deferred = to_deferred(DeferredSettles.flush)
+    aflush_deferred = to_deferred(DeferredSettles.aflush)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that failed before costing anything. Store failures are
@@ -398,8 +400,8 @@ class Nasca:
         snap = self.live.current()
         tokens, estimate = estimate_call(
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
-            max_tokens=max_tokens, tier=snap.tiers.get(tier_name),
-            default_output_tokens=self.default_output_tokens)
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict,
+            default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
         return LLMCall(self, self._reserve(estimate, user_id, tier_name, None), model, tokens)
 
     async def astart_call(
@@ -412,8 +414,8 @@ class Nasca:
         snap = await self.live.acurrent()
         tokens, estimate = estimate_call(
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
-            max_tokens=max_tokens, tier=snap.tiers.get(tier_name),
-            default_output_tokens=self.default_output_tokens)
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict,
+            default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
         return LLMCall(self, await self._areserve(estimate, user_id, tier_name, None), model, tokens)
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -483,6 +485,7 @@ class Nasca:
         if self.deferred:
             log.error("nasca: closing with %d settles never applied (%d nanos)", len(self.deferred),
                       self.deferred.nanos)
+        self.calibration.close()
         self.store.close()
 
     async def aclose(self) -> None:

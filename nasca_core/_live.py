@@ -34,7 +34,7 @@ class ConfigSnapshot:
     tiers: Mapping[str, Tier]
     tiers_json: str  # the form the settle script reads
     stored: StoredConfig = field(repr=False)  # sections "tier", "price", "pack", "plan"
-    compiled: Mapping[str, tuple[int, ...]] = field(repr=False)  # limits d, w, m then hard flags
+    compiled: Mapping[str, tuple[int, ...]] = field(repr=False)  # limits d, w, m, hard flags, in-flight cap
     pricer: Pricer = field(repr=False)
 
 
@@ -135,6 +135,24 @@ class LiveConfig:
             raise
         self._snapshot = None
 
+    def set_tier(self, name: str, tier: Tier | None) -> None:
+        """Define or change a tier for every process sharing the store (None removes the
+        stored override). Raises ConfigurationError, StoreError."""
+        self.save("tier", name, self.tier_payload(name, tier))
+
+    async def aset_tier(self, name: str, tier: Tier | None) -> None:
+        """Async twin of set_tier()."""
+        await self.asave("tier", name, self.tier_payload(name, tier))
+
+    def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
+        """Add or change a model's price for every process sharing the store (None removes
+        the override). Raises ConfigurationError, StoreError."""
+        self.save("price", model, self.price_payload(model, price))
+
+    async def aset_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
+        """Async twin of set_price()."""
+        await self.asave("price", model, self.price_payload(model, price))
+
     # -- payloads (pure) -------------------------------------------------------------------
     @staticmethod
     def tier_payload(name: str, tier: Tier | None) -> str | None:
@@ -190,7 +208,7 @@ class LiveConfig:
         snap = ConfigSnapshot(
             version=stored.version, tiers=tiers, stored=stored,
             tiers_json=json.dumps(compiled, separators=(",", ":")),
-            compiled={name: (*c["l"], *c["h"]) for name, c in compiled.items()},
+            compiled={name: (*c["l"], *c["h"], c["f"]) for name, c in compiled.items()},
             pricer=self._pricer(stored.sections.get("price", {})),
         )
         self._snapshot = snap

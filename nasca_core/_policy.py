@@ -50,6 +50,31 @@ def admit(
     return -1 if covered else worst
 
 
+def own_view(spent: Sequence[int], held: int, in_flight: int,
+             owed: Sequence[int]) -> tuple[tuple[int, int, int], int, int]:
+    """(spent, held, in flight) as this process sees them: its deferred settles (``owed``:
+    count, holds, costs) are finished calls, counted at their cost rather than as holds."""
+    n, holds, cost = owed
+    if not n:
+        return (spent[0], spent[1], spent[2]), held, in_flight
+    return ((spent[0] + cost, spent[1] + cost, spent[2] + cost), max(held - holds, 0),
+            max(in_flight - n, 0))
+
+
+def over_cap(in_flight: int, cap: int) -> bool:
+    """Whether a user with ``in_flight`` live holds is at the tier's in-flight cap (-1 = none)."""
+    return 0 <= cap <= in_flight
+
+
+def busy(limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], estimate: int,
+         credits: int, strict: bool) -> bool:
+    """Whether a blocked call was blocked only by holds in flight: with none, it would start.
+
+    Such a user has not spent their allowance, so they are told to retry, not to upgrade.
+    """
+    return admit(limits, hard, spent, 0, estimate, max(credits, 0), strict) < 0
+
+
 def split(
     cost: int, limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], credits: int
 ) -> tuple[int, int]:

@@ -93,16 +93,74 @@ def test_partial_refund_policy(make_nasca, policy, left):
     assert n.credit_lots("u1")[0].remaining == left
 
 
-def test_partial_refund_after_spending_caps_what_is_left(make_nasca):
+def _spend_one_dollar(make_nasca):
     from nasca_core import Tier
 
     n = billed(make_nasca, tiers={"t": Tier(monthly="0.01")}, default_tier="t", billing={"plans": []})
     complete(n, payment_intent="pi_s")
     n.settle(n.reserve("0.01", user="u1"), "0.01")
-    n.settle(n.reserve("1", user="u1"), "1")  # $2 of the $3 lot left
-    r = deliver(n, event("charge.refunded", charge("pi_s", refunded=250)))  # half back: keep at most $1.50
-    assert r.action == "revoked" and r.revoked == Decimal("0.5")
-    assert n.credit_lots("u1")[0].remaining == Decimal("1.5")
+    n.settle(n.reserve("1", user="u1"), "1")  # $1 of the $3 lot spent, $2 left
+    return n
+
+
+def test_partial_refund_after_spending_counts_what_was_spent(make_nasca):
+    # Half of the $5 back: the user paid $2.50 and may have had $1.50 of credit in all;
+    # $1 of it was spent, so $0.50 stays (not $1.50: that would be $2.50 of credit).
+    n = _spend_one_dollar(make_nasca)
+    r = deliver(n, event("charge.refunded", charge("pi_s", refunded=250)))
+    assert r.action == "revoked" and r.revoked == Decimal("1.5")
+    assert n.credit_lots("u1")[0].remaining == Decimal("0.5")
+    # Stripe's resend of the same running total, or reconciliation, takes nothing more
+    assert deliver(n, event("charge.refunded", charge("pi_s", refunded=250))).revoked == 0
+    assert n.credit_lots("u1")[0].remaining == Decimal("0.5")
+
+
+@pytest.mark.parametrize("order", [(100, 250), (250, 100)])
+def test_partial_refunds_after_spending_in_any_order(make_nasca, order):
+    n = _spend_one_dollar(make_nasca)
+    for refunded in order:  # $1 then $2.50 in all: $1.50 of the $3 lot is taken back, once
+        deliver(n, event("charge.refunded", charge("pi_s", refunded=refunded)))
+    assert n.credit_lots("u1")[0].remaining == Decimal("0.5")
+    deliver(n, event("charge.refunded", charge("pi_s", refunded=500)))  # then the rest
+    assert n.credit_lots("u1")[0].remaining == 0 and n.credit_lots("u1")[0].revoked
+
+
+def test_a_partial_refund_takes_no_more_than_is_left(make_nasca):
+    n = _spend_one_dollar(make_nasca)
+    n.settle(n.reserve("1.5", user="u1"), "1.5")  # $0.50 left
+    r = deliver(n, event("charge.refunded", charge("pi_s", refunded=250)))
+    assert r.revoked == Decimal("0.5") and n.credit_lots("u1")[0].remaining == 0
+
+
+def test_refund_events_handled_at_once_are_both_remembered(make_nasca, backend):
+    # Two refunds of one payment whose purchase has not arrived, handled at the same moment:
+    # both read the store before either writes. The larger running total must survive.
+    from nasca_core.billing._requests import StoreOp
+    from nasca_core.billing._webhook import refund_of
+    from nasca_core.billing._webhook_flow import apply_refund
+
+    n = billed(make_nasca)
+    store = n.store.sync
+    flows = []
+    for refunded in (400, 100):  # the larger total's handler is interleaved with the smaller's
+        e = event("charge.refunded", charge("pi_both", refunded=refunded))
+        flows.append(apply_refund(refund_of(e["data"]["object"]), e, n.now(), int(n.now() * 1000), n,
+                                  n.billing.policy))
+    answers = [None, None]
+    live = [True, True]
+    while any(live):  # one store operation of each in turn
+        for i, flow in enumerate(flows):
+            if not live[i]:
+                continue
+            try:
+                request = flow.send(answers[i])
+            except StopIteration:
+                live[i] = False
+                continue
+            assert isinstance(request, StoreOp)
+            answers[i] = request.run(store)
+    r = complete(n, payment_intent="pi_both")  # 4/5 refunded: 1/5 of the $3 lot stays
+    assert r.action == "revoked" and lots(n)[0][1] == Decimal("0.6")
 
 
 def test_a_dispute_before_the_purchase_revokes_it(make_nasca):

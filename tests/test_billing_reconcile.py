@@ -4,6 +4,7 @@ Stripe says were paid and not refunded; a second run changes nothing."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -110,6 +111,49 @@ def test_reconcile_after_a_webhook_outage_and_after_losing_the_store(make_nasca,
     assert fresh.billing.reconcile().changes == ()
 
 
+def test_refunds_and_disputes_since_a_date_of_purchases_made_before_it(make_nasca, srv):
+    n = shop(make_nasca, srv)
+    sids = {u: buy(n, srv, u) for u in ("u1", "u2", "u3")}
+    n.billing.reconcile()  # the purchases are in the store
+    time.sleep(1.1)  # Stripe's times are whole seconds: what follows is after ``since``
+    since = datetime.now(UTC).replace(microsecond=0)
+    srv.refund(sids["u1"], deliver=False)  # the webhooks of these never arrive
+    srv.refund(sids["u2"], amount=250, deliver=False)
+    srv.dispute(sids["u3"], deliver=False)
+    dry = n.billing.reconcile(since, dry_run=True)
+    want = sorted([("revoked", "u1", Decimal(3)), ("revoked", "u2", Decimal("1.5")),
+                   ("revoked", "u3", Decimal(3))])
+    assert (dry.sessions, dry.refunds) == (0, 3)
+    assert sorted((c.action, c.user_id, c.spend) for c in dry.changes) == want
+    done = n.billing.reconcile(since)
+    assert sorted((c.action, c.user_id, c.spend) for c in done.changes) == want
+    assert state(n, ["u1", "u2", "u3"]) == {"u1": [("p5", 0, True)], "u2": [("p5", Decimal("1.5"), False)],
+                                            "u3": [("p5", 0, True)]}
+    assert any(r.path == "/v1/disputes" and "created" in r.params for r in srv.requests)
+    assert n.billing.reconcile(since).changes == () and n.billing.reconcile().changes == ()
+
+
+def test_a_dispute_whose_webhook_was_lost_is_reconciled(make_nasca, srv):
+    n = shop(make_nasca, srv)
+    sid = buy(n, srv, "u1")
+    srv.dispute(sid, deliver=False)
+    changes = sorted((c.action, c.spend) for c in n.billing.reconcile().changes)
+    assert changes == [("granted", Decimal(3)), ("revoked", Decimal(3))]
+    assert state(n, ["u1"]) == {"u1": [("p5", 0, True)]}
+    late = srv.complete_session(sid, deliver=False)  # the lost webhooks, once the endpoint is back
+    assert n.billing.handle_stripe_webhook(late.payload, late.signature).duplicate
+    assert state(n, ["u1"]) == {"u1": [("p5", 0, True)]}
+
+
+def test_reconcile_gives_no_tier_for_a_plan_checkout_held_for_review(make_nasca, srv):
+    n = shop(make_nasca, srv)
+    buy(n, srv, "u1", "pro", amount_total=0)  # a 100%-off coupon; no webhook arrived
+    changes = sorted((c.action, c.user_id) for c in n.billing.reconcile().changes)
+    assert changes == [("needs_review", "u1")]
+    assert n.get_usage("u1").tier == "free" and n.billing.review_orders()[0].pack == "pro"
+    assert n.billing.reconcile().changes == ()
+
+
 def wipe(n):
     """Delete every key of the Nasca's namespace (a Redis that lost its data)."""
     client = n.store.sync.client
@@ -135,9 +179,9 @@ def test_reconcile_clears_a_tier_whose_grace_period_ended_without_an_event(make_
     sid = srv.last_session_id
     done = srv.complete_session(sid, deliver=False)
     n.billing.handle_stripe_webhook(done.payload, done.signature)
-    lapsed = srv.subscription_event(sid, status="past_due", deliver=False)  # its period ended long ago
-    end = lapsed.event["data"]["object"]["items"]["data"][0]["current_period_end"]
-    assert end < lapsed.event["created"] - 8 * 86400
+    # the renewal failed 8 days ago: Stripe had moved the period on to the unpaid month
+    unpaid = int(time.time()) - 8 * 86400
+    srv.subscription_event(sid, status="past_due", period=(unpaid, unpaid + 30 * 86400), deliver=False)
     assert n.get_usage("u1").tier == "pro"  # that event never arrived
     assert n.billing.reconcile(dry_run=True).changes[0].action == "tier_cleared"
     (change,) = n.billing.reconcile().changes

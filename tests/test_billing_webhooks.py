@@ -264,7 +264,8 @@ def test_plan_checkout_then_subscription_lifecycle(make_nasca):
     assert (r.action, r.tier) == ("plan_applied", "pro") and n.get_usage("u1").tier == "pro"
     assert deliver(n, event("checkout.session.completed", s, created=1000)).duplicate
     sub = subscription("u1", namespace=n.namespace, sub_id="sub_A", customer="cus_A")
-    sub["items"]["data"][0]["current_period_end"] = 1050  # the paid period ended; a renewal failed
+    # the paid period ended at 1050 and its renewal failed: Stripe moved the period on first
+    sub["items"]["data"][0].update(current_period_start=1050, current_period_end=1050 + 30 * 86400)
     r = deliver(n, event("customer.subscription.updated", {**sub, "status": "past_due"}, created=1100))
     assert (r.action, r.tier) == ("tier_set", "pro")  # within the 7-day grace period
     grace_over = 1050 + 7 * 86400
@@ -294,7 +295,8 @@ def test_out_of_order_subscription_events_never_revive_a_plan(make_nasca):
     assert deliver(n, event("customer.subscription.updated", sub, created=2100)).action == "stale"
     # an older update arriving after a newer one is ignored
     sub2 = subscription("u1", namespace=n.namespace, sub_id="sub_C")
-    sub2["items"]["data"][0]["current_period_end"] = 1000  # unpaid, and the grace period is over
+    sub2["items"]["data"][0].update(current_period_start=1000, current_period_end=1000 + 30 * 86400)
+    # unpaid since 1000, and the grace period is over
     lapsed = 1000 + 8 * 86400
     deliver(n, event("customer.subscription.updated", {**sub2, "status": "unpaid"}, created=lapsed))
     assert deliver(n, event("customer.subscription.updated", sub2, created=lapsed - 1)).action == "stale"
@@ -304,7 +306,8 @@ def test_out_of_order_subscription_events_never_revive_a_plan(make_nasca):
 def test_two_subscriptions_the_one_started_last_wins(make_nasca):
     n = billed(make_nasca)
     old = subscription("u1", namespace=n.namespace, sub_id="sub_old", plan="pro", created=100)
-    new = subscription("u1", namespace=n.namespace, sub_id="sub_new", plan="team", created=200)
+    new = subscription("u1", namespace=n.namespace, sub_id="sub_new", plan="team", created=200,
+                       price="price_team")
     deliver(n, event("customer.subscription.created", old, created=100))
     deliver(n, event("customer.subscription.created", new, created=200))
     assert n.get_usage("u1").tier == "team"
@@ -315,8 +318,9 @@ def test_two_subscriptions_the_one_started_last_wins(make_nasca):
 
 def test_subscription_maps_customer_and_price_without_metadata(make_nasca):
     n = billed(make_nasca)
-    s = session("u9", namespace=n.namespace, plan="team", subscription="sub_T", customer="cus_T")
-    deliver(n, event("checkout.session.completed", s, created=10))
+    s = session("u9", namespace=n.namespace, plan="team", subscription="sub_T", customer="cus_T",
+                amount_total=9900)
+    assert deliver(n, event("checkout.session.completed", s, created=10)).tier == "team"
     bare = subscription(None, namespace=n.namespace, plan=None, sub_id="sub_T", customer="cus_T",
                         price="price_team")
     bare["metadata"] = {}

@@ -2,7 +2,8 @@
 a host page on one origin calls a LangChain app (ChatOpenAI against the local provider
 server, NascaCallbackHandler) that gets blocked; /nasca.js opens the upgrade page from
 another origin in an overlay; the user picks a pack; the local Stripe stand-in completes
-checkout and sends a signed webhook; the overlay reports nasca:purchased and closes; the
+checkout and sends a signed webhook; the overlay reports nasca:purchased and keeps the
+confirmation until the user closes it; the
 next call succeeds; the funnel shows each step once. Screenshots: test-artifacts/browser/.
 """
 
@@ -209,10 +210,14 @@ async def test_blocked_user_buys_credits_in_the_overlay_and_carries_on(stack: St
     delivered = stack.stripe.deliveries[-1]
     assert delivered.status == 200 and json.loads(delivered.response)["action"] == "granted"
 
-    # 4. The overlay reports nasca:purchased, shows it, and closes.
+    # 4. The overlay reports nasca:purchased and shows it until the user closes it.
     await page.wait_for_function("window.__events.includes('nasca:purchased')", timeout=15_000)
     await frame.get_by_text("You're all set.").wait_for()
     await shot(page, "06-overlay-purchased")
+    await page.wait_for_timeout(3000)  # longer than the host's closeDelay: closing is the user's call
+    assert await page.evaluate("Nasca.isOpen()")
+    await frame.get_by_text("You're all set.").wait_for()
+    await frame.get_by_role("button", name="Continue").click()
     await page.wait_for_selector("[data-nasca-overlay]", state="detached", timeout=10_000)
     assert await events(page) == ["nasca:checkout_started", "nasca:purchased", "nasca:closed"]
     await shot(page, "07-overlay-closed")

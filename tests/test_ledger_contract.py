@@ -320,7 +320,7 @@ def test_identical_results_on_every_backend(make_nasca, clock, backend):
 
 
 def test_many_holds_in_flight_are_summed_and_expire(make_nasca, clock, backend):
-    n = make_nasca(tiers={"big": Tier(monthly=1000)}, default_tier="big", hold_ttl=60)
+    n = make_nasca(tiers={"big": Tier(monthly=1000, max_in_flight=None)}, default_tier="big", hold_ttl=60)
     holds = [n.reserve("0.01", user="busy") for _ in range(600)]
     assert n.get_usage("busy").in_flight == Decimal(6)
     for r in holds[:200]:

@@ -13,7 +13,8 @@ def test_core_exports() -> None:
     assert set(nasca_core.__all__) == {
         "Charge", "CheckoutError", "ConfigurationError", "CurrencyMismatchError",
         "InvalidAmountError", "InvalidInputError",
-        "InvalidUserError", "LLMCall", "LedgerStats", "Nasca", "NascaBlockedError", "NascaError",
+        "InvalidUserError", "LLMCall", "LedgerStats", "Nasca", "NascaBlockedError", "NascaBusyError",
+        "NascaError",
         "PricingError", "Reservation", "SignatureError", "StoreError", "Tier", "UnknownModelError",
         "UnknownPackError", "UnknownPlanError",
         "UnknownTierError", "Usage", "UsageParseError", "WebhookError", "WindowUsage",

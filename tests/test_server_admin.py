@@ -404,11 +404,17 @@ async def test_set_tier_and_grant_credits_are_checked_audited_and_shown_inline(m
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
-async def test_dashboard_forms_show_their_errors_inline(make_nasca):
+async def test_dashboard_forms_show_their_errors_inline(make_nasca, caplog):
     n = billed(make_nasca)
     app = create_app(n, settings())
     async with client(app) as c:
         csrf = await signed_in(c)
+        with caplog.at_level(logging.INFO, logger="nasca.audit"):
+            r = await c.post("/admin/packs", headers=ORIGIN, data={
+                "csrf": csrf, "id": "p7", "price": "7", "spend": "6", "action": "save"})
+        assert r.status_code == 303
+        assert [rec.getMessage() for rec in caplog.records if rec.name == "nasca.audit"] == [
+            "nasca audit: pack_saved 'p7' by session from 127.0.0.1"]
         r = await c.post("/admin/packs", headers=ORIGIN, data={
             "csrf": csrf, "id": "p20", "price": "20", "spend": "lots", "name": "Big", "action": "save"})
         assert r.status_code == 400 and "Upgrade funnel" in r.text  # the dashboard itself, not an error page

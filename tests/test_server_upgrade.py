@@ -4,6 +4,7 @@ pages, the overlay script, mounting under a prefix."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from decimal import Decimal
@@ -12,6 +13,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from nasca_core import ConfigurationError, Tier
 from nasca_core.analytics import analytics_for
 from nasca_core.server import ServerSettings, UpgradeLinks, create_app
 from nasca_core.server._links import UpgradeToken, sign, verify
@@ -308,3 +310,124 @@ def test_connect_wires_an_app_process_without_the_web_app(make_nasca):
         connect(billed(make_nasca), settings(stripe_webhook_secret="whsec_another"))
     with pytest.raises(ConfigurationError):
         connect(make_nasca(), {"secret": SECRET})  # type: ignore[arg-type]
+
+
+# -- what the page says, in each state ------------------------------------------------------------
+def _why(page: str) -> str:
+    """The page's state and its lead sentence, tags stripped."""
+    m = re.search(r'id="nasca-why" data-state="(\w+)">(.*?)</p>', page, re.S)
+    assert m is not None
+    return m.group(1) + ": " + " ".join(re.sub(r"<[^>]+>", "", m.group(2)).split())
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_the_wording_follows_the_state(memory_nasca):
+    n = memory_nasca
+    app = create_app(n, settings())
+    links = app.state.links
+    r = n.reserve(Decimal("0.01"), user="wen")
+    n.settle(r, Decimal("0.03"))
+    # Bought credits, then spent past the daily allowance: the calls go on, paid by credits.
+    n.billing.grant_credits("cara", "p5", idempotency_key="cs_cara")
+    r = n.reserve(Decimal("0.01"), user="cara")
+    n.settle(r, Decimal("0.12"))
+    assert not n.get_usage("cara").blocked
+    block(n, "bo")
+    async with client(app) as c:
+        within = (await c.get(links.url("wen", "free", "p1"))).text
+        credits = (await c.get(links.url("cara", "free", "p2"))).text
+        blocked = (await c.get(links.url("bo", "free", "p3"))).text
+    assert _why(within) == ("within: You're within your allowance on the free plan. "
+                            "Credits and plans give you more room.")
+    assert "You're using your credits" in credits and "reached" not in credits
+    assert _why(credits) == ("credits: Your daily allowance on the free plan is used up, so your credits are "
+                             "paying for your AI usage until it resets. You have $2.98 of AI usage left on "
+                             "credits.")
+    # The full daily bar is the brand colour with a "credits are paying" tag, not an alarm.
+    daily = credits[credits.index('data-window="daily"'):credits.index('data-window="monthly"')]
+    assert "data-on-credits" in daily and "credits are paying" in daily and 'data-color="#635bff"' in daily
+    assert "Credit balance: <b>$4.97</b>" in credits  # paid $5 for $3; $0.02 of it spent
+    assert _why(blocked).startswith("blocked: Your daily AI allowance on the free plan is used up.")
+    assert "Buy credits or upgrade to keep going now." in blocked
+    daily = blocked[blocked.index('data-window="daily"'):blocked.index('data-window="monthly"')]
+    assert 'data-color="#d64545"' in daily and "data-on-credits" not in daily
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_support_credits_show_and_amounts_read_like_money(make_nasca, stripe_server):
+    n = billed(make_nasca, stripe_server.client(),
+               tiers={"free": Tier(daily="0.0001", monthly="0.50"), "pro": Tier(monthly=10)})
+    n.billing.grant_credits("sue", spend="2", paid="0", idempotency_key="support-981")
+    n.billing.grant_credits("pat", "p5", idempotency_key="cs_pat")
+    n.billing.grant_credits("pat", spend="1", paid="0", idempotency_key="support-982")
+    r = n.reserve(Decimal("0.00001"), user="tiny")
+    n.settle(r, Decimal("0.0000584"))
+    app = create_app(n, settings())
+    async with client(app) as c:
+        sue = (await c.get(app.state.links.url("sue", "free", "p1"))).text
+        tiny = (await c.get(app.state.links.url("tiny", "free", "p2"))).text
+        pat = (await c.get(app.state.links.url("pat", "free", "p3"))).text
+    # paid=0 credits are not worth $0 to the user: they show as free AI usage.
+    assert 'Free credits: <b id="nasca-free-credits">$2.00</b> of AI usage' in sue
+    assert "Credit balance" not in sue
+    assert ('Credit balance: <b>$5.00</b> · plus <b id="nasca-free-credits">$1.00</b> of free AI usage'
+            in " ".join(pat.split()))
+    # Sub-cent figures never reach the user with their raw digits.
+    assert "<b>&lt;$0.01</b> of &lt;$0.01" in tiny
+    assert "0.0000584" not in tiny and "0.0001" not in tiny
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_an_optional_display_unit_shows_the_allowance_in_messages(memory_nasca):
+    n = memory_nasca
+    n.billing.grant_credits("mo", spend="1", paid="0", idempotency_key="gift-1")
+    r = n.reserve(Decimal("0.01"), user="mo")
+    n.settle(r, Decimal("0.0515"))
+    app = create_app(n, settings(display_unit="messages", unit_cost="0.002"))
+    async with client(app) as c:
+        page = (await c.get(app.state.links.url("mo", "free", "p1"))).text
+    assert "<b>25 messages</b> of 50 messages" in page  # $0.0515 of $0.10 at $0.002, rounded down
+    assert "<b>500 messages</b> of 500 messages" not in page and "of 500 messages" in page  # the month
+    assert '<b id="nasca-free-credits">500 messages</b>' in page
+    assert "1,500 messages" in page and "Buy $5.00" in page  # a pack's spend in messages, its price in money
+    assert "1,000 messages a day · 5,000 messages a month" in page  # the pro plan
+    with pytest.raises(ConfigurationError, match="display_unit and unit_cost go together"):
+        settings(display_unit="messages")
+    with pytest.raises(ConfigurationError, match="unit_cost"):
+        settings(display_unit="messages", unit_cost="0")
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_nothing_on_offer_warns_at_startup_and_the_page_says_only_what_is_true(make_nasca, caplog):
+    n = make_nasca(tiers={"free": Tier(daily="0.10", monthly="1")})
+    with caplog.at_level(logging.WARNING, logger="nasca.server"):
+        app = create_app(n, settings())
+    assert "no credit packs or plans are on offer" in caplog.text
+    err = block(n, "ann")
+    async with client(app) as c:
+        page = (await c.get(err.checkout_url)).text
+    assert "You've reached your daily limit" in page and "It resets <b>in 12 h</b>" in page
+    for absent in ("Buy credits", "upgrade", "No offers", "Secure payment by Stripe", "Not now"):
+        assert absent not in page.split("<main", 1)[1].split("<script", 1)[0], absent
+    assert "data-nasca-dismiss>Close</button>" in page
+    caplog.clear()
+    priced = billed(make_nasca)  # packs and plans, but no Stripe client to sell them
+    with caplog.at_level(logging.WARNING, logger="nasca.server"):
+        app = create_app(priced, settings())
+    assert "there is no Stripe client" in caplog.text
+    async with client(app) as c:
+        page = (await c.get(block(priced, "bo").checkout_url)).text
+    assert "Buy $5.00" not in page and "Secure payment by Stripe" not in page
+
+
+def test_reader_money_rounds_the_way_people_read_money():
+    from nasca_core._display import SpendDisplay, reader_money
+
+    assert reader_money(Decimal("0.0001584")) == "<$0.01"
+    assert reader_money(Decimal("0.015")) == "$0.02"  # half up, like a till
+    assert reader_money(Decimal("0.0649")) == "$0.06" and reader_money(Decimal(0)) == "$0.00"
+    assert reader_money(Decimal("1234.5")) == "$1,234.50" and reader_money(Decimal("4.5"), "eur") == "€4.50"
+    assert reader_money(Decimal("0.001"), "chf") == "<0.01 CHF"
+    assert SpendDisplay()(Decimal("0.0001")) == "<$0.01"
+    assert SpendDisplay("messages", Decimal("0.002"))(Decimal("0.0059")) == "2 messages"
+    assert SpendDisplay("messages", Decimal("0.002"))(Decimal("-1")) == "0 messages"

@@ -18,7 +18,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nasca_core._errors import ConfigurationError, InvalidInputError, NascaBlockedError, NascaError
+from nasca_core._errors import (
+    ConfigurationError,
+    InvalidInputError,
+    NascaBlockedError,
+    NascaBusyError,
+    NascaError,
+)
 from nasca_core._identity import check_user_id
 from nasca_core._money import to_nanos
 from nasca_core.analytics._aggregate import build_report, month_totals
@@ -62,7 +68,10 @@ class Analytics:
 
     # -- listening -------------------------------------------------------------------------
     def on_block(self, err: NascaBlockedError) -> None:
-        """Record a blocked call (a block listener: failures are logged, never raised)."""
+        """Record a blocked call (a block listener: failures are logged, never raised). A busy
+        user (NascaBusyError) has not spent their allowance: no upsell, so no funnel event."""
+        if isinstance(err, NascaBusyError):
+            return
         self._soon(lambda: self._event("blocked", err.user_id, err.prompt_id, None, "usd", None))
 
     def on_billing_event(self, ev: BillingEvent) -> None:

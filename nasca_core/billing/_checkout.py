@@ -72,4 +72,6 @@ def checkout_params(item: CreditPack | Plan, metadata: dict[str, str], user_id: 
         params["payment_intent_data"] = {"metadata": dict(metadata)}
     else:
         params["subscription_data"] = {"metadata": dict(metadata)}
+        if item.trial_days:
+            params["subscription_data"]["trial_period_days"] = item.trial_days
     return params

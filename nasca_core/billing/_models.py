@@ -143,6 +143,10 @@ class CreditPack(_Frozen):
 class Plan(_Frozen):
     """A subscription that moves the user to ``tier`` while it is active, e.g.
     ``Plan(id="pro", tier="pro", price=20, interval="month", stripe_price="price_...")``.
+    With ``stripe_price`` the tier follows that price: a subscription switched to another
+    price (the Billing Portal) gets the plan of its new price, or none. ``trial_days``
+    starts subscriptions with a free trial (a $0 checkout is then the plan's, not a
+    mismatch).
 
     Raises ConfigurationError for a bad id, price, interval or currency.
     """
@@ -154,6 +158,7 @@ class Plan(_Frozen):
     stripe_price: str | None = Field(default=None, min_length=1, max_length=255)
     currency: str = "usd"
     name: str | None = Field(default=None, min_length=1, max_length=200)
+    trial_days: int = Field(default=0, ge=0, le=730)  # Stripe's trial_period_days: may start at $0
 
     @field_validator("id", mode="before")
     @classmethod
@@ -268,14 +273,19 @@ class BillingPolicy(_Frozen):
     Stripe price is not the pack's (a discount, a wrong price, $0). ``"review"`` (default)
     grants nothing and records a review order (``Billing.review_orders()``, the dashboard,
     ``nasca report``); ``"grant"`` grants the whole pack; ``"proportional"`` grants the
-    share of the pack that was paid, never more than the pack.
+    share of the pack that was paid, never more than the pack. A plan's checkout is checked
+    the same way (a 100%-off coupon, a price not the plan's; $0 is fine for a plan with
+    ``trial_days``): ``"grant"`` gives the tier, any other policy holds it for review and
+    gives no tier.
 
     ``on_partial_refund``: ``"proportional"`` (default) takes back the refunded share of
-    the lot's credits (what is left of them), ``"keep"`` keeps them, ``"revoke"`` takes
-    back all that remains.
+    the lot's credits, counting what was spent already: of a $3 lot with $1 spent, a 50%
+    refund takes $1.50 of the $2 left (the user keeps what brings used + left to $1.50),
+    never more than is left; ``"keep"`` keeps them, ``"revoke"`` takes back all that remains.
 
     ``past_due_grace_days``: a ``past_due`` or ``unpaid`` subscription keeps its tier this
-    many days after the period it paid for ended, then loses it.
+    many days after the period it paid for ended (the start of the unpaid period), then
+    loses it. No event may come when it ends: run ``nasca billing reconcile`` daily.
 
     Raises ConfigurationError.
     """
@@ -288,7 +298,8 @@ class BillingPolicy(_Frozen):
 class ReviewOrder(BaseModel):
     """A paid checkout that granted nothing because Stripe's figures did not match the offer
     (``BillingPolicy.on_amount_mismatch="review"``): grant it by hand with
-    ``grant_credits(user, pack, idempotency_key=session_id, paid=...)`` or refund it."""
+    ``grant_credits(user, pack, idempotency_key=session_id, paid=...)`` or refund it. For a
+    plan's checkout ``pack`` is the plan id: give the tier by hand (``set_user_tier``)."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -1,15 +1,16 @@
 """Reconciliation as a flow (see ``_requests``): rebuild purchases and refunds from what
 Stripe says, after a store restore or a webhook outage.
 
-Stripe is asked for every completed Checkout Session (of this namespace) and every refund
-since a date, and for every subscription, with stripe-python's auto-pagination. Each
-session is decided exactly as its ``checkout.session.completed`` webhook would be
-(``_webhook.decide``) and applied by the same steps (``_webhook_flow``); each refunded
-charge is re-fetched (its running refunded total is the truth) and applied like
-``charge.refunded``; each subscription is applied as an event stamped with Stripe's clock
-when it answered (its ``Date`` header), so it orders with the subscription's events:
-older ones stay stale, newer ones win. The lot id is the session id and revoking is
-idempotent, so a second run changes nothing.
+Stripe is asked for every completed Checkout Session (of this namespace), every refund and
+every dispute since a date (of purchases made at any time), and for every subscription,
+with stripe-python's auto-pagination. Each session is decided exactly as its
+``checkout.session.completed`` webhook would be (``_webhook.decide``) and applied by the
+same steps (``_webhook_flow``); each refunded charge is re-fetched (its running refunded
+total is the truth) and applied like ``charge.refunded``, each dispute like
+``charge.dispute.created``; each subscription is applied as an event stamped with
+Stripe's clock when it answered (its ``Date`` header), so it orders with the
+subscription's events: older ones stay stale, newer ones win. The lot id is the session
+id and revoking is idempotent, so a second run changes nothing.
 
 A dry run reads the store and says what a run would change, writing nothing.
 """
@@ -17,6 +18,7 @@ A dry run reads the store and says what a run would change, writing nothing.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +30,8 @@ from pydantic import BaseModel, ConfigDict
 from nasca_core._errors import WebhookError
 from nasca_core._money import to_usd
 from nasca_core.billing._models import BillingPolicy
-from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeCall, ask
+from nasca_core.billing._refunds import billing_key, merge_refund, plan_share, read_refunds, refund_target
+from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeOp, ask
 from nasca_core.billing._webhook import (
     Catalog,
     GrantPack,
@@ -36,16 +39,10 @@ from nasca_core.billing._webhook import (
     Review,
     SubscriptionChange,
     decide,
+    dispute_of,
     refund_of,
 )
-from nasca_core.billing._webhook_flow import (
-    apply_grant,
-    apply_refund,
-    apply_review,
-    billing_key,
-    kept_share,
-    merge_refund,
-)
+from nasca_core.billing._webhook_flow import apply_grant, apply_refund, apply_review, held
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -75,7 +72,7 @@ class ReconcileReport(BaseModel):
     dry_run: bool
     since: datetime | None
     sessions: int  # completed Checkout Sessions of this namespace that Stripe listed
-    refunds: int  # refunds of their payments
+    refunds: int  # refunds and disputes of Nasca purchases
     changes: tuple[ReconcileChange, ...]
 
     def text(self) -> str:
@@ -109,7 +106,7 @@ def reconcile_flow(*, ledger: Nasca, catalog: Callable[[ConfigSnapshot], Catalog
     params: dict[str, Any] = {"status": "complete", "limit": 100}
     if since is not None:
         params["created"] = {"gte": int(since.timestamp())}
-    listed = yield from ask(StripeCall(("checkout", "sessions"), "list", params, what="checkout sessions"))
+    listed = yield from ask(StripeOp.list_checkout_sessions(params))
     ns = ledger.namespace
     sessions = [s for s in listed if _metadata(s).get("nasca_namespace") == ns
                 and _metadata(s).get("nasca_user_id")]
@@ -138,24 +135,34 @@ def reconcile_flow(*, ledger: Nasca, catalog: Callable[[ConfigSnapshot], Catalog
                 bought[d.payment_intent] = (d.order.user_id, d.order.session_id, d.lot_granted)
             changes += (yield from _review(d, event, now_ms, ledger, emit, dry_run))
         # Plans follow their subscription's events (customer.subscription.*), not the session.
-    refund_params: dict[str, Any] = {"limit": 100}
+    # Every refund and dispute listed since ``since``, whenever its payment was made: the
+    # refund path finds the purchase by its payment intent (or remembers the refund for a
+    # purchase not seen yet, as a webhook would).
+    dated: dict[str, Any] = {"limit": 100}
     if since is not None:
-        refund_params["created"] = {"gte": int(since.timestamp())}
-    refunds = yield from ask(StripeCall(("refunds",), "list", refund_params, what="refunds"))
-    charges = sorted({str(_id(r.get("charge"))) for r in refunds if _id(r.get("charge"))
-                      and _id(r.get("payment_intent")) in bought})
-    for charge_id in charges:
-        charge = yield from ask(StripeCall(("charges",), "retrieve", {}, charge_id,
-                                           what=f"charge {charge_id}"))
+        dated["created"] = {"gte": int(since.timestamp())}
+    refunds = yield from ask(StripeOp.list_refunds(dict(dated)))
+    disputes = yield from ask(StripeOp.list_disputes(dict(dated)))
+    charges = Counter(str(_id(r.get("charge"))) for r in refunds if _id(r.get("charge"))
+                      and _id(r.get("payment_intent")))
+    found = 0  # refunds and disputes of Nasca purchases
+    for charge_id in sorted(charges):
+        charge = yield from ask(StripeOp.retrieve_charge(charge_id))
+        if charge is None:  # not missing_ok: Stripe's 404 is an error
+            continue
         d = refund_of(charge)
         if isinstance(d, Refund):
-            changes += (yield from _refund(d, charge, bought[d.payment_intent], now, now_ms, ledger, policy,
-                                           dry_run, plan))
+            hit, out = yield from _refund(d, charge, bought, now, now_ms, ledger, policy, dry_run, plan)
+            found, changes = found + hit * charges[charge_id], changes + out
+    for dispute in disputes:
+        d = dispute_of(dispute)
+        if isinstance(d, Refund):
+            hit, out = yield from _refund(d, dispute, bought, now, now_ms, ledger, policy, dry_run, plan)
+            found, changes = found + hit, changes + out
     # Subscriptions, whatever their age: Stripe's current state of each, as if an event
     # said it now. This restores plans after a store loss and clears a tier whose grace
     # period ended without an event (run it daily for that).
-    subs, stripe_now = yield from ask(StripeCall(("subscriptions",), "list_dated",
-                                                 {"status": "all", "limit": 100}, what="subscriptions"))
+    subs, stripe_now = yield from ask(StripeOp.list_subscriptions_dated({"status": "all", "limit": 100}))
     stamp = int(stripe_now or now)  # Stripe's clock: orders with the events it stamps
     for s in subs:
         if _metadata(s).get("nasca_namespace") not in (None, ns):
@@ -172,7 +179,7 @@ def reconcile_flow(*, ledger: Nasca, catalog: Callable[[ConfigSnapshot], Catalog
         if isinstance(d, SubscriptionChange):
             changes += (yield from _subscription(d, str(s.get("status")), now, now_ms, ledger, dry_run))
     return ReconcileReport(dry_run=dry_run, since=since, sessions=len(sessions),
-                           refunds=sum(1 for r in refunds if _id(r.get("payment_intent")) in bought),
+                           refunds=found,
                            changes=tuple(changes))
 
 
@@ -207,27 +214,43 @@ def _review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca, emi
                             lot_id=None, spend=Decimal(0), detail=o.reason)]
 
 
-def _refund(d: Refund, charge: Mapping[str, Any], bought: tuple[str, str, int], now: float, now_ms: int,
-            ledger: Nasca, policy: BillingPolicy, dry_run: bool,
-            plan: _Plan) -> Flow[list[ReconcileChange]]:
-    user, lot_id, granted = bought
+def _refund(d: Refund, obj: Mapping[str, Any], bought: Mapping[str, tuple[str, str, int]], now: float,
+            now_ms: int, ledger: Nasca, policy: BillingPolicy, dry_run: bool,
+            plan: _Plan) -> Flow[tuple[int, list[ReconcileChange]]]:
+    """Apply one refunded charge or dispute; answer (1 when it refunds a Nasca purchase, the changes)."""
+    of = bought.get(d.payment_intent)
+    if of is None:  # bought before ``since``: the store's index of the payment
+        raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "pi", d.payment_intent), now_ms))
+        index = json.loads(raw) if raw else None
+        of = (str(index["u"]), str(index["l"]), int(index.get("g", 0))) if index else None
+    what = f"{'dispute' if d.dispute else 'refund'} of {d.charge_id}"
     if not dry_run:
-        result = yield from apply_refund(d, _event("charge.refunded", charge, int(now)), now, now_ms, ledger,
-                                         policy)
-        if not result.revoked:
-            return []
-        return [_change("revoked", user, lot_id, None, result.revoked, f"refund of {d.charge_id}")]
+        kind = "charge.dispute.created" if d.dispute else "charge.refunded"
+        result = yield from apply_refund(d, _event(kind, obj, int(now)), now, now_ms, ledger, policy)
+        if not result.revoked or result.user_id is None or result.lot_id is None:
+            return (0 if of is None else 1), []
+        return 1, [_change("revoked", result.user_id, result.lot_id, None, result.revoked, what)]
+    if of is None:
+        return 0, []
+    user, lot_id, granted = of
     if lot_id not in plan.lots:
         lots = yield from ask(StoreOp.all_lots(ledger.user_keys(user, now)))
         plan.lots.update({lot.id: (lot.remaining, lot.revoked) for lot in lots})
     remaining, revoked = plan.lots.get(lot_id, (0, True))
-    prior = yield from ask(StoreOp.get_marker(billing_key(ledger, "rf", d.payment_intent), now_ms))
-    keep = kept_share(policy, merge_refund(json.loads(prior) if prior else None, d), granted)
-    take = remaining if keep is None else max(0, remaining - keep)
-    if take == 0 and (revoked or keep is not None):
-        return []
-    plan.lots[lot_id] = (remaining - take, keep is None)
-    return [_change("revoked", user, lot_id, take, None, f"refund of {d.charge_id}")]
+    memo, _ = yield from read_refunds(ledger, d.payment_intent, now_ms)
+    target = refund_target(policy, merge_refund(memo, d.refunded, d.amount, d.full), granted)
+    if target is None:
+        take = remaining
+    else:
+        raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "rv", lot_id), now_ms))
+        state = json.loads(raw) if raw else None
+        done = max(0, remaining - int(state["k"])) if state and state.get("k") is not None else 0
+        take, _ = plan_share(state, remaining - done, target)
+        take += done
+    if take == 0 and (revoked or target is not None):
+        return 1, []
+    plan.lots[lot_id] = (remaining - take, target is None)
+    return 1, [_change("revoked", user, lot_id, take, None, what)]
 
 
 def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, ledger: Nasca,
@@ -239,10 +262,11 @@ def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, l
         return []
     keys = ledger.user_keys(user, now)
     before = (yield from ask(StoreOp.snapshot(keys, now_ms))).stored_tier
+    change = yield from held(ledger, d.change, now_ms)
     if dry_run:  # the plan's tier when active, else none from this plan
-        after = d.change.tier if d.change.active else (None if before == d.change.tier else before)
+        after = change.tier if change.active else (None if before == change.tier else before)
     else:
-        after = (yield from ask(StoreOp.apply_subscription(keys, d.change, now_ms))).tier
+        after = (yield from ask(StoreOp.apply_subscription(keys, change, now_ms))).tier
     if after == before:
         return []
     return [ReconcileChange(action="tier_set" if after else "tier_cleared", user_id=user, session_id=None,

@@ -7,7 +7,7 @@ A flow asks with ``answer = yield from ask(request)``, which types the answer. R
     CONFIG               the ledger's live config snapshot
     StoreOp              one store operation (``StoreOp.grant(keys, lot)`` ...)
     CreateSession        a Stripe Checkout Session
-    StripeCall           one other Stripe API call: a list (every page) or a retrieve
+    StripeOp             one other Stripe API call (``StripeOp.list_refunds(params)`` ...)
 """
 
 from __future__ import annotations
@@ -50,18 +50,82 @@ class CreateSession(Request[Any]):
     params: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class StripeCall(Request[Any]):
-    """``client.v1.<service>.<method>(...)`` answered with plain dicts: ``list`` walks every
-    page (stripe-python's auto-pagination) and answers a list; ``retrieve`` and ``create``
-    answer one object. ``what`` names it in errors."""
+Objects = list[dict[str, Any]]
 
-    service: tuple[str, ...]  # ("checkout", "sessions"), ("refunds",), ("billing_portal", "sessions")
-    method: str  # "list", "list_dated" (answers the list and Stripe's Date header), "retrieve", "create"
-    params: dict[str, Any]
-    ident: str | None = None
-    what: str = "answer"
-    missing_ok: bool = False  # answer None when Stripe has no such object (404)
+
+@dataclass(frozen=True, slots=True)
+class StripeOp(Request[T]):
+    """One Stripe API call, as the sync and the async stripe-python client make it, answered
+    with plain dicts: a list walks every page (auto-pagination). ``what`` names it in
+    errors; ``missing_ok``: answer None when Stripe has no such object (404)."""
+
+    run: Callable[[Any], T]
+    arun: Callable[[Any], Awaitable[T]]
+    what: str
+    missing_ok: bool = False
+
+    @staticmethod
+    def list_checkout_sessions(params: dict[str, Any]) -> StripeOp[Objects]:
+        return StripeOp(lambda c: _every(c.v1.checkout.sessions.list(params=params)),
+                        lambda c: _aevery(c.v1.checkout.sessions.list_async(params=params)),
+                        "checkout sessions")
+
+    @staticmethod
+    def list_refunds(params: dict[str, Any]) -> StripeOp[Objects]:
+        return StripeOp(lambda c: _every(c.v1.refunds.list(params=params)),
+                        lambda c: _aevery(c.v1.refunds.list_async(params=params)), "refunds")
+
+    @staticmethod
+    def list_disputes(params: dict[str, Any]) -> StripeOp[Objects]:
+        return StripeOp(lambda c: _every(c.v1.disputes.list(params=params)),
+                        lambda c: _aevery(c.v1.disputes.list_async(params=params)), "disputes")
+
+    @staticmethod
+    def list_subscriptions_dated(params: dict[str, Any]) -> StripeOp[tuple[Objects, int | None]]:
+        """Every subscription, and Stripe's clock when it answered (its Date header)."""
+        return StripeOp(lambda c: _dated(c.v1.subscriptions.list(params=params)),
+                        lambda c: _adated(c.v1.subscriptions.list_async(params=params)), "subscriptions")
+
+    @staticmethod
+    def retrieve_checkout_session(ident: str, params: dict[str, Any]) -> StripeOp[dict[str, Any] | None]:
+        return StripeOp(lambda c: c.v1.checkout.sessions.retrieve(ident, params=params).to_dict(),
+                        lambda c: _adict(c.v1.checkout.sessions.retrieve_async(ident, params=params)),
+                        f"checkout session {ident}", missing_ok=True)
+
+    @staticmethod
+    def retrieve_charge(ident: str, missing_ok: bool = False) -> StripeOp[dict[str, Any] | None]:
+        return StripeOp(lambda c: c.v1.charges.retrieve(ident).to_dict(),
+                        lambda c: _adict(c.v1.charges.retrieve_async(ident)), f"charge {ident}",
+                        missing_ok=missing_ok)
+
+    @staticmethod
+    def create_portal_session(params: dict[str, Any]) -> StripeOp[dict[str, Any]]:
+        return StripeOp(lambda c: c.v1.billing_portal.sessions.create(params=params).to_dict(),
+                        lambda c: _adict(c.v1.billing_portal.sessions.create_async(params=params)),
+                        "Billing Portal session")
+
+
+def _every(page: Any) -> Objects:
+    return [o.to_dict() for o in page.auto_paging_iter()]
+
+
+async def _aevery(pending: Awaitable[Any]) -> Objects:
+    page = await pending
+    return [o.to_dict() async for o in page.auto_paging_iter()]
+
+
+def _dated(page: Any) -> tuple[Objects, int | None]:
+    return _every(page), _date(page)
+
+
+async def _adated(pending: Awaitable[Any]) -> tuple[Objects, int | None]:
+    page = await pending
+    return [o.to_dict() async for o in page.auto_paging_iter()], _date(page)
+
+
+async def _adict(pending: Awaitable[Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = (await pending).to_dict()
+    return answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +186,7 @@ def drive(flow: Flow[T], ledger: Nasca, stripe: Any) -> T:
                     raise
             elif isinstance(request, CreateSession):
                 answer = _create_session(stripe, request.params)
-            elif isinstance(request, StripeCall):
+            elif isinstance(request, StripeOp):
                 answer = _stripe_call(stripe, request)
             else:  # CONFIG
                 answer = ledger.live.current()
@@ -146,7 +210,7 @@ async def adrive(flow: Flow[T], ledger: Nasca, stripe: Any) -> T:
                     raise
             elif isinstance(request, CreateSession):
                 answer = await _acreate_session(stripe, request.params)
-            elif isinstance(request, StripeCall):
+            elif isinstance(request, StripeOp):
                 answer = await _astripe_call(stripe, request)
             else:  # CONFIG
                 answer = await ledger.live.acurrent()
@@ -180,27 +244,19 @@ def _checkout_error(exc: Any) -> CheckoutError:
                          request_id=getattr(exc, "request_id", None))
 
 
-def _service(stripe_client: Any, call: StripeCall) -> Any:
+def _client(stripe_client: Any, call: StripeOp[Any]) -> Any:
     if stripe_client is None:
         raise ConfigurationError(f"Stripe's {call.what} needs Nasca(stripe=StripeClient(...) "
                                  "or StripeConfig(...))")
-    service = stripe_client.v1
-    for name in call.service:
-        service = getattr(service, name)
-    return service
+    return stripe_client
 
 
-def _stripe_call(stripe_client: Any, call: StripeCall) -> Any:
+def _stripe_call(stripe_client: Any, call: StripeOp[Any]) -> Any:
     import stripe
 
-    service = _service(stripe_client, call)
+    client = _client(stripe_client, call)
     try:
-        if call.method in ("list", "list_dated"):
-            page = service.list(params=call.params)
-            items = [o.to_dict() for o in page.auto_paging_iter()]
-            return (items, _date(page)) if call.method == "list_dated" else items
-        args = () if call.ident is None else (call.ident,)
-        return getattr(service, call.method)(*args, params=call.params).to_dict()
+        return call.run(client)
     except stripe.InvalidRequestError as exc:
         if call.missing_ok and getattr(exc, "http_status", None) == 404:
             return None
@@ -209,17 +265,12 @@ def _stripe_call(stripe_client: Any, call: StripeCall) -> Any:
         raise _stripe_error(exc, call) from exc
 
 
-async def _astripe_call(stripe_client: Any, call: StripeCall) -> Any:
+async def _astripe_call(stripe_client: Any, call: StripeOp[Any]) -> Any:
     import stripe
 
-    service = _service(stripe_client, call)
+    client = _client(stripe_client, call)
     try:
-        if call.method in ("list", "list_dated"):
-            page = await service.list_async(params=call.params)
-            items = [o.to_dict() async for o in page.auto_paging_iter()]
-            return (items, _date(page)) if call.method == "list_dated" else items
-        args = () if call.ident is None else (call.ident,)
-        return (await getattr(service, f"{call.method}_async")(*args, params=call.params)).to_dict()
+        return await call.arun(client)
     except stripe.InvalidRequestError as exc:
         if call.missing_ok and getattr(exc, "http_status", None) == 404:
             return None
@@ -240,7 +291,7 @@ def _date(page: Any) -> int | None:
         return None
 
 
-def _stripe_error(exc: Any, call: StripeCall) -> CheckoutError:
+def _stripe_error(exc: Any, call: StripeOp[Any]) -> CheckoutError:
     return CheckoutError(f"Stripe did not give the {call.what}: {exc}",
                          http_status=getattr(exc, "http_status", None), code=getattr(exc, "code", None),
                          request_id=getattr(exc, "request_id", None))

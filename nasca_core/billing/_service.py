@@ -40,7 +40,7 @@ from nasca_core.billing._models import (
     WebhookResult,
 )
 from nasca_core.billing._reconcile import ReconcileReport, reconcile_flow, since_of
-from nasca_core.billing._requests import CONFIG, CreateSession, Flow, StoreOp, StripeCall, adrive, ask, drive
+from nasca_core.billing._requests import CONFIG, CreateSession, Flow, StoreOp, StripeOp, adrive, ask, drive
 from nasca_core.billing._webhook_flow import webhook_flow
 
 if TYPE_CHECKING:
@@ -390,9 +390,7 @@ class Billing:
         customer = yield from ask(StoreOp.get_marker(key, int(self._ledger.now() * 1000)))
         if customer is None:
             return None
-        session = yield from ask(StripeCall(("billing_portal", "sessions"), "create",
-                                            {"customer": customer, "return_url": back},
-                                            what="billing portal session"))
+        session = yield from ask(StripeOp.create_portal_session({"customer": customer, "return_url": back}))
         url = session.get("url") if isinstance(session, dict) else None
         if not isinstance(url, str):
             raise CheckoutError("Stripe answered without a billing portal URL")

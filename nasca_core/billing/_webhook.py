@@ -23,11 +23,14 @@ from nasca_core._errors import (
 from nasca_core._identity import check_user_id
 from nasca_core._money import MAX_OP_NANOS, to_nanos
 from nasca_core.billing._models import BillingPolicy, CreditPack, Plan, ReviewOrder, from_minor
+from nasca_core.billing._plan_checks import id_of, plan_by_price, plan_mismatch, plan_of, unpaid_since
 from nasca_core.stores import Lot, SubChange
 
 # A subscription keeps its plan's tier while it is paid for; a payment that failed
 # (past_due while Stripe retries, then unpaid) keeps it for the policy's grace period after
-# the paid period ended; incomplete, paused and canceled subscriptions do not. One with
+# the paid period ended, i.e. from the start of the unpaid one (Stripe advances the period
+# when it creates the renewal invoice, before the payment fails); incomplete, paused and
+# canceled subscriptions do not. One with
 # cancel_at_period_end stays active until Stripe deletes it at the period's end.
 ACTIVE_STATUSES = frozenset({"active", "trialing"})
 GRACE_STATUSES = frozenset({"past_due", "unpaid"})
@@ -110,6 +113,7 @@ class Review:
     lot_granted: int  # the pack's spend, for the refund index (a hand grant may follow)
     payment_intent: str | None
     customer: str | None
+    plan_change: SubChange | None = None  # a plan's checkout: its subscription gives no tier
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class ApplyPlan:
     customer: str | None
     prompt_id: str | None
     currency: str = "usd"
+    mismatch: str | None = None  # why Stripe's figures differ from the plan's (policy "grant")
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ def decide(event: Mapping[str, Any], namespace: str, catalog: Catalog, now_ms: i
         if kind in REFUND_EVENTS:
             return refund_of(obj)
         if kind in DISPUTE_EVENTS:
-            return _dispute(obj)
+            return dispute_of(obj)
     except WebhookError:
         raise
     except NascaError as exc:  # an unknown pack, a currency mismatch, a bad user id...
@@ -220,7 +225,7 @@ def _session(event: Mapping[str, Any], s: Mapping[str, Any], namespace: str, cat
     if s.get("payment_status") not in PAID_STATUSES:
         return AwaitPayment(user, str(session_id))
     prompt_id = md.get("nasca_prompt_id") or None
-    customer = _id_of(s.get("customer"))
+    customer = id_of(s.get("customer"))
     mode = s.get("mode")
     if mode == "payment":
         if not md.get("nasca_pack"):
@@ -240,14 +245,25 @@ def _session(event: Mapping[str, Any], s: Mapping[str, Any], namespace: str, cat
         if plan is None:
             raise UnknownPlanError(str(md.get("nasca_plan")), catalog.plans)
         _check_tier(plan, catalog)
-        sub_id = _id_of(s.get("subscription"))
+        sub_id = id_of(s.get("subscription"))
         if not sub_id:
             raise WebhookError(f"subscription checkout {session_id} has no subscription id")
         created = int(event["created"])
+        currency = str(s.get("currency") or "").lower()
+        total = _minor(s.get("amount_total"), currency or plan.currency)
+        why = plan_mismatch(s, plan, currency)
+        if why is not None and catalog.policy.on_amount_mismatch != "grant":
+            # Nothing the owner did not price: the tier waits for review (a 100%-off coupon,
+            # a price that is not the plan's), and the subscription's events keep off it.
+            change = SubChange(sub_id, created, str(event["id"]), False, plan.tier, created, False)
+            order = ReviewOrder(session_id=str(session_id), user_id=user, pack=plan.id, reason=why,
+                                paid=total or Decimal(0), currency=currency or plan.currency,
+                                expected=plan.price, expected_currency=plan.currency,
+                                at=datetime.fromtimestamp(created, UTC))
+            return Review(order, 0, None, customer, change)
         change = SubChange(sub_id, created, str(event["id"]), True, plan.tier, created, False)
-        currency = str(s.get("currency") or plan.currency).lower()
-        total = _minor(s.get("amount_total"), currency)
-        return ApplyPlan(user, plan, change, str(session_id), total, customer, prompt_id, currency)
+        return ApplyPlan(user, plan, change, str(session_id), total, customer, prompt_id,
+                         currency or plan.currency, why)
     return Ignore(f"checkout mode {mode!r} grants nothing", user)
 
 
@@ -260,30 +276,22 @@ def _subscription(event: Mapping[str, Any], sub: Mapping[str, Any], namespace: s
     sub_id = sub.get("id")
     if not _nonempty(sub_id):
         raise WebhookError("the subscription has no id")
-    plan = _plan_of(sub, md, catalog)
-    if plan is None:
+    found = plan_of(sub, md, catalog.plans)
+    if found is None:
         return Ignore("no Nasca plan names this subscription or its prices")
+    plan, priced = found
     user = check_user_id(md["nasca_user_id"]) if md.get("nasca_user_id") else None
     deleted = event["type"] == "customer.subscription.deleted"
     status = sub.get("status")
-    active = not deleted and (status in ACTIVE_STATUSES or (
+    active = priced and not deleted and (status in ACTIVE_STATUSES or (
         status in GRACE_STATUSES
-        and int(event["created"]) < period_end(sub) + catalog.policy.past_due_grace_days * 86_400))
+        and int(event["created"]) < unpaid_since(sub) + catalog.policy.past_due_grace_days * 86_400))
     if active:
         _check_tier(plan, catalog)
     started = _int(sub.get("created")) or _int(sub.get("start_date")) or int(event["created"])
     change = SubChange(str(sub_id), int(event["created"]), str(event["id"]), active, plan.tier,
                        started, deleted)
-    return SubscriptionChange(user, _id_of(sub.get("customer")), change)
-
-
-def period_end(sub: Mapping[str, Any]) -> int:
-    """When the period the subscription paid for ends (epoch s): on its items since API
-    version 2025-03-31, on the subscription before."""
-    items = sub.get("items")
-    data = items.get("data") if isinstance(items, dict) else None
-    ends = [_int(i.get("current_period_end")) for i in data or () if isinstance(i, dict)]
-    return max([*ends, _int(sub.get("current_period_end"))])
+    return SubscriptionChange(user, id_of(sub.get("customer")), change)
 
 
 def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decision:
@@ -291,7 +299,7 @@ def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decisi
     parent = inv.get("parent")
     details = _mapping(parent.get("subscription_details") if isinstance(parent, dict) else None) \
         or _mapping(inv.get("subscription_details"))
-    sub_id = _id_of(details.get("subscription")) or _id_of(inv.get("subscription"))
+    sub_id = id_of(details.get("subscription")) or id_of(inv.get("subscription"))
     if not sub_id:
         return Ignore("not a subscription invoice")
     md = _mapping(details.get("metadata"))
@@ -300,11 +308,11 @@ def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decisi
         return Ignore(f"for namespace {ns!r}, not {namespace!r}")
     if inv.get("billing_reason") == "subscription_create":
         return Ignore("the first invoice of a subscription is counted with its checkout")
+    lines = inv.get("lines")
+    prices = {_line_price(li) for li in (lines.get("data") if isinstance(lines, dict) else None) or ()}
     plan = catalog.plans.get(str(md.get("nasca_plan"))) if md.get("nasca_plan") else None
-    if plan is None:
-        lines = inv.get("lines")
-        prices = {_line_price(li) for li in (lines.get("data") if isinstance(lines, dict) else None) or ()}
-        plan = next((p for p in catalog.plans.values() if p.stripe_price and p.stripe_price in prices), None)
+    if plan is None or (plan.stripe_price and plan.stripe_price not in prices):
+        plan = plan_by_price(catalog.plans, prices)  # the price charged, over metadata a price change kept
     user = check_user_id(md["nasca_user_id"]) if md.get("nasca_user_id") else None
     if user is None and plan is None:
         return Ignore("not a Nasca subscription (no metadata, no plan's price)")
@@ -312,7 +320,7 @@ def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decisi
     amount = _minor(inv.get("amount_paid"), currency or "usd")
     if amount is None or not _nonempty(inv.get("id")):
         raise WebhookError("the paid invoice has no id or no integer amount_paid")
-    return Renewal(user, _id_of(inv.get("customer")), str(inv["id"]), sub_id, amount, currency, plan)
+    return Renewal(user, id_of(inv.get("customer")), str(inv["id"]), sub_id, amount, currency, plan)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -324,24 +332,7 @@ def _line_price(line: Any) -> str | None:
         return None
     pricing = line.get("pricing")
     details = pricing.get("price_details") if isinstance(pricing, dict) else None
-    return _id_of(details.get("price")) if isinstance(details, dict) else _id_of(line.get("price"))
-
-
-def _plan_of(sub: Mapping[str, Any], md: Mapping[str, Any], catalog: Catalog) -> Plan | None:
-    if md.get("nasca_plan"):
-        plan = catalog.plans.get(str(md["nasca_plan"]))
-        if plan is None:
-            raise UnknownPlanError(str(md["nasca_plan"]), catalog.plans)
-        return plan
-    items = sub.get("items")
-    data = items.get("data") if isinstance(items, dict) else None
-    prices = {_id_of(i.get("price")) for i in data or () if isinstance(i, dict)}
-    for plan in catalog.plans.values():
-        if plan.stripe_price and plan.stripe_price in prices:
-            return plan
-    if md.get("nasca_user_id"):
-        raise WebhookError("a Nasca subscription without nasca_plan metadata or a known price")
-    return None
+    return id_of(details.get("price")) if isinstance(details, dict) else id_of(line.get("price"))
 
 
 def _pack_purchase(event: Mapping[str, Any], s: Mapping[str, Any], user: str, session_id: str,
@@ -352,7 +343,7 @@ def _pack_purchase(event: Mapping[str, Any], s: Mapping[str, Any], user: str, se
     total, currency = _paid(s, pack)
     why = _mismatch(s, pack, total, currency)
     spend = to_nanos(pack.spend)
-    pi = _id_of(s.get("payment_intent"))
+    pi = id_of(s.get("payment_intent"))
     if why is not None:
         mode = policy.on_amount_mismatch
         if mode == "proportional" and currency == pack.currency and total > 0:
@@ -383,7 +374,7 @@ def _mismatch(s: Mapping[str, Any], pack: CreditPack, total: int, currency: str)
     items = s.get("line_items")
     data = items.get("data") if isinstance(items, dict) else None
     if pack.stripe_price and isinstance(data, list) and data:  # only when Stripe expanded them
-        prices = {_id_of(i.get("price")) for i in data if isinstance(i, dict)}
+        prices = {id_of(i.get("price")) for i in data if isinstance(i, dict)}
         if prices != {pack.stripe_price}:
             return f"line items {sorted(p or '?' for p in prices)} are not the pack's {pack.stripe_price}"
     return None
@@ -393,20 +384,21 @@ def refund_of(charge: Mapping[str, Any]) -> Decision:
     """What a refunded charge (or a refund object) asks for."""
     if charge.get("object") == "refund":  # charge.refund.updated carries the refund
         return Ignore("refund updates change nothing: charge.refunded carries the refunded total")
-    pi = _id_of(charge.get("payment_intent"))
+    pi = id_of(charge.get("payment_intent"))
     if not pi:
         return Ignore("the refunded charge has no payment intent")
     amount, refunded = _int(charge.get("amount")), _int(charge.get("amount_refunded"))
     full = charge.get("refunded") is True or (amount > 0 and refunded >= amount)
-    return Refund(pi, full, _id_of(charge.get("id")), refunded, amount)
+    return Refund(pi, full, id_of(charge.get("id")), refunded, amount)
 
 
-def _dispute(dispute: Mapping[str, Any]) -> Decision:
-    pi = _id_of(dispute.get("payment_intent"))
+def dispute_of(dispute: Mapping[str, Any]) -> Decision:
+    """What a dispute asks for: the whole charge back, until it is won."""
+    pi = id_of(dispute.get("payment_intent"))
     if not pi:
         return Ignore("the disputed charge has no payment intent")
     amount = _int(dispute.get("amount"))
-    return Refund(pi, True, _id_of(dispute.get("charge")), amount, amount, dispute=True)
+    return Refund(pi, True, id_of(dispute.get("charge")), amount, amount, dispute=True)
 
 
 def _check_tier(plan: Plan, catalog: Catalog) -> None:
@@ -436,13 +428,6 @@ def _minor(value: Any, currency: str) -> Decimal | None:
     if to_nanos(amount) > MAX_OP_NANOS:
         raise WebhookError(f"amount_total {value} is above the ledger's maximum per lot")
     return amount
-
-
-def _id_of(value: Any) -> str | None:
-    """An id field that may be expanded into its object."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if _nonempty(value) else None
 
 
 def _nonempty(value: Any) -> bool:

@@ -3,17 +3,19 @@
 
 What billing keeps beside the ledger, as store markers under ``<namespace>:billing:``:
 ``evt:<event id>`` the result of each handled event, ``pi:<payment intent>`` the lot it
-bought (for refunds), ``rf:<payment intent>`` what was refunded or disputed (so a refund
-that arrives before its purchase is applied when the purchase arrives), ``cus:<customer>``
-the user, ``portal:<user>`` the customer whose subscription the Billing Portal manages,
-``once:<session id>`` that a plan's purchase was reported, ``inv:<invoice id>`` that a
-renewal was counted, ``review:<session id>`` and ``reviews`` the orders held for review.
+bought (for refunds), ``rf:<payment intent>:<n>`` and ``rv:<lot id>`` what was refunded or
+disputed and what that took back (``_refunds``: a refund that arrives before its purchase
+is applied when the purchase arrives), ``cus:<customer>`` the user, ``portal:<user>`` the
+customer whose subscription the Billing Portal manages, ``once:<session id>`` that a
+plan's purchase was reported, ``inv:<invoice id>`` that a renewal was counted,
+``review:<session id>`` and ``reviews`` the orders held for review.
 
 Order independence: a purchase writes its ``pi:`` index, grants, then reads ``rf:``; a
-refund writes ``rf:``, then reads ``pi:``. Each writes before it reads what the other
+refund appends to ``rf:``, then reads ``pi:``. Each writes before it reads what the other
 writes, so whichever runs second sees the first, and revoking is idempotent (a full
-revoke empties the lot; a partial one caps what it keeps at the unrefunded share of its
-credits), so every order and every replay ends in the same state.
+revoke empties the lot; a partial one takes the refunded share of the lot's credits once
+per refunded total, see ``_refunds``), so every order and every replay ends in the same
+state.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nasca_core._errors import UnknownPackError, UnknownPlanError, WebhookError
 from nasca_core._money import to_usd
 from nasca_core.billing._models import BillingPolicy, WebhookAction, WebhookResult
-from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeCall, ask
+from nasca_core.billing._refunds import (
+    INDEX_TTL_MS,
+    billing_key,
+    read_refunds,
+    refund_target,
+    remember_refund,
+    revoke_share,
+)
+from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeOp, ask
 from nasca_core.billing._webhook import (
     SESSION_EVENTS,
     ApplyPlan,
@@ -42,6 +53,7 @@ from nasca_core.billing._webhook import (
     decide,
     verify_and_parse,
 )
+from nasca_core.stores import SubChange
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -51,7 +63,6 @@ log = logging.getLogger("nasca")
 
 DAY_MS = 86_400_000
 EVENT_TTL_MS = 30 * DAY_MS  # Stripe retries for 3 days and can resend an event for 30
-INDEX_TTL_MS = 400 * DAY_MS  # refunds come months after the payment
 MAX_REVIEWS = 200  # the dashboard's list of orders held for review
 
 Emit = Callable[..., None]
@@ -92,14 +103,12 @@ def _fresh(event: dict[str, Any], namespace: str) -> Flow[dict[str, Any]]:
     obj = event["data"]["object"]
     kind = event["type"]
     md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    call = None
+    call: StripeOp[dict[str, Any] | None] | None = None
     if kind in SESSION_EVENTS and md.get("nasca_user_id") and md.get("nasca_namespace") in (None, namespace):
         # line_items expanded: the price the session charged is checked against the pack's
-        call = StripeCall(("checkout", "sessions"), "retrieve", {"expand": ["line_items"]},
-                          str(obj.get("id")), what=f"checkout session {obj.get('id')}", missing_ok=True)
+        call = StripeOp.retrieve_checkout_session(str(obj.get("id")), {"expand": ["line_items"]})
     elif kind == "charge.refunded" and obj.get("object") == "charge":
-        call = StripeCall(("charges",), "retrieve", {}, str(obj.get("id")), what=f"charge {obj.get('id')}",
-                          missing_ok=True)
+        call = StripeOp.retrieve_charge(str(obj.get("id")), missing_ok=True)
     if call is None:
         return event
     fresh = yield from ask(call)
@@ -120,6 +129,8 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
     if isinstance(d, Review):
         return (yield from apply_review(d, event, now_ms, ledger, emit))
     if isinstance(d, ApplyPlan):
+        if d.mismatch:
+            log.warning("nasca: session %s gave tier %s although %s", d.session_id, d.plan.tier, d.mismatch)
         if d.customer:
             yield from _remember_customer(ledger, d.user_id, d.customer, now_ms, subscriber=True)
         applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(d.user_id, now), d.change,
@@ -137,8 +148,9 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
             user = yield from ask(StoreOp.get_marker(billing_key(ledger, "cus", d.customer), now_ms))
         if user is None:
             return _result(event, "ignored", detail="no nasca_user_id metadata and an unknown customer")
-        applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(user, now), d.change, now_ms))
-        if d.customer and d.change.active:
+        change = yield from held(ledger, d.change, now_ms)
+        applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(user, now), change, now_ms))
+        if d.customer and change.active:
             yield from _remember_customer(ledger, user, d.customer, now_ms, subscriber=True)
         action: WebhookAction = ("stale" if applied.status == 0
                                  else "tier_set" if applied.tier else "tier_cleared")
@@ -147,6 +159,14 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
         return (yield from apply_renewal(d, event, now_ms, ledger, emit))
     assert isinstance(d, Refund)
     return (yield from apply_refund(d, event, now, now_ms, ledger, policy))
+
+
+def held(ledger: Nasca, change: SubChange, now_ms: int) -> Flow[SubChange]:
+    """The change, giving no tier when the subscription's checkout is held for review."""
+    if change.active and (yield from ask(StoreOp.get_marker(billing_key(ledger, "subrev", change.sub_id),
+                                                              now_ms))):
+        return replace(change, active=False)
+    return change
 
 
 def apply_renewal(d: Renewal, event: Mapping[str, Any], now_ms: int, ledger: Nasca,
@@ -190,13 +210,13 @@ def apply_grant(d: GrantPack, event: Mapping[str, Any], now: float, now_ms: int,
                         to_usd(d.lot.granted), d.mismatch)
         emit("purchase_completed", d.user_id, session_id=d.lot.id, pack=d.pack.id, amount=d.amount,
              currency=d.currency, spend=to_usd(d.lot.granted), prompt_id=d.prompt_id, lot_id=d.lot.id)
-    refund = None
+    memo = None
     if d.payment_intent:  # a refund or dispute that arrived first was remembered
-        refund = yield from ask(StoreOp.get_marker(billing_key(ledger, "rf", d.payment_intent), now_ms))
-    if refund is not None:
-        keep = kept_share(policy, json.loads(refund), d.lot.granted)
-        if keep != d.lot.granted:
-            taken = yield from ask(StoreOp.revoke(keys, d.lot.id, keep))
+        memo, _ = yield from read_refunds(ledger, d.payment_intent, now_ms)
+    if memo is not None:
+        target = refund_target(policy, memo, d.lot.granted)
+        if target != 0:
+            taken = yield from revoke_share(ledger, keys, d.lot.id, target, now_ms)
             return _result(event, "revoked", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
                            revoked=to_usd(taken),
                            detail=f"refunded before this event: granted and revoked ${to_usd(taken)} at once")
@@ -213,6 +233,11 @@ def apply_review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca
         yield from ask(StoreOp.put_marker(pi, index, INDEX_TTL_MS, now_ms))
     if d.customer:
         yield from ask(StoreOp.put_marker(billing_key(ledger, "cus", d.customer), o.user_id, None, now_ms))
+    if d.plan_change is not None:  # before the tier is cleared, so a later event can't give it back
+        sub = d.plan_change.sub_id
+        yield from ask(StoreOp.put_marker(billing_key(ledger, "subrev", sub), o.session_id, None, now_ms))
+        yield from ask(StoreOp.apply_subscription(ledger.user_keys(o.user_id, now_ms / 1000), d.plan_change,
+                                                  now_ms))
     review = billing_key(ledger, "review", o.session_id)
     first = yield from ask(StoreOp.claim_marker(review, INDEX_TTL_MS, now_ms))
     if first:
@@ -232,10 +257,7 @@ def apply_review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca
 
 def apply_refund(d: Refund, event: Mapping[str, Any], now: float, now_ms: int, ledger: Nasca,
             policy: BillingPolicy) -> Flow[WebhookResult]:
-    rf_key = billing_key(ledger, "rf", d.payment_intent)
-    prior = yield from ask(StoreOp.get_marker(rf_key, now_ms))
-    memo = merge_refund(json.loads(prior) if prior else None, d)
-    yield from ask(StoreOp.put_marker(rf_key, json.dumps(memo), INDEX_TTL_MS, now_ms))
+    memo = yield from remember_refund(ledger, d.payment_intent, d.refunded, d.amount, d.full, now_ms)
     raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "pi", d.payment_intent), now_ms))
     what = "dispute" if d.dispute else "refund"
     if raw is None:
@@ -250,39 +272,14 @@ def apply_refund(d: Refund, event: Mapping[str, Any], now: float, now_ms: int, l
     else:  # an index written before it kept the lot's size
         lots = yield from ask(StoreOp.all_lots(keys))
         granted = next((lot.granted for lot in lots if lot.id == lot_id), 0)
-    keep = kept_share(policy, memo, granted)
-    if keep is not None and keep >= granted:
+    target = refund_target(policy, memo, granted)
+    if target == 0:
         log.info("nasca: partial refund of %s: the credits of lot %s are kept", d.charge_id, lot_id)
         return _result(event, "ignored", user_id=user, lot_id=lot_id,
                        detail="partial refund: the credits are kept (on_partial_refund='keep')")
-    taken = yield from ask(StoreOp.revoke(keys, lot_id, keep))
+    taken = yield from revoke_share(ledger, keys, lot_id, target, now_ms)
     return _result(event, "revoked", user_id=user, lot_id=lot_id, revoked=to_usd(taken),
                    detail=f"{what}: revoked ${to_usd(taken)} of AI spend")
-
-
-def merge_refund(prior: Mapping[str, Any] | None, d: Refund) -> dict[str, Any]:
-    """What is known refunded of one payment: refund events carry running totals and may
-    arrive out of order, so keep the largest."""
-    prior = prior or {}
-    return {"r": max(int(prior.get("r", 0)), d.refunded), "a": max(int(prior.get("a", 0)), d.amount),
-            "f": bool(prior.get("f")) or d.full}
-
-
-def kept_share(policy: BillingPolicy, memo: Mapping[str, Any], granted: int) -> int | None:
-    """What a lot of ``granted`` nanos may keep after the refunds in ``memo``: None = nothing
-    (revoke it), else a cap on what remains: the unrefunded share, rounded down."""
-    if memo.get("f") or policy.on_partial_refund == "revoke":
-        return None
-    amount = int(memo.get("a", 0))
-    if amount <= 0:
-        return None
-    if policy.on_partial_refund == "keep":
-        return granted
-    return granted * (amount - min(int(memo.get("r", 0)), amount)) // amount
-
-
-def billing_key(ledger: Nasca, kind: str, ident: str) -> str:
-    return f"{ledger.namespace}:billing:{kind}:{ident}"
 
 
 def _result(event: Mapping[str, Any], action: WebhookAction, **fields: Any) -> WebhookResult:

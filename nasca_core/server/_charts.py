@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from html import escape
+from typing import Any
 
 from nasca_core._display import money
-from nasca_core.analytics import Funnel, MonthTotals, UserMonth
+from nasca_core.analytics import Funnel, UserMonth
 
 _BLUE, _GREEN, _RED, _GREY, _INK = "#635bff", "#1a9e5f", "#d64545", "#e6e8ef", "#30313d"
 
@@ -40,26 +42,46 @@ def funnel_svg(f: Funnel) -> str:
     return _svg(width + 70, len(steps) * row + 8, "".join(parts), "Conversion funnel")
 
 
-def trend_svg(months: list[MonthTotals]) -> str:
-    """Revenue per month (bars) with the orders count above each bar."""
-    top = max([m.revenue_usd for m in months] + [Decimal(1)])
-    width, height, base = 460, 200, 170
+def economics_svg(months: Sequence[Mapping[str, Any]]) -> str:
+    """Revenue (green) beside AI cost (red) per month, the profit under each pair. Each row
+    has ``month``, ``revenue``, ``ai_cost``, ``profit`` (USD Decimals)."""
+    top = max([m["revenue"] for m in months] + [m["ai_cost"] for m in months] + [Decimal("0.01")])
+    width, height, base = 460, 214, 164
     slot = width / max(len(months), 1)
+    bar = slot * 0.32
     parts = [f'<line x1="0" y1="{base}" x2="{width}" y2="{base}" stroke="{_GREY}"/>']
     for i, m in enumerate(months):
-        h = float(m.revenue_usd / top) * (base - 30)
-        x = i * slot + slot * 0.2
+        x = i * slot + slot * 0.14
+        for j, (key, color) in enumerate((("revenue", _GREEN), ("ai_cost", _RED))):
+            h = float(m[key] / top) * (base - 24)
+            bx = x + j * (bar + 2)
+            parts.append(
+                f'<rect x="{bx:.1f}" y="{base - h:.1f}" width="{bar:.1f}" height="{max(h, 1):.1f}" rx="3" '
+                f'fill="{color}" data-month="{escape(str(m["month"]))}" '
+                f'data-{key.replace("_", "-")}="{m[key]}">'
+                f'<title>{escape(str(m["month"]))} {"revenue" if key == "revenue" else "AI cost"} '
+                f'{escape(money(m[key]))}</title></rect>'
+                f'<text x="{bx + bar / 2:.1f}" y="{base - h - 5:.1f}" font-size="10" text-anchor="middle" '
+                f'fill="{_INK}">{escape(_short_money(m[key]))}</text>')
+        cx = x + bar + 1
+        profit = m["profit"]
+        shown = money(profit) if profit >= 0 else "-" + money(-profit)
         parts.append(
-            f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{slot * 0.6:.1f}" height="{max(h, 1):.1f}" '
-            f'rx="3" fill="{_GREEN}"/>'
-            f'<text x="{x + slot * 0.3:.1f}" y="{base - h - 6:.1f}" font-size="12" text-anchor="middle" '
-            f'fill="{_INK}">{escape(money(m.revenue_usd))}</text>'
-            f'<text x="{x + slot * 0.3:.1f}" y="{base - h - 20:.1f}" font-size="11" text-anchor="middle" '
-            f'fill="#6b7085">{m.orders} orders</text>'
-            f'<text x="{x + slot * 0.3:.1f}" y="{base + 18}" font-size="12" text-anchor="middle" '
-            f'fill="{_INK}">{escape(m.month)}</text>'
-        )
-    return _svg(width, height, "".join(parts), "Revenue and orders per month")
+            f'<text x="{cx:.1f}" y="{base + 16}" font-size="12" text-anchor="middle" fill="{_INK}">'
+            f'{escape(str(m["month"]))}</text>'
+            f'<text x="{cx:.1f}" y="{base + 32}" font-size="11" text-anchor="middle" '
+            f'fill="{_GREEN if profit >= 0 else _RED}">{escape(shown)}</text>')
+    parts.append(f'<rect x="0" y="{height - 10}" width="10" height="8" fill="{_GREEN}"/>'
+                 f'<text x="14" y="{height - 2}" font-size="11" fill="{_INK}">revenue</text>'
+                 f'<rect x="70" y="{height - 10}" width="10" height="8" fill="{_RED}"/>'
+                 f'<text x="84" y="{height - 2}" font-size="11" fill="{_INK}">AI cost</text>'
+                 f'<text x="140" y="{height - 2}" font-size="11" fill="#6b7085">'
+                 'profit under each month</text>')
+    return _svg(width, height, "".join(parts), "Revenue against AI cost per month")
+
+
+def _short_money(value: Decimal) -> str:
+    return f"${value:,.0f}" if value >= 100 else money(value)
 
 
 def profit_svg(users: list[UserMonth]) -> str:
@@ -86,12 +108,14 @@ def profit_svg(users: list[UserMonth]) -> str:
     return _svg(width, len(users) * row + 8, "".join(parts), "Profit per user")
 
 
-def usage_bar_svg(percent: float) -> str:
-    """A usage bar for the upgrade page (percent may exceed 100)."""
+def usage_bar_svg(percent: float, credits_pay: bool = False) -> str:
+    """A usage bar for the upgrade page (percent may exceed 100). A full window whose
+    overflow credits pay for is the brand colour, not an alarm: the calls go on."""
     shown = max(0.0, min(100.0, percent))
-    color = _RED if percent >= 100 else "#e8a33d" if percent >= 80 else _GREEN
+    color = ((_BLUE if credits_pay else _RED) if percent >= 100
+             else "#e8a33d" if percent >= 80 else _GREEN)
     return (f'<svg class="bar" viewBox="0 0 100 8" preserveAspectRatio="none" width="100%" height="10" '
             f'aria-hidden="true" xmlns="http://www.w3.org/2000/svg">'
             f'<rect x="0" y="0" width="100" height="8" rx="4" fill="{_GREY}"/>'
             f'<rect x="0" y="0" width="{shown:.1f}" height="8" rx="4" fill="{color}" '
-            f'data-percent="{percent:.1f}"/></svg>')
+            f'data-percent="{percent:.1f}" data-color="{color}"/></svg>')

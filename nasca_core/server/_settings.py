@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nasca_core._config import first_error
-from nasca_core._errors import ConfigurationError
+from nasca_core._display import SpendDisplay
+from nasca_core._errors import ConfigurationError, InvalidAmountError
+from nasca_core._money import parse_amount
 
 AuthHook = Callable[[Any], bool | Awaitable[bool]]
 MIN_SECRET = 16
@@ -65,6 +76,9 @@ class ServerSettings(BaseModel):
     - ``success_url``/``cancel_url``: where Stripe Checkout returns (default: this app's
       own success and cancel pages); ``return_url``: the "back to the app" link.
     - ``link_ttl``: seconds an upgrade link stays valid.
+    - ``display_unit`` and ``unit_cost``: show end users their AI allowance in units
+      ("messages") of ``unit_cost`` dollars each instead of dollars (both or neither);
+      prices stay in money.
 
     Raises ConfigurationError.
     """
@@ -84,6 +98,8 @@ class ServerSettings(BaseModel):
     link_ttl: int = Field(default=86_400, ge=60, le=30 * 86_400)
     app_name: str = Field(default="AI assistant", min_length=1, max_length=80)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    display_unit: str | None = Field(default=None, min_length=1, max_length=24)
+    unit_cost: Decimal | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -130,6 +146,28 @@ class ServerSettings(BaseModel):
                 raise ValueError(f"allowed_origins entries are origins (scheme://host[:port]), got {item!r}")
             out.append(origin_of(item))
         return tuple(out)
+
+    @field_validator("unit_cost", mode="before")
+    @classmethod
+    def _unit_cost(cls, value: Any) -> Decimal | None:
+        if value is None:
+            return None
+        try:
+            cost = parse_amount(value, what="unit_cost", allow_zero=False)
+        except InvalidAmountError as exc:
+            raise ValueError(str(exc)) from None
+        return cost
+
+    @model_validator(mode="after")
+    def _unit_pair(self) -> ServerSettings:
+        if (self.display_unit is None) != (self.unit_cost is None):
+            raise ValueError("display_unit and unit_cost go together: give both or neither")
+        return self
+
+    @property
+    def spend_display(self) -> SpendDisplay:
+        """How the upgrade page shows AI spend (dollars, or ``display_unit``)."""
+        return SpendDisplay(self.display_unit, self.unit_cost)
 
     @property
     def secrets(self) -> tuple[bytes, ...]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from markupsafe import Markup
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from nasca_core._display import SpendDisplay, reader_money
 from nasca_core._errors import (
     ConfigurationError,
     InvalidInputError,
@@ -23,7 +26,7 @@ from nasca_core._errors import (
 )
 from nasca_core._usage import Usage
 from nasca_core.analytics import EventKind
-from nasca_core.billing import CheckoutError, UnknownPackError, UnknownPlanError
+from nasca_core.billing import CheckoutError, CreditLot, UnknownPackError, UnknownPlanError
 from nasca_core.server._charts import usage_bar_svg
 from nasca_core.server._context import Context, offer_order, price
 from nasca_core.server._links import UpgradeToken, verify
@@ -33,6 +36,7 @@ from nasca_core.server._settings import origin_of
 log = logging.getLogger("nasca.server")
 
 _WINDOW_LABEL = {"daily": "Today", "weekly": "This week", "monthly": "This month"}
+_WINDOW_NOUN = {"daily": "daily", "weekly": "weekly", "monthly": "monthly"}
 _INTERVAL = {"day": "day", "week": "week", "month": "month", "year": "year"}
 
 
@@ -53,6 +57,21 @@ def _in(delta: float) -> str:
 class UpgradeRoutes:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._warn_if_nothing_on_offer()
+
+    def _warn_if_nothing_on_offer(self) -> None:
+        # At startup, so the owner learns it from the log rather than from a user.
+        billing = self.ctx.nasca.billing
+        try:
+            offers = bool(billing.packs) or bool(billing.plans)
+        except NascaError:  # the store is down: the live config is read again per page
+            return
+        if not offers:
+            log.warning("nasca: no credit packs or plans are on offer: the upgrade page shows "
+                        "usage and reset times only")
+        elif billing.stripe is None:
+            log.warning("nasca: packs or plans are configured but there is no Stripe client: "
+                        "the upgrade page offers nothing to buy")
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -126,9 +145,6 @@ class UpgradeRoutes:
         except (StoreError, ConfigurationError):
             log.exception("nasca: upgrade page could not read the ledger")
             return self._unavailable(request)
-        # The config was just read (aget_usage), so packs and plans need no store trip.
-        packs = sorted(self.ctx.nasca.billing.packs.values(), key=offer_order)
-        plans = sorted(self.ctx.nasca.billing.plans.values(), key=offer_order)
         if not _is_prefetch(request):
             await self._record("prompt_shown", tok)
         parent = self._parent(request)
@@ -141,25 +157,49 @@ class UpgradeRoutes:
             "returnUrl": self.ctx.settings.return_url,
         }
         return self.ctx.page(request, "upgrade.html", {
-            "usage": usage, "windows": self._windows(usage), "block": self._block(usage),
-            "credits": price(usage.credit_balance_display, usage.credit_currency)
-            if usage.credit_balance_display else None,
+            **self.view(usage, lots), "urls": urls, "config": config, "embedded": parent is not None,
+        }, frameable=True)
+
+    def view(self, usage: Usage, lots: Sequence[CreditLot]) -> dict[str, Any]:
+        """What the page shows: the state (within the allowance, on credits, blocked), the
+        windows, both kinds of credits, and what is on offer (nothing without Stripe)."""
+        spend = self.ctx.settings.spend_display
+        billing = self.ctx.nasca.billing
+        # The config was just read (aget_usage), so packs and plans need no store trip.
+        on_sale = billing.stripe is not None
+        packs = sorted(billing.packs.values(), key=offer_order) if on_sale else []
+        plans = sorted(billing.plans.values(), key=offer_order) if on_sale else []
+        free = sum((lot.remaining for lot in lots if not lot.paid and lot.remaining > 0
+                    and not lot.revoked and not lot.expired), Decimal(0))
+        credits_left = usage.credit_balance > 0
+        over = [w.window for w in usage.windows if w.percent >= 100]
+        state = "blocked" if usage.blocked else "credits" if over and credits_left else "within"
+        return {
+            "usage": usage, "state": state, "block": self._block(usage),
+            "windows": self._windows(usage, credits_left, spend),
+            "over": _WINDOW_NOUN[over[0]] if over else None,
+            "credits": reader_money(usage.credit_balance_display, usage.credit_currency)
+            if usage.credit_balance_display > 0 else None,
+            "free_credits": spend(free) if free > 0 else None,
+            "credit_spend": spend(usage.credit_balance),
             "packs": [{"id": p.id, "label": p.label, "price": price(p.price, p.currency),
-                       "spend": price(p.spend, "usd"), "bonus": p.is_bonus,
+                       "spend": spend(p.spend), "bonus": p.is_bonus,
                        "expires": p.expires_in_days} for p in packs],
             "plans": [{"id": p.id, "label": p.label, "price": price(p.price, p.currency),
                        "interval": _INTERVAL[p.interval], "tier": p.tier,
-                       "limits": self._tier_limits(p.tier), "current": p.tier == usage.tier}
+                       "limits": self._tier_limits(p.tier, spend), "current": p.tier == usage.tier}
                       for p in plans],
-            "urls": urls, "config": config, "embedded": parent is not None,
+            "unit": spend.unit,
             # A subscriber manages or cancels in Stripe's Billing Portal.
-            "portal": self.ctx.nasca.billing.stripe is not None and any(p.tier == usage.tier for p in plans),
-        }, frameable=True)
+            "portal": on_sale and any(p.tier == usage.tier for p in plans),
+        }
 
-    def _windows(self, usage: Usage) -> list[dict[str, Any]]:
+    def _windows(self, usage: Usage, credits_left: bool, spend: SpendDisplay) -> list[dict[str, Any]]:
         now = self.ctx.now()
-        return [{"label": _WINDOW_LABEL[w.window], "window": w.window, "spent": w.spent, "limit": w.limit,
-                 "percent": w.percent, "bar": Markup(usage_bar_svg(w.percent)),
+        return [{"label": _WINDOW_LABEL[w.window], "window": w.window, "spent": spend(w.spent),
+                 "limit": spend(w.limit), "percent": w.percent,
+                 "on_credits": w.percent >= 100 and credits_left and w.covered_by_credits,
+                 "bar": Markup(usage_bar_svg(w.percent, credits_left and w.covered_by_credits)),
                  "resets": f"{w.resets_at:%b %d, %H:%M %Z}", "resets_in": _in(w.resets_at.timestamp() - now),
                  "hard": not w.covered_by_credits}
                 for w in usage.windows]
@@ -169,18 +209,18 @@ class UpgradeRoutes:
             return None
         w = usage.blocked_window
         resets = getattr(usage, f"{w}_resets_at")
-        label = {"daily": "daily", "weekly": "weekly", "monthly": "monthly"}[w]
-        return {"window": w, "label": label, "hard": w in usage.hard_windows,
+        return {"window": w, "label": _WINDOW_NOUN[w], "hard": w in usage.hard_windows,
                 "resets": f"{resets:%b %d at %H:%M %Z}",
                 "resets_in": _in(resets.timestamp() - self.ctx.now())}
 
-    def _tier_limits(self, tier: str) -> str:
+    def _tier_limits(self, tier: str, spend: SpendDisplay) -> str:
         t = self.ctx.nasca.live.current().tiers.get(tier)
         if t is None:
             return ""
-        parts = [f"{price(v, 'usd')} {label}" for label, v in
+        parts = [f"{spend(v)} {label}" for label, v in
                  (("a day", t.daily), ("a week", t.weekly), ("a month", t.monthly)) if v is not None]
-        return " · ".join(parts) + " of AI usage" if parts else "Unlimited AI usage"
+        tail = "" if spend.unit else " of AI usage"
+        return " · ".join(parts) + tail if parts else "Unlimited AI usage"
 
     # -- checkout ----------------------------------------------------------------------------
     async def checkout(self, request: Request) -> Response:
@@ -254,7 +294,7 @@ class UpgradeRoutes:
         session = request.query_params.get("session_id")
         return self.ctx.json({
             "lots": len(lots), "tier": usage.tier, "blocked": usage.blocked,
-            "credits": price(usage.credit_balance_display, usage.credit_currency),
+            "credits": reader_money(usage.credit_balance_display, usage.credit_currency),
             "session_paid": bool(session) and any(lot.id == session for lot in lots),
         })
 

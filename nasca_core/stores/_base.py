@@ -91,12 +91,15 @@ class ReserveOp:
     tier: str
     tiers_json: str
     config_version: int
-    tier_compiled: tuple[int, ...] = ()  # limits d, w, m (-1 = none) then hard flags d, w, m
+    tier_compiled: tuple[int, ...] = ()  # limits d, w, m (-1 = none), hard flags d, w, m, cap (-1 = none)
+    # This process's deferred settles of the user: (how many, their holds, their costs). The
+    # reserve counts them at their cost, not as holds in flight (``_policy.own_view``).
+    owed: tuple[int, int, int] = (0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
-    status: int  # 1 admitted, 0 blocked, -1 the caller's config is stale
+    status: int  # 1 admitted, 0 blocked, 2 busy (the tier's in-flight cap), -1 the caller's config is stale
     tier: str
     window: int  # blocking window 1..3 (daily, weekly, monthly), 0 = none
     spent: tuple[int, int, int]
@@ -201,7 +204,8 @@ class SubscriptionResult:
 
 
 # -- analytics --------------------------------------------------------------------------
-EventKind = Literal["blocked", "prompt_shown", "checkout_started", "purchase_completed", "dismissed"]
+EventKind = Literal["blocked", "prompt_shown", "checkout_started", "purchase_completed", "dismissed",
+                    "tier_set", "credits_granted"]  # the last two: the dashboard's audit trail
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 

@@ -68,7 +68,7 @@ def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[An
         keys.append(config_keys(k.namespace)[1])
     args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
             1 if op.strict else 0, op.tier, op.tiers_json,
-            op.config_version if check_version else "", *op.tier_compiled]
+            op.config_version if check_version else "", *op.tier_compiled, *op.owed]
     return keys, args
 
 

@@ -122,14 +122,15 @@ class MemoryStore:
 
     def _resolve(
         self, keys: UserKeys, tier: str, compiled: tuple[int, ...], tiers_json: str
-    ) -> tuple[str, Any, Any]:
+    ) -> tuple[str, Any, Any, int]:
         meta = self._data.get(keys.meta)
         stored = meta.get("tier") if meta else None
         if stored is not None and stored != tier:
             tiers = _decode_tiers(tiers_json)
             if stored in tiers:
-                return stored, tiers[stored]["l"], tiers[stored]["h"]
-        return tier, compiled[:3], compiled[3:]
+                t = tiers[stored]
+                return stored, t["l"], t["h"], t.get("f", -1)
+        return tier, compiled[:3], compiled[3:6], compiled[6] if len(compiled) > 6 else -1
 
     # -- the contract ------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
@@ -137,13 +138,15 @@ class MemoryStore:
             if op.config_version != self._config_version.get(op.keys.namespace, 0):
                 return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
             self._sweep(op.now_ms)
-            name, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
+            name, limits, hard, cap = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             holds = self._holds(op.keys.holds, op.now_ms)
-            held = holds.total if holds else 0
-            spent = self._spent(op.keys, op.now_ms)
+            spent, held, in_flight = _policy.own_view(self._spent(op.keys, op.now_ms), holds.total if holds
+                                                      else 0, len(holds.live) if holds else 0, op.owed)
             member = f"{op.hold_id}:{op.estimate}"
             if holds and member in holds.live:  # a retried reserve holds once
                 return ReserveResult(1, name, 0, spent, held, -1)
+            if _policy.over_cap(in_flight, cap):
+                return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
             blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
             if blocked >= 0 and not hard[blocked]:
@@ -163,7 +166,7 @@ class MemoryStore:
             if op.hold_id in settled:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             self._drop_hold(op.keys.holds, f"{op.hold_id}:{op.estimate}")
-            _, limits, hard = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
+            _, limits, hard, _ = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             keys, now_ms, ttls = op.keys, op.now_ms, op.ttls_ms
             day, week = self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0
             month = self._get(keys.month, now_ms)

@@ -102,14 +102,15 @@ class SqliteStore:
         return self._tiers[1]
 
     def _resolve(self, c: sqlite3.Connection, keys: UserKeys, tier: str, compiled: Sequence[int],
-                 tiers_json: str) -> tuple[str, Sequence[int], Sequence[int]]:
+                 tiers_json: str) -> tuple[str, Sequence[int], Sequence[int], int]:
         row = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
         stored = row[0] if row else None
         if stored is not None and stored != tier:
             tiers = self._decode_tiers(tiers_json)
             if stored in tiers:
-                return stored, tiers[stored]["l"], tiers[stored]["h"]
-        return tier, compiled[:3], compiled[3:]
+                t = tiers[stored]
+                return stored, t["l"], t["h"], t.get("f", -1)
+        return tier, compiled[:3], compiled[3:6], compiled[6] if len(compiled) > 6 else -1
 
     @staticmethod
     def _spent(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> tuple[int, int, int]:
@@ -120,9 +121,10 @@ class SqliteStore:
         return (d[0] if d else 0, w[0] if w else 0, m[0] if m else 0)
 
     @staticmethod
-    def _held(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> int:
-        return int(c.execute("SELECT COALESCE(SUM(amount), 0) FROM hold WHERE user = ? AND expires > ?",
-                             (keys.meta, now_ms)).fetchone()[0])
+    def _held(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> tuple[int, int]:
+        total, count = c.execute("SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM hold WHERE user = ? "
+                                 "AND expires > ?", (keys.meta, now_ms)).fetchone()
+        return int(total), int(count)
 
     @staticmethod
     def _live_lots(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> list[Lot]:
@@ -139,14 +141,16 @@ class SqliteStore:
                                 (keys.namespace,)).fetchone()
             if op.config_version != (version[0] if version else 0):
                 return _STALE
-            name, limits, hard = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
+            name, limits, hard, cap = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
             # Expired holds are not counted, and the sweep deletes them (a per-user delete would
             # scan the user's rows on every call).
-            held = self._held(c, keys, now)
-            spent = self._spent(c, keys, now)
+            held, in_flight = self._held(c, keys, now)
+            spent, held, in_flight = _policy.own_view(self._spent(c, keys, now), held, in_flight, op.owed)
             if c.execute("SELECT 1 FROM hold WHERE user = ? AND member = ? AND expires > ?",
                          (keys.meta, member, now)).fetchone():
                 return ReserveResult(1, name, 0, spent, held, -1)  # a retried reserve holds once
+            if _policy.over_cap(in_flight, cap):
+                return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
             blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
             if blocked >= 0 and not hard[blocked]:
@@ -166,7 +170,7 @@ class SqliteStore:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             c.execute("DELETE FROM hold WHERE user = ? AND member = ?",
                       (keys.meta, f"{op.hold_id}:{op.estimate}"))
-            _, limits, hard = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
+            _, limits, hard, _ = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
             spent = self._spent(c, keys, now)
             tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
             if op.cost > tier_part:
@@ -204,7 +208,7 @@ class SqliteStore:
             meta = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
             month = c.execute("SELECT c, k, n, ti, tout FROM month WHERE key = ? AND expires > ?",
                               (keys.month, now_ms)).fetchone() or (0, 0, 0, 0, 0)
-            return Snapshot(meta[0] if meta else None, self._held(c, keys, now_ms),
+            return Snapshot(meta[0] if meta else None, self._held(c, keys, now_ms)[0],
                             self._spent(c, keys, now_ms), month[0], month[1], month[2],
                             tuple(self._live_lots(c, keys, now_ms)), month[3], month[4])
 

@@ -139,3 +139,21 @@ def paid_invoice(sub: Mapping[str, Any], amount: int, billing_reason: str, perio
                status_transitions={"finalized_at": now, "marked_uncollectible_at": None, "paid_at": now,
                                    "voided_at": None})
     return inv
+
+
+def dispute_object(charge: Mapping[str, Any], reason: str, status: str) -> dict[str, Any]:
+    """A ``dispute`` of a whole charge, in the shape of Stripe's API reference (Disputes)."""
+    now = int(time.time())
+    return {
+        "id": new_id("dp"), "object": "dispute", "amount": int(charge["amount"]), "balance_transactions": [],
+        "charge": charge["id"], "created": now, "currency": charge["currency"],
+        "enhanced_eligibility_types": [], "evidence": {"customer_name": None, "product_description": None,
+                                                      "uncategorized_text": None},
+        "evidence_details": {"due_by": now + 7 * 86_400, "enhanced_eligibility": {}, "has_evidence": False,
+                             "past_due": False, "submission_count": 0},
+        "is_charge_refundable": False, "livemode": False, "metadata": {},
+        "payment_intent": charge.get("payment_intent"),
+        "payment_method_details": {"type": "card", "card": {"brand": "visa", "case_type": "chargeback",
+                                                            "network_reason_code": "10.4"}},
+        "reason": reason, "status": status,
+    }

@@ -32,7 +32,14 @@ from nasca_core.testing._stripe_events import (
     signed_event,
 )
 from nasca_core.testing._stripe_http import Handler, StripeRequest
-from nasca_core.testing._stripe_lists import line_items, list_page, paid_invoice, portal_session, wants
+from nasca_core.testing._stripe_lists import (
+    dispute_object,
+    line_items,
+    list_page,
+    paid_invoice,
+    portal_session,
+    wants,
+)
 
 if TYPE_CHECKING:
     from stripe import StripeClient
@@ -46,7 +53,7 @@ class StripeServer:
     a context manager, or ``start()``/``stop()``.
 
     It serves ``POST/GET /v1/checkout/sessions`` (create, list, retrieve with
-    ``expand[]=line_items``, ``/line_items``), ``GET /v1/refunds``, ``/v1/charges/<id>``,
+    ``expand[]=line_items``, ``/line_items``), ``GET /v1/refunds``, ``/v1/disputes``, ``/v1/charges/<id>``,
     ``/v1/subscriptions/<id>``, ``/v1/invoices`` and ``POST /v1/billing_portal/sessions``;
     lists paginate as Stripe's do (newest first, ``starting_after``), at most ``max_page``
     objects a page. ``api_key`` makes it answer 401 to any other key; ``add_price``
@@ -73,6 +80,7 @@ class StripeServer:
         self._sessions: dict[str, SessionState] = {}
         self._charges: dict[str, dict[str, Any]] = {}  # by payment intent
         self._refunds: list[dict[str, Any]] = []
+        self._disputes: list[dict[str, Any]] = []
         self._invoices: list[dict[str, Any]] = []
         self.portal_sessions: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -226,13 +234,15 @@ class StripeServer:
         *,
         status: str | None = None,
         cancel_at_period_end: bool | None = None,
+        period: tuple[int, int] | None = None,
         created: int | None = None,
         deliver: bool | None = None,
         url: str | None = None,
     ) -> SignedEvent:
         """A signed ``customer.subscription.*`` event for a completed subscription session
         (``...deleted`` sets the status to canceled; ``cancel_at_period_end`` schedules the
-        end at the current period's end, as the customer portal does)."""
+        end at the current period's end, as the customer portal does; ``period`` sets the
+        current period's start and end, epoch s)."""
         with self._lock:
             sub = self._sessions[session_id].subscription
             if sub is None:
@@ -242,6 +252,8 @@ class StripeServer:
                 sub.update(status="canceled", canceled_at=now, ended_at=now)
             elif status is not None:
                 sub["status"] = status
+            if period is not None:
+                sub["items"]["data"][0].update(current_period_start=period[0], current_period_end=period[1])
             if cancel_at_period_end is not None:
                 end = sub["items"]["data"][0].get("current_period_end")
                 sub.update(
@@ -296,6 +308,16 @@ class StripeServer:
             }
             obj = copy.deepcopy(charge)
         return self._maybe_deliver(signed_event("charge.refunded", obj, self.webhook_secret), deliver, url)
+
+    def dispute(self, session_id: str, *, deliver: bool | None = None, url: str | None = None) -> SignedEvent:
+        """A bank disputes a paid session's charge: a signed ``charge.dispute.created``."""
+        with self._lock:
+            charge = self._charge(self._sessions[session_id].session)
+            dispute = dispute_object(charge, "fraudulent", "needs_response")
+            self._disputes.append(dispute)
+            charge["disputed"] = True
+            signed = signed_event("charge.dispute.created", copy.deepcopy(dispute), self.webhook_secret)
+        return self._maybe_deliver(signed, deliver, url)
 
     def _charge(self, s: dict[str, Any]) -> dict[str, Any]:
         pi = str(s["payment_intent"])
@@ -366,7 +388,9 @@ class StripeServer:
             unit_amount_decimal=str(item["unit_amount"]),
         )
         price["recurring"]["interval"] = item["interval"] or "month"
-        sub["items"]["data"][0].update(id=new_id("si"), subscription=sub_id, created=now)
+        period = _INTERVAL_S.get(str(price["recurring"]["interval"]), 30 * 86_400)
+        sub["items"]["data"][0].update(id=new_id("si"), subscription=sub_id, created=now,
+                                       current_period_start=now, current_period_end=now + period)
         sub["items"]["url"] = f"/v1/subscription_items?subscription={sub_id}"
         sub.update(
             id=sub_id,
@@ -423,6 +447,8 @@ class StripeServer:
             return list_page(sessions, params, path, filters, self.max_page)
         if path == "/v1/refunds":
             return list_page(self._refunds, params, path, ("charge", "payment_intent"), self.max_page)
+        if path == "/v1/disputes":
+            return list_page(self._disputes, params, path, ("charge", "payment_intent"), self.max_page)
         if path == "/v1/invoices":
             return list_page(self._invoices, params, path, ("customer", "status"), self.max_page)
         if path == "/v1/subscriptions":  # like Stripe: canceled ones only with status=all

@@ -4,7 +4,8 @@
  *   Nasca.open(err.checkout_url, { onEvent: function (type, detail) { ... } });
  *
  * Events (to onEvent, and as CustomEvents on window): "nasca:checkout_started",
- * "nasca:purchased" (the overlay then closes itself, closeOnPurchase: false keeps it),
+ * "nasca:purchased" (the confirmation stays until the user closes it; closeOnPurchase: true
+ * closes it after closeDelay ms),
  * "nasca:dismissed", "nasca:closed". Nasca.close() closes it from your code.
  * Messages are accepted only from the overlay's iframe and from this script's origin;
  * the page inside posts only to your origin, and only if the server allows it.
@@ -89,7 +90,9 @@
     if (data.type === "nasca:dismissed") { close("dismissed"); }
     if (data.type === "nasca:purchased") {
       c.purchased = true;
-      if (c.options.closeOnPurchase !== false) {
+      // The confirmation stays until the user dismisses it ("Continue"): closing on a
+      // timer took it away before it could be read. closeOnPurchase: true restores that.
+      if (c.options.closeOnPurchase === true) {
         var delay = c.options.closeDelay == null ? 1500 : c.options.closeDelay;
         setTimeout(function () { if (current === c) { close("purchased"); } }, delay);
       }

@@ -75,14 +75,19 @@ end
 
 local function resolve_tier(meta, requested, cfg_json, base)
   -- A tier stored for the user (set_user_tier, a subscription) beats the caller's. The
-  -- caller's tier comes pre-compiled in ARGV[base .. base+5] (limits d, w, m; hard d, w, m),
+  -- caller's tier comes pre-compiled in ARGV[base .. base+6] (limits d, w, m; hard d, w, m;
+  -- in-flight cap, -1 = none),
   -- so the tiers JSON is decoded only for users with a stored tier.
   local name = redis.call('HGET', meta, 'tier')
   if name and name ~= requested then
     local cfg = cjson.decode(cfg_json)
-    if cfg[name] then return name, cfg[name] end
+    if cfg[name] then
+      cfg[name].f = cfg[name].f or -1
+      return name, cfg[name]
+    end
   end
   local a = tonumber
   return requested, {l = {a(ARGV[base]), a(ARGV[base + 1]), a(ARGV[base + 2])},
-                     h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])}}
+                     h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])},
+                     f = a(ARGV[base + 6] or '-1')}
 end

@@ -4,9 +4,11 @@
 -- ARGV: 1 now ms, 2 hold member "<id>:<estimate>", 3 estimate nanos, 4 hold expiry ms,
 --       5 strict 0|1, 6 requested tier, 7 tiers JSON {name: {l: [d,w,m], h: [d,w,m]}},
 --       8 config version the caller holds ('' = don't check),
---       9..14 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
+--       9..15 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
+--       in-flight cap (-1 = none), 16..18 this process's deferred settles of the user: count,
+--       their holds' nanos, their costs' nanos (counted as spend, not as holds in flight)
 -- Safe to run twice: a hold id already held is admitted again without holding twice.
--- Returns {status (1 admitted, 0 blocked, -1 stale config), tier, blocking window (0 = none),
+-- Returns {status (1 admitted, 0 blocked, 2 busy: the in-flight cap, -1 stale config), tier, blocking window (0 = none),
 --          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
 if KEYS[8] and ARGV[8] ~= '' and (redis.call('GET', KEYS[8]) or '0') ~= ARGV[8] then
   return {-1, '', 0, 0, 0, 0, 0, -1}
@@ -17,8 +19,17 @@ local strict = ARGV[5] == '1'
 local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9)
 local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
+local owed_n, owed_held, owed_cost = tonumber(ARGV[16] or '0'), tonumber(ARGV[17] or '0'), tonumber(ARGV[18] or '0')
+if owed_n > 0 then  -- as _policy.own_view
+  for i = 1, 3 do spent[i] = spent[i] + owed_cost end
+  held = math.max(held - owed_held, 0)
+end
 -- The same hold id reserved again (a client retry after a lost reply) holds once.
 if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return {1, name, 0, spent[1], spent[2], spent[3], held, -1} end
+-- The in-flight cap: held_total has just purged the expired holds, so ZCARD counts live ones.
+if tier.f >= 0 and redis.call('ZCARD', KEYS[2]) - owed_n >= tier.f then
+  return {2, name, 0, spent[1], spent[2], spent[3], held, -1}
+end
 local extra = strict and est or 0
 local deficit, worst = nil, 0
 for i = 3, 1, -1 do

@@ -5,7 +5,8 @@
 -- ARGV: 1 now ms, 2 hold id, 3 hold estimate nanos, 4 real cost nanos, 5 requested tier,
 --       6 tiers JSON, 7 day TTL ms, 8 week TTL ms, 9 month TTL ms, 10 settled-marker expiry ms,
 --       11 input tokens, 12 output tokens (counted on the month hash for reports),
---       13..18 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m
+--       13..19 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
+--       in-flight cap (unused here)
 -- Returns {status (1 applied, 2 already settled), tier-funded nanos (cost - credit-funded), credit-funded nanos,
 --          spent d, spent w, spent m}
 -- A hold that expired (or never reached the store) is still charged: spend is never dropped.
