@@ -17,6 +17,7 @@ import pytest
 
 from nasca_core import ConfigurationError, Nasca, NascaBlockedError, StoreError, Tier
 from nasca_core.stores import UserKeys
+from nasca_core.stores._sqlite_schema import connect
 from nasca_core.stores.sqlite import SqliteStore
 
 COST = Decimal("0.07")
@@ -170,3 +171,16 @@ def test_expired_rows_are_swept_without_a_cron(tmp_path, monkeypatch):
     # users' old day counters are gone.
     assert days <= 6
     n.close()
+
+
+def test_a_file_locked_by_another_process_is_a_store_error_not_a_config_error(tmp_path) -> None:
+    path = str(tmp_path / "locked.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write on a brand-new file
+    try:
+        with pytest.raises(StoreError, match="busy"):
+            connect(path, 0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    connect(path, 0.05).close()  # and once it lets go, the store opens

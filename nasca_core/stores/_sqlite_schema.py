@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from nasca_core._errors import ConfigurationError
+from nasca_core._errors import ConfigurationError, StoreError
 
 LAYOUT_VERSION = 1  # PRAGMA user_version of a store this release writes
 
@@ -88,6 +88,10 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
             conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {LAYOUT_VERSION}; COMMIT;")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            # Another process holds the file right now: a store fault (a settle is deferred,
+            # not lost), not a bad configuration.
+            raise StoreError(f"SQLite store {path!r} busy: {exc}") from None
         raise ConfigurationError(f"Can't open the SQLite store {path!r}: {exc}") from None
     if version not in (0, LAYOUT_VERSION):
         conn.close()
