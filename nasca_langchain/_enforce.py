@@ -58,6 +58,12 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         self.nasca = nasca
         self.exit_behavior = exit_behavior
 
+    def _end_turn(self, err: NascaBlockedError) -> AIMessage:
+        """The upgrade prompt that ends the turn under "end"; under "error", the block itself."""
+        if self.exit_behavior == "end":
+            return upgrade_reply(err)
+        raise err
+
     def wrap_model_call(
         self,
         request: ModelRequest[Any],
@@ -66,9 +72,7 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         try:
             call = self.nasca.start_call(**_call_spec(request))
         except NascaBlockedError as err:
-            if self.exit_behavior == "end":
-                return upgrade_reply(err)
-            raise
+            return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
             response = handler(request)
@@ -91,9 +95,7 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         try:
             call = await self.nasca.astart_call(**_call_spec(request))
         except NascaBlockedError as err:
-            if self.exit_behavior == "end":
-                return upgrade_reply(err)
-            raise
+            return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
             response = await handler(request)

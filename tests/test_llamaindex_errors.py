@@ -6,7 +6,8 @@ more), so a Nasca error that was a ValueError came back as an empty answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -82,13 +83,14 @@ FAULTS: dict[str, tuple[Callable[[Nasca], Any], type[NascaError]]] = {
 
 def run(fault: str, nasca: Nasca, action: Callable[[], Any]) -> None:
     setup, expected = FAULTS[fault]
-    scope = setup(nasca)
-    with pytest.raises(expected):
-        if scope is None:
-            action()
-        else:
-            with scope:
-                action()
+    with pytest.raises(expected), setup(nasca) or contextlib.nullcontext():
+        action()
+
+
+async def arun(fault: str, nasca: Nasca, action: Callable[[], Awaitable[Any]]) -> None:
+    setup, expected = FAULTS[fault]
+    with pytest.raises(expected), setup(nasca) or contextlib.nullcontext():
+        await action()
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -107,14 +109,7 @@ async def test_async_query_engines(index: VectorStoreIndex, llm: OpenAI, srv: Pr
                                    mode: str, fault: str) -> None:
     nasca = guarded(llm)
     engine = index.as_query_engine(llm=llm, response_mode=mode)
-    setup, expected = FAULTS[fault]
-    scope = setup(nasca)
-    with pytest.raises(expected):
-        if scope is None:
-            await engine.aquery("Which colour is the sky?")
-        else:
-            with scope:
-                await engine.aquery("Which colour is the sky?")
+    await arun(fault, nasca, lambda: engine.aquery("Which colour is the sky?"))
     assert srv.request_count == 0
 
 
@@ -140,14 +135,7 @@ async def test_agents(llm: OpenAI, srv: ProviderServer, kind: str, fault: str) -
     nasca = guarded(llm)
     tools = [FunctionTool.from_defaults(add)]
     agent = FunctionAgent(tools=tools, llm=llm) if kind == "function" else ReActAgent(tools=tools, llm=llm)
-    setup, expected = FAULTS[fault]
-    scope = setup(nasca)
-    with pytest.raises(expected):
-        if scope is None:
-            await agent.run("What is 2 + 3?")
-        else:
-            with scope:
-                await agent.run("What is 2 + 3?")
+    await arun(fault, nasca, lambda: agent.run("What is 2 + 3?"))
     assert srv.request_count == 0
 
 
