@@ -10,8 +10,11 @@ overhead = p50 - p50 with no handler. A do-nothing handler separates LangChain's
 dispatching to any handler from the handlers' own work, and a breakdown times the
 handler's steps directly.
 
-Targets (issue 4): memory-store overhead <= 2x UsageMetadataCallbackHandler's; Redis
-overhead <= that plus two bare Redis GET round trips (measured in the same run).
+Targets (issue 16): memory-store overhead <= 2x UsageMetadataCallbackHandler's; Redis
+overhead <= that plus one bare Redis GET round trip (measured in the same run): the reserve
+is the one round trip a call waits for, the settle goes to the background sender (whose
+settles share this process's GIL, so they are in the figure). The machine's load moves
+the absolute figures; compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -120,10 +123,10 @@ def report(p50: dict[str, float], steps: dict[str, float], async_rows: dict[str,
             ratio = f"{over[name] / umch:8.2f}×" if name != "no handler" else ""
             print(f"{name:32s}{v:9.1f}{over[name]:13.1f}{ratio:>9s}")
     m, r = over["Nasca, memory store"], over["Nasca, Redis store"]
-    print(f"\nmemory: overhead {m:.1f} µs vs target 2 × UMCH = {2 * umch:.1f} µs: "
+    print(f"\nmemory: overhead {m:.1f} µs = {m / umch:.2f}× UMCH vs target 2 × UMCH = {2 * umch:.1f} µs: "
           f"{'MET' if m <= 2 * umch else 'MISSED'}")
-    print(f"Redis:  overhead {r:.1f} µs vs target 2 × UMCH + 2 × GET = "
-          f"{2 * umch + 2 * get_us:.1f} µs: {'MET' if r <= 2 * umch + 2 * get_us else 'MISSED'}"
+    print(f"Redis:  overhead {r:.1f} µs vs target 2 × UMCH + 1 × GET = "
+          f"{2 * umch + get_us:.1f} µs: {'MET' if r <= 2 * umch + get_us else 'MISSED'}"
           f"   (Redis - memory = {r - m:.1f} µs = {(r - m) / get_us:.1f} GETs)")
     print("\nwhere the memory-store overhead goes (p50 of each step, timed directly):")
     for name, v in steps.items():
@@ -183,13 +186,10 @@ def breakdown(mem: Nasca, red: Nasca, n: int, users: Any) -> dict[str, float]:
 
 
 async def bench_async(model: FakeChat, nasca: Nasca, n: int, users: Any) -> dict[str, float]:
-    pooled = NascaCallbackHandler(nasca)
-    pooled.run_inline = False  # for comparison only: the handler's docstring says why not
     configs: dict[str, list[Any]] = {
         "no handler": [],
         "UsageMetadataCallbackHandler (LangChain's thread pool)": [UsageMetadataCallbackHandler()],
-        "Nasca (inline on the event loop)": [NascaCallbackHandler(nasca)],
-        "Nasca forced into LangChain's thread pool": [pooled],
+        "Nasca (coroutines, inline on the event loop)": [NascaCallbackHandler(nasca)],
     }
     times: dict[str, list[float]] = {k: [] for k in configs}
     for _round in range(5):

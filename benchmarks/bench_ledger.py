@@ -1,11 +1,13 @@
 """Ledger hot path: reserve+settle on Redis, on SQLite and on the memory store, against a bare GET.
 
-    .venv/bin/python benchmarks/bench_ledger.py [--redis-url redis://...] [-n 5000]
+    .venv/bin/python benchmarks/bench_ledger.py [--redis-url redis://...] [-n 5000] [--server-only]
 
 Prints, from one run: a bare redis-py GET round trip (p50), reserve+settle on loopback Redis,
 on a SQLite file (WAL) and on the memory store (p50, interleaved so each sees the same
-machine), the final spend of 200 concurrent callers on a $1 budget (default admission and
-strict), and Redis memory per active user-month.
+machine), Redis server time per LLM call (the two scripts, from ``INFO commandstats``, with
+daily and monthly limits, the in-flight cap and credits on) and the commands run inside them,
+the final spend of 200 concurrent callers on a $1 budget (default admission and strict), and
+Redis memory per active user-month.
 """
 
 from __future__ import annotations
@@ -35,6 +37,33 @@ def make(store: str, **kw: object) -> Nasca:
 def reserve_settle(n: Nasca) -> None:
     r = n.reserve(nanos=1000, user="bench-user")
     n.settle(r, nanos=900)
+
+
+def server_time(url: str, calls: int = 2000) -> tuple[float, float, dict[str, float]]:
+    """Redis server µs per reserve+settle, Redis commands run inside the scripts per call, and
+    those commands by name, from ``INFO commandstats`` around ``calls`` calls."""
+    n = Nasca(url, tiers={"t": Tier(daily=10**5, monthly=10**6, max_in_flight=64)}, default_tier="t",
+              namespace=f"srv{uuid.uuid4().hex[:6]}")
+    n.billing.grant_credits("bench-user", spend="5.00", idempotency_key="bench-lot")  # a user with credits
+    for _ in range(200):
+        reserve_settle(n)
+    client = redis.Redis.from_url(url)
+    client.config_resetstat()
+    for _ in range(calls):
+        reserve_settle(n)
+    stats = client.info("commandstats")
+    client.close()
+    scripts = stats["cmdstat_evalsha"]["usec"] / calls
+    inner = {name.removeprefix("cmdstat_"): v["calls"] / calls for name, v in stats.items()
+             if name not in ("cmdstat_evalsha", "cmdstat_config|resetstat")}
+    return scripts, sum(inner.values()), inner
+
+
+def print_server_time(url: str) -> None:
+    us, cmds, by_name = server_time(url)
+    print(f"{'Redis server time per call':<28}{us:>10.1f}{'':>8}   ≤ 25 µs {'OK' if us <= 25 else 'MISSED'}")
+    print(f"  {cmds:.1f} Redis commands inside the two scripts per call: "
+          + ", ".join(f"{k} {v:g}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))
 
 
 def concurrency(store: str, strict: bool, callers: int = 200) -> tuple[Decimal, Decimal]:
@@ -100,10 +129,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--redis-url")
     ap.add_argument("-n", type=int, default=5000)
+    ap.add_argument("--server-only", action="store_true", help="print only the Redis server-time row")
     args = ap.parse_args()
     with redis_server(args.redis_url) as url, tempfile.TemporaryDirectory() as tmp:
         client = redis.Redis.from_url(url)
         client.set("bench:k", "1")
+        if args.server_only:
+            print_server_time(url)
+            return
         sqlite_uri = f"sqlite:///{tmp}/bench.db"
         on_redis, on_memory, on_sqlite = make(url), make("memory://"), make(sqlite_uri)
         p50 = interleaved({
@@ -124,6 +157,7 @@ def main() -> None:
         ms = p50["reserve+settle memory"]
         print(f"{'reserve+settle, memory':<28}{ms:>10.1f}{ms / get:>8.2f}   ≤ 20 µs "
               f"{'OK' if ms <= 20 else 'MISSED'}")
+        print_server_time(url)
         print()
         print("200 concurrent callers, one user, $1 monthly budget, $0.07 per call:")
         for store_name, store in (("memory", "memory://"), ("sqlite", sqlite_uri), ("redis", url)):

@@ -1,28 +1,32 @@
 """Calibrated estimates: what each model's settled calls teach the next call's hold.
 
-Per model (and namespace), from every call finished with the provider's usage:
+Per model (and namespace), from the last ``KEEP`` (32) calls finished with the provider's
+usage, in every process sharing the store:
 
-- ``ratio``: reported input tokens / the prompt tokens Nasca counted. Providers bill
-  system prompts the app never sees, tool schemas, images, another tokenizer; the hold
-  counts the prompt times this ratio. A moving average: each call weighs 1/n of the
-  first 16, then 1/16, so a change in the app's prompts shows within ~16 calls.
-- ``outputs``: the output tokens of the last 32 calls; the hold's output is their 90th
-  percentile (default admission: ``min(max_tokens, p90)``; strict: ``max_tokens``;
-  without ``max_tokens``: the p90 instead of ``default_output_tokens``).
+- ``ratio``: the median of reported input tokens / the prompt tokens Nasca counted, each
+  call's clamped to [0.5, 8] (one outlier can't poison the model). Providers bill system
+  prompts the app never sees, tool schemas, images, another tokenizer; the hold counts the
+  prompt times this ratio.
+- ``p90``: the 90th percentile of their output tokens; the hold's output is
+  ``min(max_tokens, p90)`` in default admission, ``max_tokens`` in strict, and the p90
+  instead of ``default_output_tokens`` without ``max_tokens``.
 
-Until a model has ``MIN_CALLS`` observations its estimates are exactly what they were
-without calibration (cold start). The statistics live in the store, one marker per model
-in a slot of their own (``{<namespace>:cal}``), never in a user's slot. Observations are
-counted in memory and written by a background thread every ``BATCH`` calls, merged with
-what the store holds (a read and a write off the caller's path; a race between two
-processes' batches keeps one of them: these are statistics, not money). The live config
-is not touched, so no cache is invalidated.
+Both follow a change in the app's prompts or answers once most of the last ``KEEP`` calls
+show it (``KEEP // 2 + 1`` calls). Until a model
+has ``MIN_CALLS`` observations its estimates are exactly what they were without
+calibration (cold start). The statistics live in the store, one capped list of recent
+observations per model in a slot of its own (``{<namespace>:cal}``), never in a user's.
+Observations are counted in memory and added by a background thread every ``BATCH`` calls
+with one atomic store operation (``Store.add_samples``: append, trim, read back), so no
+process's batch is lost to another's and a retried batch is added once. The live config is
+not touched, so no cache is invalidated.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,33 +35,38 @@ from dataclasses import dataclass
 from hashlib import blake2b
 
 from nasca_core._errors import NascaError
-from nasca_core.stores import StoreHandle
+from nasca_core.stores import SampleOp, StoreHandle
 
 log = logging.getLogger("nasca")
 
 MIN_CALLS = 8  # observations before a model's estimates change
 LOCAL_STEP = 8  # observations folded into this process's view at once (one sort per 8 calls)
 BATCH = 16  # observations per background write
-KEEP = 32  # output token counts kept for the quantile
+KEEP = 32  # recent observations the statistics are computed from
 QUANTILE = 0.9
-_RATIO_WINDOW = 16
 _PPM = 1_000_000
+RATIO_MIN, RATIO_MAX = _PPM // 2, 8 * _PPM  # a sample's reported/counted, clamped to [0.5, 8]
 _TTL_MS = 30 * 86_400_000  # a model unused for 30 days starts cold again
+Observation = tuple[int, int, int]  # (counted prompt, reported input, output) tokens
 
 
 @dataclass(frozen=True, slots=True)
 class ModelStats:
-    """What a model's settled calls taught: ``n`` calls, the input ratio in millionths, and
-    the last ``KEEP`` output token counts, oldest first."""
+    """What a model's settled calls taught: ``n`` calls in all, the last ``KEEP`` of them
+    (oldest first), their median input ratio in millionths and their outputs' 90th percentile."""
 
     n: int = 0
+    recent: tuple[Observation, ...] = ()
     ratio_ppm: int = _PPM
-    outputs: tuple[int, ...] = ()
-    p90: int = 0  # the outputs' 90th percentile, computed once (``_stats_of``), read on every estimate
+    p90: int = 0
 
     @property
     def warm(self) -> bool:
         return self.n >= MIN_CALLS
+
+    @property
+    def outputs(self) -> tuple[int, ...]:
+        return tuple(o for _, _, o in self.recent)
 
     def output_quantile(self) -> int:
         return self.p90
@@ -73,41 +82,44 @@ class ModelStats:
             return q
         return max_tokens if strict else min(max_tokens, q)
 
-    def to_json(self) -> str:
-        return json.dumps({"n": self.n, "r": self.ratio_ppm, "o": list(self.outputs)}, separators=(",", ":"))
 
-    @classmethod
-    def from_json(cls, text: str | None) -> ModelStats | None:
-        if not text:
-            return None
-        try:
-            d = json.loads(text)
-            return _stats_of(int(d["n"]), int(d["r"]), tuple(int(x) for x in d["o"][-KEEP:]))
-        except (ValueError, KeyError, TypeError):
-            return None  # written by another version: start cold rather than guess
-
-
-def merge(stats: ModelStats | None, observations: Sequence[tuple[int, int, int]]) -> ModelStats:
-    """``stats`` after (counted prompt, reported input, output tokens) observations (pure)."""
-    n, ratio, outputs = (stats.n, stats.ratio_ppm, stats.outputs) if stats else (0, _PPM, ())
-    for counted, reported, output in observations:
-        n += 1
-        weight = min(n, _RATIO_WINDOW)
-        ratio = (ratio * (weight - 1) + reported * _PPM // counted) // weight
-        outputs = (*outputs[-(KEEP - 1):], output)
-    return _stats_of(n, ratio, outputs)
+def stats_of(n: int, recent: Sequence[Observation]) -> ModelStats:
+    """The statistics of ``n`` calls whose last ones are ``recent`` (pure)."""
+    kept = tuple(recent[-KEEP:])
+    if not kept:
+        return ModelStats(n)
+    # The median, each sample clamped: one call with hidden tools or images (counted 1,
+    # reported 60,000) must not make every prompt on the model be held 60,000 times over.
+    ratios = sorted(min(max(reported * _PPM // counted, RATIO_MIN), RATIO_MAX)
+                    for counted, reported, _ in kept)
+    ratio = ratios[len(ratios) // 2]  # a tie takes the larger middle: holds more, not less
+    ranked = sorted(o for _, _, o in kept)
+    p90 = ranked[max(0, -(-len(ranked) * 9 // 10) - 1)]
+    return ModelStats(n, kept, ratio, p90)
 
 
-def _stats_of(n: int, ratio_ppm: int, outputs: tuple[int, ...]) -> ModelStats:
-    """A ``ModelStats`` with its quantile computed."""
-    ranked = sorted(outputs)
-    p90 = ranked[max(0, -(-len(ranked) * 9 // 10) - 1)] if ranked else 0
-    return ModelStats(n, ratio_ppm, outputs, p90)
+def merge(stats: ModelStats | None, observations: Sequence[Observation]) -> ModelStats:
+    """``stats`` after more observations (pure)."""
+    if stats is None:
+        return stats_of(len(observations), observations)
+    return stats_of(stats.n + len(observations), (*stats.recent, *observations))
 
 
 def stats_key(namespace: str, model: str) -> str:
-    """The model's marker: one slot per namespace for every model, none of them a user's."""
+    """The model's statistics: one slot per namespace for every model, none of them a user's."""
     return f"{{{namespace}:cal}}:{blake2b(model.encode('utf-8', 'surrogatepass'), digest_size=8).hexdigest()}"
+
+
+_batch_ids = itertools.count(1)
+_BATCH_PREFIX = os.urandom(6).hex()
+
+
+def _new_batch_prefix() -> None:
+    global _BATCH_PREFIX, _batch_ids  # a forked child must not reuse its parent's batch ids
+    _BATCH_PREFIX, _batch_ids = os.urandom(6).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_batch_prefix)
 
 
 class Calibration:
@@ -119,8 +131,9 @@ class Calibration:
         self._clock = clock
         self._lock = threading.Lock()
         self._views: dict[str, ModelStats] = {}
-        self._pending: dict[str, list[tuple[int, int, int]]] = {}
-        self._fresh: dict[str, list[tuple[int, int, int]]] = {}  # observed, not yet in the view
+        self._pending: dict[str, list[Observation]] = {}
+        self._unsent: dict[str, tuple[str, list[Observation]]] = {}  # a failed batch, its id kept
+        self._fresh: dict[str, list[Observation]] = {}  # observed, not yet in the view
         self._read: set[str] = set()
         self._scheduled: set[str] = set()  # models with a batch write queued: one at a time
         self._worker: ThreadPoolExecutor | None = None
@@ -159,21 +172,28 @@ class Calibration:
             self._submit(model)
 
     def sync(self, model: str) -> ModelStats | None:
-        """Merge this process's pending observations of ``model`` into the store and read
-        back what every process taught (the background thread's step; also for tests)."""
+        """Add this process's pending observations of ``model`` to the store and read back
+        what every process taught, in one store operation (the background thread's step;
+        also for tests)."""
         with self._lock:
-            pending = self._pending.pop(model, [])
+            # A batch that failed goes again first, under its id: if the store applied it and
+            # only the reply was lost, the store's marker skips it instead of adding it twice.
+            unsent = self._unsent.pop(model) if model in self._unsent else None
+            batch_id, pending = unsent or (f"{_BATCH_PREFIX}{next(_batch_ids)}", self._pending.pop(model, []))
             self._scheduled.discard(model)
-        now_ms = int(self._clock() * 1000)
-        key = stats_key(self._namespace, model)
-        store = self._store.sync
-        merged = merge(ModelStats.from_json(store.get_marker(key, now_ms)), pending)
-        if pending:
-            store.put_marker(key, merged.to_json(), _TTL_MS, now_ms)
+        op = SampleOp(key=stats_key(self._namespace, model), batch_id=batch_id,
+                      samples=tuple(pending), keep=KEEP, ttl_ms=_TTL_MS, now_ms=int(self._clock() * 1000))
+        try:
+            stored = self._store.sync.add_samples(op)
+        except BaseException:
+            with self._lock:  # kept for the next sync; what came since, the last KEEP of it
+                self._unsent[model] = (batch_id, pending)
+                if model in self._pending:
+                    self._pending[model] = self._pending[model][-KEEP:]
+            raise
         with self._lock:
-            later = self._pending.get(model, [])
-            if merged.n:  # the store's view, plus what this process saw since (now in the view)
-                self._views[model] = merge(merged, later)
+            if stored.n:  # the store's view, plus what this process saw since (now in the view)
+                self._views[model] = merge(stats_of(stored.n, stored.recent), self._pending.get(model, []))
                 self._fresh.pop(model, None)
             return self._views.get(model)
 
@@ -182,8 +202,10 @@ class Calibration:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown(wait=True)
-        for model in list(self._pending):
+        for model in {*self._unsent, *self._pending}:
             self._safe_sync(model)
+            if model in self._pending:  # behind a resent batch
+                self._safe_sync(model)
 
     def _submit(self, model: str) -> None:
         if self._worker is None:

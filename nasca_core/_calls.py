@@ -16,12 +16,13 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nasca_core import _observe
 from nasca_core._calibration import ModelStats
 from nasca_core._config import Tier
-from nasca_core._errors import ConfigurationError, UsageParseError
+from nasca_core._errors import ConfigurationError, UnknownModelError, UsageParseError
 from nasca_core._types import Charge, Reservation
 from nasca_core.pricing import (
     Pricer,
@@ -37,6 +38,16 @@ if TYPE_CHECKING:
 
 
 _PENDING = Charge(0, 0, 0)
+# The most output tokens a model writes (and accepts as max_tokens), for calls sent without
+# max_tokens (Anthropic's Messages API requires one): the cap is sent unless the room pays
+# for this much. Longest prefix wins; a model not listed is taken to write up to
+# ``MAX_OUTPUT_UNKNOWN`` (no current model writes more; a smaller cap is sent as it is).
+MAX_OUTPUT = {
+    "gpt-3.5": 4_096, "gpt-4": 8_192, "gpt-4-turbo": 4_096, "gpt-4o": 16_384, "gpt-4.1": 32_768,
+    "chatgpt-4o": 16_384, "gpt-5": 128_000, "o1": 100_000, "o1-mini": 65_536, "o3": 100_000, "o4": 100_000,
+    "gemini-1.5": 8_192, "gemini-2.0": 8_192, "gemini-2.5": 65_536,
+}
+MAX_OUTPUT_UNKNOWN = 128_000
 log = logging.getLogger("nasca")
 _zero_input_warned: set[str] = set()
 
@@ -73,6 +84,21 @@ class LLMCall:
     @property
     def charge(self) -> Charge | None:
         return self._charge
+
+    def output_cap(self, max_tokens: int | None) -> int | None:
+        """The ``max_tokens`` to send so the call can't spend past what the user had left at
+        admission (``Reservation.room``: allowance and credits beside the other calls in
+        flight), after its prompt's cost at the model's prices; None: send ``max_tokens`` as
+        it is (the room buys it, or the model's most output, ``max_output_of``, when it is
+        None, or there is no limit).
+        At least 1: a prompt that alone fills the room still gets a one-token answer."""
+        room = self.reservation.room
+        if room < 0:
+            return None
+        stats, prompt = self.nasca.calibration.view(self.model), self.prompt_tokens
+        if stats is not None and stats.warm:
+            prompt = stats.prompt_hold(prompt)
+        return output_cap(self.nasca.pricer, self.model, prompt, room, max_tokens)
 
     def add_text(self, text: str | None) -> None:
         """Record a streamed text delta (counted only if the provider reports no usage)."""
@@ -117,8 +143,9 @@ class LLMCall:
             self._charge = None
             raise
         self._charge = self.nasca.settle(
-            self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens)
+            self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens), background=True
         )
+        _observe.settled(self, u, self._charge)
         if usage is not None:  # the provider's own count: what calibration learns from
             self.nasca.calibration.observe(self.model, self.prompt_tokens, u.input_tokens, u.output_tokens)
         return self._charge
@@ -135,8 +162,9 @@ class LLMCall:
             self._charge = None
             raise
         self._charge = await self.nasca.asettle(
-            self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens)
+            self.reservation, nanos=cost, tokens=(u.input_tokens, u.output_tokens), background=True
         )
+        _observe.settled(self, u, self._charge)
         if usage is not None:
             self.nasca.calibration.observe(self.model, self.prompt_tokens, u.input_tokens, u.output_tokens)
         return self._charge
@@ -171,8 +199,11 @@ def estimate_call(
     default_output_tokens: int,
     calibration: ModelStats | None = None,
     strict: bool = False,
-) -> tuple[int, int]:
-    """The prompt's tokens and the call's estimated cost in nanos (what reserve() holds);
+    capped: bool = False,
+) -> tuple[int, int, int]:
+    """The prompt's tokens, the call's estimated cost in nanos (what reserve() holds), and (when
+    ``capped``, else 0) the most it may cost uncapped (its prompt with ``max_tokens``, or
+    ``max_output_of``, of output);
     without ``max_tokens`` the output is the tier's default, else ``default_output_tokens``.
     A warm ``calibration`` (``_calibration``) scales the prompt by the model's learned input
     ratio and holds its learned output quantile (``min(max_tokens, p90)``; strict: max_tokens).
@@ -193,7 +224,81 @@ def estimate_call(
             if schemas is not None:
                 prompt_tokens += count_tokens(schemas, counted)
     output = (tier.default_output_tokens if tier is not None else None) or default_output_tokens
+    held_prompt, held_output = prompt_tokens, max_tokens
     if calibration is not None and calibration.warm:
-        return prompt_tokens, estimate_cost_nanos(pricer, model, calibration.prompt_hold(prompt_tokens),
-                                                  calibration.output_hold(max_tokens, strict), output)
-    return prompt_tokens, estimate_cost_nanos(pricer, model, prompt_tokens, max_tokens, output)
+        held_prompt = calibration.prompt_hold(prompt_tokens)
+        held_output = calibration.output_hold(max_tokens, strict)
+    estimate = estimate_cost_nanos(pricer, model, held_prompt, held_output, output)
+    if not capped:  # no room asked for: the reserve never reads credits for one
+        return prompt_tokens, estimate, 0
+    # The most the call may cost uncapped: the reserve reads the user's credits for the room
+    # (``LLMCall.output_cap``) only when the allowance left is below it. Not money: an upper
+    # bound from the rates, so no second pricing on the call's path.
+    more = (max_tokens if max_tokens is not None else max_output_of(pricer, model)) - (
+        held_output if held_output is not None else output)
+    return prompt_tokens, estimate, estimate + (-(-more * _rates(pricer, model, held_prompt)[1] // _M)
+                                                if more > 0 else 0)
+
+
+_M = 1_000_000
+_HALF = _M // 2  # Rates.cost rounds half up
+
+
+def max_output_of(pricer: Pricer, model: str) -> int:
+    """The most output tokens ``model`` writes (``MAX_OUTPUT``, by its longest prefix)."""
+    name = counting_model(pricer, model)
+    found = max((p for p in MAX_OUTPUT if name.startswith(p)), key=len, default=None)
+    return MAX_OUTPUT[found] if found is not None else MAX_OUTPUT_UNKNOWN
+
+
+def _rates(pricer: Pricer, model: str, prompt_tokens: int) -> tuple[int, int, int]:
+    """Nanos per million input and output tokens, and the per-request fee times a million,
+    of the rates in force now for a ``prompt_tokens`` prompt (the table's own lookup: dated
+    and time-of-day prices, live price changes). Not cached: the table's lookup is a dict's."""
+    try:
+        rates = pricer.table.rates(model)
+    except UnknownModelError:
+        found = pricer.price(model)  # "price_as:" prices it as another; "warn": $0; "block" raises
+        if found is None:
+            return 0, 0, 0
+        rates = pricer.table.rates(found[0])
+    tier = next((r for threshold, r in rates.tiers if prompt_tokens > threshold), rates.base)
+    # reasoning tokens count in max_tokens: the dearer of the two prices
+    return tier[0], max(tier[6], tier[7]), tier[13]
+
+
+def output_cap(pricer: Pricer, model: str, prompt_tokens: int, room: int,
+               max_tokens: int | None) -> int | None:
+    """The most output tokens (≥ 1) a call of ``prompt_tokens`` may ask for so it costs at most
+    ``room`` nanos, or None when it may ask for ``max_tokens`` (None: the model's most,
+    ``max_output_of``) as it is."""
+    want = max_tokens if max_tokens is not None else max_output_of(pricer, model)
+    in_rate, out_rate, fee = _rates(pricer, model, prompt_tokens)
+    if want < 1 or out_rate <= 0:
+        return None
+
+    def fits(output: int) -> bool:
+        return pricer.cost(model, TokenUsage(input_tokens=prompt_tokens, output_tokens=output)) <= room
+
+    # The closed form of Rates.cost for a text call (the rates the table prices it at, so far
+    # from the limit no pricing at all), checked by pricing near it:
+    # cost(o) ≤ room ⇔ prompt·in + o·out + fee + ½M < (room + 1)·M.
+    guess = ((room + 1) * _M - 1 - _HALF - prompt_tokens * in_rate - fee) // out_rate
+    if guess >= want:
+        return None
+    low, high = max(1, min(guess, want - 1)), want - 1
+    if fits(low):  # the largest that fits: the guess, or one past it
+        return low if low >= high or not fits(low + 1) else _largest(fits, low + 1, high)
+    return _largest(fits, 1, low - 1) if low > 1 else 1
+
+
+def _largest(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest output in [low, high] that fits, given that ``low`` fits (bisection: only
+    when the rates' closed form is off, e.g. a fallback pricer)."""
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low

@@ -7,10 +7,24 @@ and namespace replays them when it is built. Replays are deduplicated by hold id
 store charges a hold id once while its settled-marker lives, so a journal entry older than
 that marker (the store may have applied it and forgotten) is refused, logged and kept aside
 rather than risk charging twice. The queue is bounded: a full one is a ``StoreError``.
+
+The same queue carries the settles a model call hands to the background sender
+(``send``, ``_sender``): journaled alike, applied by the sender's thread in order. A
+queued settle is counted in this process's reads at its cost (``owed``, ``snapshot``)
+until it has landed in the store; one flush runs at a time, so settles land in order.
+
+A user's reads (``snapshot``, ``reserve``) and the landing of that user's settle take turns,
+so a settle is never counted both in the store and as owed. Every wait is bounded: a flush
+waiting for a read leaves the settle queued (the next flush sends it) and makes new reads of
+that user wait; a snapshot that can't get its turn reads anyway and may count the landing
+settle twice (spend over-counted, the safe side); a reserve that can't get its turn counts
+the user's queued settles as the holds the store still has (as if none were owed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -18,16 +32,20 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
+from functools import partial
 
 from nasca_core._errors import StoreError
-from nasca_core._journal import Journal, encode, journal_dir
+from nasca_core._journal import Journal, encode, refuse
+from nasca_core._journal_home import journal_home, locate
+from nasca_core._sender import QUEUE_LIMIT, Sender
+from nasca_core._turns import aread_turn, read_turn, seen
 from nasca_core._types import Charge, LedgerStats
-from nasca_core.stores import SettleOp, StoreHandle
+from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, StoreHandle, UserKeys
 
 log = logging.getLogger("nasca")
 
 MAX_PENDING = 100_000  # settles one process keeps waiting for the store
+WRITE_WAIT_S = 1.0  # a flush waits this long for reads of the next settle's user (one round trip each)
 
 
 class DeferredSettles:
@@ -36,26 +54,43 @@ class DeferredSettles:
 
     def __init__(self, store: StoreHandle, stats: LedgerStats, namespace: str = "",
                  clock: Callable[[], float] = time.time, state_dir: str | os.PathLike[str] | None = None,
-                 *, limit: int = MAX_PENDING) -> None:
+                 *, limit: int = MAX_PENDING, background: bool | None = None,
+                 queue_limit: int = QUEUE_LIMIT) -> None:
         self._store = store
         self._stats = stats
         self._clock = clock
-        self.limit = limit
+        self.limit, self.queue_limit = limit, queue_limit
         self._queue: deque[SettleOp] = deque()
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)  # reads of a user and its settles take turns
+        self._sending: str | None = None  # the user (meta key) whose settle is on its way
+        self._reading: dict[str, int] = {}  # users whose snapshot is being read
+        self._wanted: str | None = None  # the user whose settle waits for reads: new ones wait
+        self.closed = False  # close() ran: settles go on the caller's path from now on
+        self._flush_lock = threading.Lock()  # one flush at a time: settles land in queue order
+        self._landed = 0  # settles applied by any flush: a waiting flush reports the sender's too
+        self._sent: set[str] = set()  # hold ids handed to the sender (not deferred by a failure)
         self._in_flight = 0
         self._nanos = 0  # what the queue holds, kept as it changes: a long outage stays O(1) a settle
-        self._owed: dict[str, list[int]] = {}  # user meta key -> [settles, their holds, their costs]
+        self._owed: dict[str, list[int]] = {}  # user meta key -> [settles, holds, costs, tokens in, out]
         self._pid = os.getpid()
         _all.add(self)
         self.journal: Journal | None = None
+        # Off by default for memory://, whose settle is already in-process.
+        on = store.identity is not None if background is None else background
+        self.sender = Sender(self) if on else None
         if store.identity is not None:
-            self.journal = Journal(journal_dir(state_dir, store.identity, namespace))
+            self.journal = Journal(journal_home(store, state_dir, namespace))
             weakref.finalize(self, self.journal.close)
             if self._adopt():
                 self.flush()
+            self.located = locate(store, state_dir, namespace, self.journal.directory,  # finds more later
+                                  weakref.WeakMethod(self._adopt_late))
 
     def __len__(self) -> int:
+        return len(self._queue) + self._in_flight  # a settle being sent has not landed yet
+
+    def queued(self) -> int:
         return len(self._queue)
 
     def owed(self, meta: str) -> tuple[int, int, int]:
@@ -65,11 +100,116 @@ class DeferredSettles:
         entry = self._owed.get(meta)
         return (entry[0], entry[1], entry[2]) if entry else (0, 0, 0)
 
+    def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
+        """The store's snapshot of a user as this process sees it: its queued settles of the
+        user counted at their cost (spent, the month's cost, calls and tokens), their holds
+        taken out. No settle of the user lands during the read, so none counts twice.
+        Raises StoreError."""
+        if keys.meta not in self._owed:
+            return self._store.sync.snapshot(keys, now_ms)
+        entry = read_turn(self._turn, partial(self._begin_read, keys.meta), force=True) or []
+        try:
+            return seen(self._store.sync.snapshot(keys, now_ms), entry)
+        finally:
+            self._end_read(keys.meta)
+
+    async def asnapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
+        """Async twin of snapshot(); waits for a landing settle without blocking the loop."""
+        if keys.meta not in self._owed:
+            return await self._store.for_loop().snapshot(keys, now_ms)
+        entry = await aread_turn(self._turn, partial(self._begin_read, keys.meta), force=True) or []
+        try:
+            return seen(await self._store.for_loop().snapshot(keys, now_ms), entry)
+        finally:
+            self._end_read(keys.meta)
+
+    def reserve(self, op: ReserveOp) -> ReserveResult:
+        """The store's reserve, counting this process's queued settles of the user at their
+        cost (``ReserveOp.owed``) read in the same turn, so none lands in between. Raises
+        StoreError."""
+        if op.keys.meta not in self._owed:  # a settle queued meanwhile counts as its hold: safe
+            return self._store.sync.reserve(op)
+        if not (entry := read_turn(self._turn, partial(self._begin_read, op.keys.meta), force=False)):
+            if entry is not None:  # landed meanwhile: nothing owed any more
+                self._end_read(op.keys.meta)
+            return self._store.sync.reserve(op)
+        try:
+            return self._store.sync.reserve(dataclasses.replace(op, owed=(entry[0], entry[1], entry[2])))
+        finally:
+            self._end_read(op.keys.meta)
+
+    async def areserve(self, op: ReserveOp) -> ReserveResult:
+        """Async twin of reserve()."""
+        if op.keys.meta not in self._owed:
+            return await self._store.for_loop().reserve(op)
+        if not (entry := await aread_turn(self._turn, partial(self._begin_read, op.keys.meta),
+                                                force=False)):
+            if entry is not None:
+                self._end_read(op.keys.meta)
+            return await self._store.for_loop().reserve(op)
+        try:
+            return await self._store.for_loop().reserve(
+                dataclasses.replace(op, owed=(entry[0], entry[1], entry[2])))
+        finally:
+            self._end_read(op.keys.meta)
+
+    def _begin_read(self, meta: str, force: bool = False) -> list[int] | None:
+        # Under the lock. None while a settle of the user is on its way to the store (it may
+        # or may not be in what the store answers) or waits for reads to end.
+        if not force and meta in (self._sending, self._wanted):
+            return None
+        self._reading[meta] = self._reading.get(meta, 0) + 1
+        return list(self._owed.get(meta, ()))
+
+    def _end_read(self, meta: str) -> None:
+        with self._turn:
+            if (left := self._reading.pop(meta, 1) - 1) > 0:
+                self._reading[meta] = left
+            self._turn.notify_all()
+
+    def before_settle(self, op: SettleOp, background: bool) -> Charge | None:
+        """A sync settle's first step: the sender's pending charge when ``background`` and
+        ``send`` takes it; else what is queued is applied first, so settles land in order."""
+        if background and (queued := self.send(op)) is not None:
+            return queued
+        if self:
+            self.flush()
+        return None
+
+    def send(self, op: SettleOp) -> Charge | None:
+        """Journal and queue a model call's settle for the background sender; None when the
+        sender is off or ``queue_limit`` settles behind (the caller then settles itself, and
+        ``stats.settle_queue_full`` counts it) or after ``close``. The charge is ``pending``:
+        its split between allowance and credits is known once it lands (both parts 0 until then)."""
+        if self.sender is None or self.closed:
+            return None
+        with self._lock:
+            self._forked()
+            if len(self._queue) >= self.queue_limit:
+                full = True
+            elif self.journal is not None and not self._journal(op, lazy=True):
+                return None  # acknowledged only once a kill can't lose it: the caller settles
+            else:
+                full = False
+                self._queue.append(op)
+                self._sent.add(op.hold_id)
+                self._owe(op, 1)
+        if full:
+            self._stats.settle_queue_full += 1
+            log.warning("nasca: the background settle queue is full (%d); settling on the caller's path",
+                        self.queue_limit)
+            return None
+        self._stats.settle_queued += 1
+        self.sender.wake()
+        return Charge(op.cost, 0, 0, pending=True)  # the store splits it as it lands
+
     def _owe(self, op: SettleOp, sign: int) -> None:
-        entry = self._owed.setdefault(op.keys.meta, [0, 0, 0])
+        entry = self._owed.setdefault(op.keys.meta, [0, 0, 0, 0, 0])
         entry[0] += sign
         entry[1] += sign * op.estimate
         entry[2] += sign * op.cost
+        entry[3] += sign * op.input_tokens
+        entry[4] += sign * op.output_tokens
         self._nanos += sign * op.cost
         if entry[0] <= 0:
             del self._owed[op.keys.meta]
@@ -104,13 +244,17 @@ class DeferredSettles:
                     f", journaled in {self.journal.path}" if journaled and self.journal else "", exc)
         return Charge(op.cost, op.cost, 0, deferred=True)
 
-    def _journal(self, op: SettleOp) -> bool:
+    def _journal(self, op: SettleOp, lazy: bool = False) -> bool:
         if self.journal is None:
             return False
         try:
-            self.journal.append(encode(op))
+            self.journal.append(encode(op), lazy=lazy)
             return True
         except OSError as err:
+            if lazy:  # a background settle: the caller settles it instead
+                log.warning("nasca: the settle journal in %s can't be written (%s): settling on the "
+                            "caller's path", self.journal.directory, err)
+                return False
             # Raising would lose the charge for certain; in memory it is lost only if this
             # process dies before the store comes back.
             self._stats.deferred_unjournaled += 1
@@ -121,31 +265,63 @@ class DeferredSettles:
 
     def flush(self) -> int:
         """Retry the queued settles in order; returns how many went through."""
-        done = 0
-        # Take before trying, put back on failure: two threads flushing at once never apply
-        # (or drop) the same entry. A retry of a settle the store did apply is a no-op there.
-        while (op := self._take()) is not None:
-            try:
-                self._store.sync.settle(op)
-            except StoreError:
-                self._put_back(op)
-                break
-            self._applied(op)
-            done += 1
-        return self._flushed(done)
+        landed = self._landed
+        with self._flush_lock:
+            done = 0
+            # Take before trying, put back on failure: nothing is applied (or dropped) twice.
+            # A retry of a settle the store did apply is a no-op there.
+            while isinstance(op := self._take(), SettleOp):
+                ok = False
+                try:
+                    self._store.sync.settle(op)
+                    ok = True
+                except StoreError:
+                    break
+                finally:  # any other error too: the settle waits, never half-sent
+                    self._landing(op, ok)
+                done += 1
+            self._flushed(done)
+        return self._landed - landed
 
     async def aflush(self) -> int:
-        """Async twin of flush()."""
-        done = 0
-        while (op := self._take()) is not None:
-            try:
-                await self._store.for_loop().settle(op)
-            except StoreError:
-                self._put_back(op)
-                break
-            self._applied(op)
-            done += 1
-        return self._flushed(done)
+        """Async twin of flush(); waits for the sender's flush without blocking the loop."""
+        landed = self._landed
+        while not self._flush_lock.acquire(blocking=False):
+            await asyncio.sleep(0.001)
+        try:
+            done, deadline = 0, time.monotonic() + WRITE_WAIT_S
+            while (op := self._take(block=False)) is not None:
+                if op is False:  # a read of the user on this loop must be let finish
+                    if time.monotonic() > deadline:
+                        self._unwant()
+                        break
+                    await asyncio.sleep(0.0005)
+                    continue
+                assert isinstance(op, SettleOp)
+                ok = False
+                try:
+                    await self._store.for_loop().settle(op)
+                    ok = True
+                except StoreError:
+                    break
+                finally:
+                    self._landing(op, ok)
+                done, deadline = done + 1, time.monotonic() + WRITE_WAIT_S
+            self._flushed(done)
+        finally:
+            self._flush_lock.release()
+        return self._landed - landed
+
+    def close(self) -> None:
+        """Flush what the store takes, stop the sender, log what is still owed (journaled).
+        Final: later settles are applied on the caller's path."""
+        self.closed = True
+        self.flush()
+        if self.sender is not None:
+            self.sender.stop()
+            self.flush()  # a send racing the stop
+        if self:
+            log.error("nasca: closing with %d settles never applied (%d nanos)", len(self), self.nanos)
 
     # -- the queue and the journal, under the lock -------------------------------------------
     def _forked(self) -> None:
@@ -155,9 +331,13 @@ class DeferredSettles:
             self._pid = os.getpid()
             self._queue.clear()
             self._owed.clear()
+            self._sent.clear()
+            self._reading.clear()
+            self._sending = None
             self._in_flight = self._nanos = 0
 
-    def _take(self) -> SettleOp | None:
+    def _take(self, block: bool = True) -> SettleOp | bool | None:
+        # False (not blocking): the head's user is being read; try again in a moment.
         expired: list[SettleOp] = []
         with self._lock:
             self._forked()
@@ -167,19 +347,34 @@ class DeferredSettles:
             while self._queue and self._queue[0].marker_expiry_ms <= now_ms:
                 stale = self._queue.popleft()
                 self._owe(stale, -1)
+                self._sent.discard(stale.hold_id)
                 expired.append(stale)
-            op = None
-            if self._queue:
-                self._in_flight += 1
-                op = self._queue.popleft()
-                self._owe(op, -1)
+            op: SettleOp | bool | None = None
+            deadline = time.monotonic() + WRITE_WAIT_S
+            while self._queue and self._reading.get(meta := self._queue[0].keys.meta):
+                self._wanted = meta  # new reads of the user wait: readers can't starve the sender
+                if not block:
+                    op = False
+                    break
+                if (left := deadline - time.monotonic()) <= 0:
+                    # Its read may be suspended on the loop this flush blocks: the next flush sends.
+                    op = self._wanted = None
+                    self._turn.notify_all()
+                    break
+                self._turn.wait(min(left, 0.1))  # a read of that user is under way: one round trip
+            else:
+                self._wanted = None
+                if self._queue:  # owed until it lands: no read sees it as a hold meanwhile
+                    self._in_flight += 1
+                    op = self._queue.popleft()
+                    self._sending = op.keys.meta
         if expired:
             self._set_aside(expired)
         return op
 
     def _set_aside(self, ops: list[SettleOp]) -> None:
         if self.journal is not None and self.journal.path is not None:
-            self._refuse(self.journal.path, ops)
+            self._stats.deferred_refused += refuse(self.journal.path, ops)
             try:
                 for op in ops:  # kept in the .refused file: no replay may apply them either
                     self.journal.done(op.hold_id)
@@ -191,39 +386,68 @@ class DeferredSettles:
                       "settled holds and were not applied", len(ops), sum(op.cost for op in ops))
         self._count()
 
+    def _unwant(self) -> None:
+        with self._turn:
+            self._wanted = None
+            self._turn.notify_all()
+
+    def _landing(self, op: SettleOp, landed: bool) -> None:
+        if landed:
+            self._applied(op)
+        else:
+            self._put_back(op)
+
     def _put_back(self, op: SettleOp) -> None:
         # The store refused the retry: that is a store error like any other (health checks
         # count them), and the settle waits for the next flush.
         self._stats.store_errors += 1
         with self._lock:
             self._in_flight -= 1
+            self._sending = None
+            self._turn.notify_all()
             self._queue.appendleft(op)
-            self._owe(op, 1)
 
     def _applied(self, op: SettleOp) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._sending = None
+            self._turn.notify_all()
+            self._landed += 1
+            self._owe(op, -1)
+            if op.hold_id in self._sent:
+                self._sent.discard(op.hold_id)
+                self._stats.settled += 1
+            else:
+                self._stats.deferred_retried += 1
             if self.journal is None:
                 return
-            try:
-                if not self._queue and not self._in_flight:
-                    self.journal.empty()  # nothing in the file is pending any more
-                else:
-                    self.journal.done(op.hold_id)
-            except OSError as err:  # applied; a replay of it would be a no-op in the store
-                log.warning("nasca: could not mark a deferred settle applied in %s: %s",
-                            self.journal.path, err)
+            # Decided under the lock, written outside it: a send on the loop never waits for
+            # the disk. ``empty`` does nothing if a line was written since (``writes``).
+            nothing_left = (not self._queue and not self._in_flight, self.journal.writes)
+        try:
+            if nothing_left[0]:
+                self.journal.empty(nothing_left[1])  # nothing in the file is pending any more
+            else:
+                self.journal.done(op.hold_id)
+        except OSError as err:  # applied; a replay of it would be a no-op in the store
+            log.warning("nasca: could not mark a deferred settle applied in %s: %s", self.journal.path, err)
 
-    def _flushed(self, done: int) -> int:
-        self._stats.deferred_retried += done
+    def _flushed(self, done: int) -> None:
+        if self._queue and self.journal is not None:  # the store refused: what waits is synced
+            try:
+                self.journal.sync()
+            except OSError as err:
+                log.warning("nasca: could not sync the settle journal %s: %s", self.journal.path, err)
         self._count()
         if done:
-            log.info("nasca: applied %d deferred settles (%d pending)", done, len(self._queue))
-        return done
+            log.debug("nasca: applied %d queued settles (%d pending)", done, len(self._queue))
 
     def _count(self) -> None:
         self._stats.deferred_pending = len(self._queue)
         self._stats.deferred_pending_nanos = self.nanos
+
+    def _adopt_late(self) -> None:
+        self._adopt() and self.flush()
 
     def _adopt(self) -> int:
         """Take over the journals of dead processes on this store and namespace; returns how
@@ -245,7 +469,7 @@ class DeferredSettles:
                         held.update(op.hold_id for op in fresh)
                         adopted += len(fresh)
                     if old:
-                        self._refuse(path, old)
+                        self._stats.deferred_refused += refuse(path, old)
             except OSError as err:
                 log.error("nasca: could not replay deferred-settle journals in %s: %s",
                           self.journal.directory, err)
@@ -256,18 +480,6 @@ class DeferredSettles:
                         adopted, self.nanos)
         return adopted
 
-    def _refuse(self, orphan: Path, ops: list[SettleOp]) -> None:
-        assert self.journal is not None
-        aside = orphan.with_suffix(".refused")
-        with open(aside, "a", encoding="utf-8") as f:
-            f.write("".join(map(encode, ops)))
-            f.flush()
-            os.fsync(f.fileno())
-        self._stats.deferred_refused += len(ops)
-        log.error("nasca: %d deferred settles (%d nanos) waited longer than the store remembers settled "
-                  "holds, so replaying them could charge twice; they were not applied and are kept in %s",
-                  len(ops), sum(op.cost for op in ops), aside)
-
 
 _all: weakref.WeakSet[DeferredSettles] = weakref.WeakSet()
 
@@ -275,6 +487,12 @@ _all: weakref.WeakSet[DeferredSettles] = weakref.WeakSet()
 def _after_fork() -> None:
     for deferred in list(_all):
         deferred._lock = threading.Lock()  # a parent thread may have held it at the fork
+        deferred._turn = threading.Condition(deferred._lock)
+        deferred._flush_lock = threading.Lock()
+        deferred._wanted = None
+        deferred._forked()  # at once: the child's reads must not count the parent's queue
+        if deferred.journal is not None:
+            deferred.journal.after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork)

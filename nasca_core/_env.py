@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nasca_core._config import Tier, first_error
@@ -36,6 +36,21 @@ class LedgerEnv(BaseSettings):
     hold_ttl: float = 900.0
     unknown_model: str = "block"
     default_output_tokens: int = 256
+    cap_output: bool = False
+
+
+class PrivacyEnv(BaseSettings):
+    """``NASCA_USER_HASH_KEY``: the secret ``wrap()`` keys the user-id hash it sends with."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    user_hash_key: SecretStr | None = None
+
+
+def user_hash_key() -> str | None:
+    """The ``NASCA_USER_HASH_KEY`` secret, None when unset or empty."""
+    key = PrivacyEnv().user_hash_key
+    return key.get_secret_value() or None if key is not None else None
 
 
 def ledger_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:

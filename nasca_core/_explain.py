@@ -12,6 +12,7 @@ from nasca_core import _policy
 from nasca_core._config import Tier
 from nasca_core._display import money
 from nasca_core._errors import NascaBlockedError, NascaBusyError, UnknownTierError
+from nasca_core._identity import current
 from nasca_core._money import to_usd
 from nasca_core._usage import Usage
 from nasca_core._windows import WINDOWS, Window, WindowSet
@@ -63,13 +64,23 @@ def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: Windo
     )
 
 
+def asked_tier(user: str | None, tier: str | None) -> str | None:
+    """The tier a ``get_usage`` caller asked for: ``tier=``, else the ``nasca.user(..., tier=)``
+    context's when it names the user (as ``_identity.resolve`` reads it)."""
+    context = current() if tier is None and user is None else None
+    return context[1] if context is not None else tier
+
+
 def usage_in(tiers: Mapping[str, Tier], user_id: str, tier_name: str, snap: Snapshot, ws: WindowSet,
-             tz: ZoneInfo) -> Usage:
-    """``usage_of`` under the tier stored for the user if it exists, else ``tier_name``.
+             tz: ZoneInfo, asked: str | None = None, named: str | None = None) -> Usage:
+    """``usage_of`` under the tier stored for the user if it exists; else the tier asked for
+    (``asked_tier``: ``asked``, or the context's when the caller ``named`` no user);
+    else the tier the caller gave the user's calls this month (``Snapshot.ran_tier``); else
+    ``tier_name``: the tier the user's calls run on, resolved as the reserve does.
 
     Raises UnknownTierError."""
-    stored = snap.stored_tier
-    name = stored if stored is not None and stored in tiers else tier_name
+    ran = snap.ran_tier if asked_tier(named, asked) is None else None
+    name = next((t for t in (snap.stored_tier, ran) if t is not None and t in tiers), tier_name)
     if name not in tiers:
         raise UnknownTierError(tier_name, list(tiers))
     return usage_of(user_id, name, tiers[name], snap, ws, tz)
@@ -143,7 +154,9 @@ def busy_reason(result: ReserveResult, tier: Tier, snap: Snapshot | None, estima
 
 def tell_listeners(listeners: list[Callable[[NascaBlockedError], None]], err: NascaBlockedError,
                    log: Any) -> None:
-    """Tell each block listener; one that fails is logged, never raised."""
+    """Log the block at INFO and tell each block listener; one that fails is logged, never raised."""
+    log.info("nasca: blocked %s on tier %s (%s window, %s)", err.user_id, err.tier, err.window,
+             getattr(err, "reason", "limit"))
     for listener in listeners:
         try:
             listener(err)

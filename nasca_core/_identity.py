@@ -18,6 +18,10 @@ _current: ContextVar[tuple[str, str | None] | None] = ContextVar("nasca_user", d
 MAX_USER_ID = 256
 
 
+# The month's row of every user deleted by a data-protection request (``privacy``).
+DELETED_USER = "(deleted user)"
+
+
 def check_user_id(user_id: object) -> str:
     """Raises InvalidUserError unless ``user_id`` is a usable non-empty string."""
     if not isinstance(user_id, str):
@@ -31,6 +35,8 @@ def check_user_id(user_id: object) -> str:
         raise InvalidUserError(
             f"user id must be at most {MAX_USER_ID} printable characters, got {user_id[:40]!r}..."
         )
+    if user_id == DELETED_USER:
+        raise InvalidUserError(f"{DELETED_USER!r} holds the monthly totals of deleted users: not a user")
     return user_id
 
 

@@ -1,7 +1,7 @@
 """Deferred settles on disk: one append-only file per process, so a settle the store could
 not take survives the process that deferred it.
 
-    <state dir>/<digest of store and namespace>/<pid>-<random>.jsonl
+    <state dir>/id-<the store's id>/<pid>-<random>.jsonl    (``_journal_home``)
 
 Each line is ``{"s": <settle>}`` (deferred) or ``{"d": <hold id>}`` (applied since). A line
 is written with one ``write()`` before ``settle`` returns, so a killed process loses
@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from hashlib import sha256
@@ -41,6 +42,8 @@ def default_state_dir() -> Path:
 
 
 def journal_dir(state_dir: str | os.PathLike[str] | None, store_identity: str, namespace: str) -> Path:
+    """The directory named by a store's address (``StoreHandle.identity``): the journal's
+    home only while the store's own id can't be read (``_journal_home``)."""
     digest = sha256(f"{store_identity}\0{namespace}".encode()).hexdigest()[:24]
     return Path(state_dir) / digest if state_dir is not None else default_state_dir() / digest
 
@@ -92,6 +95,8 @@ class Journal:
         self._fd: int | None = None
         self._pid = 0
         self._synced = 0.0
+        self.writes = 0  # lines written so far: ``empty`` keeps a file written to since it was asked
+        self._io = threading.Lock()  # a write and an emptying never interleave
 
     def _open(self) -> int:
         if self._fd is not None and self._pid == os.getpid():
@@ -114,29 +119,39 @@ class Journal:
     def forked(self) -> bool:
         return self._fd is not None and self._pid != os.getpid()
 
-    def append(self, lines: str, *, sync: bool = False) -> None:
-        """Write ``lines`` with one write(); fsync when asked or when the last was over a second ago.
+    def append(self, lines: str, *, sync: bool = False, lazy: bool = False) -> None:
+        """Write ``lines`` with one write(); fsync when asked or when the last was over a second
+        ago, unless ``lazy`` (a settle about to be sent: the sender syncs if it can't land).
         Raises OSError (a full disk, a read-only state dir)."""
-        fd = self._open()
         data = lines.encode()
-        while data:
-            data = data[os.write(fd, data):]
-        if sync or time.monotonic() - self._synced > FSYNC_EVERY_S:
+        with self._io:
+            fd = self._open()
+            while data:
+                data = data[os.write(fd, data):]
+            self.writes += 1
+        if sync or (not lazy and time.monotonic() - self._synced > FSYNC_EVERY_S):
             self.sync()
 
     def done(self, hold_id: str) -> None:
+        # Never synced by itself: a lost done-line replays a settle the store already took, a no-op.
         if self._fd is not None and self._pid == os.getpid():
-            self.append(json.dumps({"d": hold_id}) + "\n")
+            self.append(json.dumps({"d": hold_id}) + "\n", lazy=True)
 
     def sync(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
             os.fsync(self._fd)
             self._synced = time.monotonic()
 
-    def empty(self) -> None:
-        """Nothing in the file is pending any more: start it over."""
-        if self._fd is not None and self._pid == os.getpid():
-            os.ftruncate(self._fd, 0)
+    def empty(self, writes: int) -> None:
+        """Nothing in the file was pending when it had ``writes`` lines: start it over, unless
+        more were written since."""
+        with self._io:
+            if self._fd is not None and self._pid == os.getpid() and self.writes == writes:
+                os.ftruncate(self._fd, 0)
+
+    def after_fork(self) -> None:
+        """In a forked child: a parent's thread may have held the lock."""
+        self._io = threading.Lock()
 
     def close(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
@@ -175,3 +190,16 @@ class Journal:
                 path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
+
+
+def refuse(orphan: Path, ops: list[SettleOp]) -> int:
+    """Keep settles too old to replay safely beside ``orphan`` (``.refused``); returns how many."""
+    aside = orphan.with_suffix(".refused")
+    with open(aside, "a", encoding="utf-8") as f:
+        f.write("".join(map(encode, ops)))
+        f.flush()
+        os.fsync(f.fileno())
+    log.error("nasca: %d deferred settles (%d nanos) waited longer than the store remembers settled "
+              "holds, so replaying them could charge twice; they were not applied and are kept in %s",
+              len(ops), sum(op.cost for op in ops), aside)
+    return len(ops)

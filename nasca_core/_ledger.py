@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nasca")
 
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
-_NO_TIER, _OWED_NOTHING = (-1, -1, -1, 0, 0, 0, -1), (0, 0, 0)
+_NO_TIER = (-1, -1, -1, 0, 0, 0, -1)
 _CONFIG_CHURN = "the store's live config changed under three reserves in a row"
 
 
@@ -73,6 +73,7 @@ class Nasca:
     ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``);
     ``require_durable=True`` refuses a Redis that may evict or forget ledger keys;
     ``busy_wait=`` seconds a reserve waits for calls in flight before raising NascaBusyError.
+    ``settle_in_background=`` (default: on for Redis and SQLite) settles model calls off the caller's path.
     Raises ConfigurationError for an unknown store URI, timezone, default tier or policy.
     """
 
@@ -92,13 +93,14 @@ class Nasca:
         plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
         success_url: str | None = None, cancel_url: str | None = None,
         webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
-        require_durable: bool = False, busy_wait: float = 0.0,
+        require_durable: bool = False, busy_wait: float = 0.0, settle_in_background: bool | None = None,
+        cap_output: bool = False,
     ) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace, self.timezone = namespace, timezone
         self.tz = load_zone(timezone)
         self.default_tier = default_tier
-        self.strict = bool(strict)
+        self.strict, self.cap_output = bool(strict), bool(cap_output)  # cap_output: wrap() etc.'s default
         self.busy_wait = check_busy_wait(busy_wait)  # seconds a reserve waits out NascaBusyError
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.hold_ttl_ms = int(hold_ttl * 1000)
@@ -114,7 +116,8 @@ class Nasca:
                                unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats)
         self._clock = clock or time.time
         self._windows = WindowClock(self.tz)
-        self.deferred = DeferredSettles(self.store, self.stats, namespace, self.now, state_dir)
+        self.deferred = DeferredSettles(self.store, self.stats, namespace, self.now, state_dir,
+                                        background=settle_in_background)
         self.calibration = Calibration(self.store, namespace, self.now)  # learned estimates, per model
         self._analytics: Analytics | None = None
         self._analytics_lock = threading.Lock()
@@ -222,17 +225,18 @@ class Nasca:
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         return self._reserve(amount, user_id, tier_name, strict)
 
-    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
+    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None,
+                 ceil: int = 0) -> Reservation:
         wait, stale = BusyWait(self.busy_wait), 0
         while True:
-            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict)
+            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil)
             try:
-                result = self.store.sync.reserve(op)
+                result = self.deferred.reserve(op)  # with the user's queued settles at their cost
             except StoreError as exc:
                 return self._store_failed_reserve(user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys, room=result.room)
             if result.status == -1:
                 if (stale := stale + 1) == 3:
                     return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
@@ -256,17 +260,18 @@ class Nasca:
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         return await self._areserve(amount, user_id, tier_name, strict)
 
-    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None) -> Reservation:
+    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None,
+                        ceil: int = 0) -> Reservation:
         wait, stale = BusyWait(self.busy_wait), 0
         while True:
-            op = self._reserve_op(await self.live.acurrent(), user_id, tier_name, amount, strict)
+            op = self._reserve_op(await self.live.acurrent(), user_id, tier_name, amount, strict, ceil)
             try:
-                result = await self.store.for_loop().reserve(op)
+                result = await self.deferred.areserve(op)
             except StoreError as exc:
                 return self._store_failed_reserve(user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys)
+                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys, room=result.room)
             if result.status == -1:
                 if (stale := stale + 1) == 3:
                     return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
@@ -283,7 +288,7 @@ class Nasca:
             await asyncio.sleep(pause)
 
     def _reserve_op(self, snap: ConfigSnapshot, user_id: str, tier: str, estimate: int,
-                    strict: bool | None) -> ReserveOp:
+                    strict: bool | None, ceil: int = 0) -> ReserveOp:
         if tier not in snap.tiers:
             raise UnknownTierError(tier, list(snap.tiers))
         now = self.now()
@@ -292,8 +297,7 @@ class Nasca:
                          estimate=estimate, hold_expiry_ms=now_ms + self.hold_ttl_ms,
                          strict=self.strict if strict is None else strict, tier=tier,
                          tiers_json=snap.tiers_json, config_version=snap.version,
-                         tier_compiled=snap.compiled[tier],
-                         owed=self.deferred.owed(keys.meta) if self.deferred else _OWED_NOTHING)
+                         tier_compiled=snap.compiled[tier], ceiling=ceil)
 
     def _store_failed_reserve(self, user_id: str, op: ReserveOp, exc: StoreError) -> Reservation:
         self.stats.store_errors += 1
@@ -318,15 +322,15 @@ class Nasca:
 
     # -- settle / release --------------------------------------------------------------
     def settle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
-               tokens: tuple[int, int] = (0, 0)) -> Charge:
-        """Replace the hold by the call's real cost (one store round trip). If the store is
-        unreachable the charge is queued and retried, never dropped.
+               tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
+        """Replace the hold by the real cost (one store round trip; ``background=True``: queued for
+        the background sender when it is on). A charge the store can't take is retried, never dropped.
 
         Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written).
         """
         op = self._settle_op(reservation, cost, nanos, tokens)
-        if self.deferred:
-            self.deferred.flush()
+        if (queued := self.deferred.before_settle(op, background)) is not None:
+            return queued
         try:
             result = self.store.sync.settle(op)
         except StoreError as exc:
@@ -334,10 +338,12 @@ class Nasca:
         self.stats.settled += 1
         return Charge(op.cost, result.tier_part, result.credit_part)
 
-    async def asettle(self, reservation: Reservation, cost: Amount | None = None, *,
-                      nanos: int | None = None, tokens: tuple[int, int] = (0, 0)) -> Charge:
-        """Async twin of settle()."""
+    async def asettle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
+                      tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
+        """Async twin of settle(); a background settle never waits on the loop."""
         op = self._settle_op(reservation, cost, nanos, tokens)
+        if background and (queued := self.deferred.send(op)) is not None:
+            return queued
         if self.deferred:
             await self.deferred.aflush()
         try:
@@ -364,8 +370,8 @@ class Nasca:
                         ttls_ms=ws.ttls_from(now), marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
                         input_tokens=tokens[0], output_tokens=tokens[1])
 
-    flush_deferred = to_deferred(DeferredSettles.flush)
-    aflush_deferred = to_deferred(DeferredSettles.aflush)
+    flush = flush_deferred = to_deferred(DeferredSettles.flush)  # returns how many settles landed
+    aflush = aflush_deferred = to_deferred(DeferredSettles.aflush)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that failed before costing anything. Store failures are
@@ -392,57 +398,54 @@ class Nasca:
         self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
         prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
-    ) -> LLMCall:
-        """Estimate a model call (the prompt as OpenAI-style ``messages`` or ``prompt``
-        text, plus ``tools`` schemas) and reserve it. Raises NascaBlockedError (the call
-        must not be made), UnknownModelError, InvalidInputError, StoreError."""
+        cap_output: bool = False) -> LLMCall:
+        """Estimate a model call (the prompt as OpenAI-style ``messages`` or ``prompt`` text, plus
+        ``tools`` schemas) and reserve it (``cap_output``: with credits in the room output_cap() reads).
+        Raises NascaBlockedError (must not be made), UnknownModelError, InvalidInputError, StoreError."""
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         snap = self.live.current()
-        tokens, estimate = estimate_call(
+        tokens, estimate, ceil = estimate_call(
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
-            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict,
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict, capped=cap_output,
             default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
-        return LLMCall(self, self._reserve(estimate, user_id, tier_name, None), model, tokens)
+        return LLMCall(self, self._reserve(estimate, user_id, tier_name, None, ceil), model, tokens)
 
     async def astart_call(
         self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
         prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
-    ) -> LLMCall:
+        cap_output: bool = False) -> LLMCall:
         """Async twin of start_call()."""
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         snap = await self.live.acurrent()
-        tokens, estimate = estimate_call(
+        tokens, estimate, ceil = estimate_call(
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
-            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict,
+            max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict, capped=cap_output,
             default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
-        return LLMCall(self, await self._areserve(estimate, user_id, tier_name, None), model, tokens)
+        return LLMCall(self, await self._areserve(estimate, user_id, tier_name, None, ceil), model, tokens)
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap an OpenAI or Anthropic SDK ``create`` so every call is checked, reserved and
-        charged (see ``nasca_core._wrap.wrap``). Raises ConfigurationError."""
-        return wrap(self, fn)
+    def wrap(self, fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        """Wrap an OpenAI or Anthropic SDK ``create`` so every call is checked, reserved and charged
+        (options ``cap_output=``, ``send_user=``: ``nasca_core._wrap.wrap``). Raises ConfigurationError."""
+        return wrap(self, fn, **options)
 
     # -- usage -------------------------------------------------------------------------
     def get_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
-        """What the user has spent per window, with limits, resets and credit balances.
-
-        Raises InvalidUserError, UnknownTierError, StoreError."""
+        """Spend per window, with limits, resets and credit balances, on the tier the user's
+        calls ran on (``tier=`` names another). Raises InvalidUserError, UnknownTierError, StoreError."""
         user_id, tier_name = self.resolve_user(user, tier)
-        now = self.now()
-        snap = self.live.fresh()
+        now, snap = self.now(), self.live.fresh()
         with count_store_errors(self.stats):
-            stored = self.store.sync.snapshot(self.user_keys(user_id, now), int(now * 1000))
-        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz)
+            stored = self.deferred.snapshot(self.user_keys(user_id, now), int(now * 1000))
+        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz, tier, user)
 
     async def aget_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
         """Async twin of get_usage()."""
         user_id, tier_name = self.resolve_user(user, tier)
-        now = self.now()
-        snap = await self.live.afresh()
+        now, snap = self.now(), await self.live.afresh()
         with count_store_errors(self.stats):
-            stored = await self.store.for_loop().snapshot(self.user_keys(user_id, now), int(now * 1000))
-        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz)
+            stored = await self.deferred.asnapshot(self.user_keys(user_id, now), int(now * 1000))
+        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz, tier, user)
 
     # -- billing: the old spellings of nasca.billing.… ------------------------------------
     grant_credits = to_billing(Billing.grant_credits)
@@ -479,19 +482,14 @@ class Nasca:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
-        """Flush deferred settles if the store is back, and close connections Nasca opened."""
-        if self.deferred:
-            self.deferred.flush()
-        if self.deferred:
-            log.error("nasca: closing with %d settles never applied (%d nanos)", len(self.deferred),
-                      self.deferred.nanos)
+        """Flush queued and deferred settles the store takes, and close connections Nasca opened."""
+        self.deferred.close()
         self.calibration.close()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async twin of close(): flush deferred settles, close this loop's connections."""
-        if self.deferred:
-            await self.deferred.aflush()
+        await self.deferred.aflush()
         await self.store.aclose()
         self.close()
 

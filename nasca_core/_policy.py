@@ -8,7 +8,7 @@ to identical results. Every amount is an int of nano-dollars; windows are indexe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 NO_LIMIT = -1
 
@@ -48,6 +48,31 @@ def admit(
         return -1
     covered = deficit <= credits if strict else deficit < credits
     return -1 if covered else worst
+
+
+def room(limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], held: int,
+         credits: int) -> int:
+    """What a user may still spend beside the ``held`` calls in flight before a window stops
+    them: a window's room plus the credits (-1 = not read) where they may cover it, the least
+    over the windows with a limit; NO_LIMIT when none has one. ``LLMCall.output_cap`` caps a call's
+    output to it."""
+    left = NO_LIMIT
+    for i in range(3):
+        if limits[i] != NO_LIMIT:
+            r = max(0, limits[i] - spent[i] - held + (credits if credits > 0 and not hard[i] else 0))
+            left = r if left == NO_LIMIT else min(left, r)
+    return left
+
+
+def room_of(limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], held: int,
+            credits: int, ceiling: int, read_credits: Callable[[], int]) -> tuple[int, int]:
+    """(room, credits) for an admitted call: the credits are read (``read_credits``) only
+    when a call asking for a room (``ceiling`` > 0) could cost more than the allowance left."""
+    left = room(limits, hard, spent, held, credits)
+    if credits < 0 and ceiling > 0 and 0 <= left < ceiling:
+        credits = read_credits()
+        left = room(limits, hard, spent, held, credits)
+    return left, credits
 
 
 def own_view(spent: Sequence[int], held: int, in_flight: int,

@@ -48,6 +48,8 @@ class LedgerStats:
     deferred_refused: int = 0  # journaled too long ago to replay safely (kept aside, logged)
     deferred_unjournaled: int = 0  # kept in memory only: the journal could not be written
     stale_config_retries: int = 0
+    settle_queued: int = 0  # model calls' settles handed to the background sender (``_sender``)
+    settle_queue_full: int = 0  # settled on the caller's path because the sender was too far behind
 
 
 class count_store_errors:
@@ -76,6 +78,9 @@ class Reservation:
     estimate_nanos: int
     keys: UserKeys
     degraded: bool = False  # admitted without the store (on_store_error="allow")
+    # What the user could still spend at admission beside the other calls in flight, this one's
+    # hold not taken (``ReserveResult.room``; -1 = no limit or not known): ``LLMCall.output_cap``.
+    room: int = -1
 
     @property
     def estimate(self) -> Decimal:
@@ -84,12 +89,16 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What a settled call cost and who paid: the tier's allowance or the user's credits."""
+    """What a settled call cost and who paid: the tier's allowance or the user's credits.
+
+    A ``pending`` charge (queued for the background sender) has not been split yet: its
+    ``tier_nanos`` and ``credit_nanos`` are 0, and the store decides the split as it lands."""
 
     cost_nanos: int
     tier_nanos: int
     credit_nanos: int
     deferred: bool = False  # the store was unreachable; the charge is queued for retry
+    pending: bool = False  # queued for the background sender: the split is known once it lands
 
     @property
     def cost(self) -> Decimal:

@@ -18,16 +18,29 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from nasca_core._env import user_hash_key
 from nasca_core._errors import ConfigurationError, UsageParseError
+from nasca_core._identity import current
+from nasca_core._wrap_request import (
+    Kind,
+    SendUser,
+    check_send_user,
+    field_of,
+    gemini_text,
+    lower_cap,
+    prompt_of,
+    take_user,
+)
 from nasca_core.pricing import (
     AnthropicStreamUsage,
+    GeminiStreamUsage,
     TokenUsage,
-    usage_from_anthropic,
-    usage_from_gemini,
+    usage_from_anthropic_message,
+    usage_from_gemini_response,
     usage_from_openai_response,
 )
 
@@ -36,8 +49,6 @@ if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
 
 log = logging.getLogger("nasca")
-
-Kind = Literal["chat", "responses", "messages", "gemini", "embeddings"]
 
 _KINDS: dict[str, Kind] = {
     "Completions": "chat",
@@ -74,67 +85,13 @@ def _describe(fn: Callable[..., Any]) -> tuple[Kind, bool, str]:
     return kind, name.startswith("Async"), method
 
 
-# -- what each API's request and response look like (pure) -----------------------------
-def _prompt(kind: Kind, kwargs: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
-    """The request as OpenAI-style messages for the estimate, and its output-token cap."""
-    messages: list[dict[str, Any]] = []
-    if kind == "embeddings":
-        given = kwargs.get("input") or ""
-        items = [given] if isinstance(given, str) else list(given)
-        # Token-id inputs are counted as their length: each id is one token.
-        messages = [{"content": i} if isinstance(i, str) else {"content": " x" * len(i)} for i in items]
-        return messages, 0
-    if kind == "chat":
-        messages = [dict(m) if isinstance(m, Mapping) else {"content": str(m)}
-                    for m in kwargs.get("messages") or []]
-        cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-    elif kind == "responses":
-        if kwargs.get("instructions"):
-            messages.append({"role": "system", "content": kwargs["instructions"]})
-        given = kwargs.get("input") or ""
-        items = [{"role": "user", "content": given}] if isinstance(given, str) else list(given)
-        messages += [dict(m) if isinstance(m, Mapping) else {"content": str(m)} for m in items]
-        cap = kwargs.get("max_output_tokens")
-    elif kind == "messages":
-        if kwargs.get("system"):
-            messages.append({"role": "system", "content": kwargs["system"]})
-        messages += [dict(m) for m in kwargs.get("messages") or []]
-        cap = kwargs.get("max_tokens")
-    else:
-        config = kwargs.get("config")
-        system = _field(config, "system_instruction") if config is not None else None
-        if system:
-            messages.append({"role": "system", "content": _gemini_text(system)})
-        messages.append({"role": "user", "content": _gemini_text(kwargs.get("contents"))})
-        cap = _field(config, "max_output_tokens") if config is not None else None
-    return messages, cap if isinstance(cap, int) and not isinstance(cap, bool) else None
-
-
-def _gemini_text(contents: Any) -> str:
-    """The text of google-genai ``contents``: a str, Content/Part objects or dicts, or a list."""
-    if contents is None:
-        return ""
-    if isinstance(contents, str):
-        return contents
-    if isinstance(contents, list | tuple):
-        return "\n".join(_gemini_text(c) for c in contents)
-    text = _field(contents, "text")
-    if isinstance(text, str):
-        return text
-    parts = _field(contents, "parts")
-    return _gemini_text(list(parts)) if parts else ""
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-
-
-def _response_usage(kind: Kind, response: Any) -> TokenUsage | None:
+# -- what each API's response looks like (pure; the request: ``_wrap_request``) ------------
+def _response_usage(kind: Kind, response: Any, tools: Any = None, model: Any = None) -> TokenUsage | None:
     """The usage the provider reported, or None when it reported none or none we can read:
     then the call is charged for its counted tokens (the provider has answered, so the hold
     must close with a charge, never $0 and never left dangling)."""
     try:
-        return _parse_usage(kind, response)
+        return _parse_usage(kind, response, tools, model)
     except UsageParseError as exc:
         if kind not in _unreadable:
             _unreadable.add(kind)
@@ -145,30 +102,31 @@ def _response_usage(kind: Kind, response: Any) -> TokenUsage | None:
 _unreadable: set[str] = set()
 
 
-def _parse_usage(kind: Kind, response: Any) -> TokenUsage | None:
+def _parse_usage(kind: Kind, response: Any, tools: Any = None, model: Any = None) -> TokenUsage | None:
     if kind == "embeddings":
-        usage = _field(response, "usage")
-        tokens = _field(usage, "prompt_tokens") if usage is not None else None
+        usage = field_of(response, "usage")
+        tokens = field_of(usage, "prompt_tokens") if usage is not None else None
         return TokenUsage(input_tokens=tokens) if isinstance(tokens, int) else None
-    if kind == "gemini":
-        metadata = _field(response, "usage_metadata")
-        return None if metadata is None else usage_from_gemini(metadata)
-    # OpenAI's service_tier and web_search_call items live beside the usage, not in it.
+    if kind == "gemini":  # grounding searches live on the candidates; the model says how they bill
+        if isinstance(response, GeminiStreamUsage):
+            return response.usage
+        return usage_from_gemini_response(response, model=model)
+    # OpenAI's service_tier and tool-call items live beside the usage, not in it.
     if kind != "messages":
         return usage_from_openai_response(response)
-    usage = _field(response, "usage")
-    return None if usage is None else usage_from_anthropic(usage)
+    # and the code-execution container, free or not by the request's tool versions
+    return usage_from_anthropic_message(response, tools=tools)
 
 
 def _response_text(kind: Kind, response: Any) -> str:
     if kind == "chat":
-        return "".join(str(_field(_field(c, "message"), "content") or "")
-                       for c in _field(response, "choices") or [])
+        return "".join(str(field_of(field_of(c, "message"), "content") or "")
+                       for c in field_of(response, "choices") or [])
     if kind == "responses":
-        return str(_field(response, "output_text") or "")
+        return str(field_of(response, "output_text") or "")
     if kind == "gemini":
-        return "".join(_gemini_text(_field(c, "content")) for c in _field(response, "candidates") or [])
-    return "".join(str(_field(b, "text") or "") for b in _field(response, "content") or [])
+        return "".join(gemini_text(field_of(c, "content")) for c in field_of(response, "candidates") or [])
+    return "".join(str(field_of(b, "text") or "") for b in field_of(response, "content") or [])
 
 
 @dataclass
@@ -180,28 +138,33 @@ class _Observer:
     usage: TokenUsage | None = None
     anthropic: AnthropicStreamUsage | None = None
     counted: bool = False  # the stream's usage was unreadable: charge counted tokens
+    tools: Any = None  # the request's (Anthropic's container rule)
+    model: Any = None  # the request's (Gemini's grounding unit)
+    gemini: GeminiStreamUsage | None = None
 
     def feed(self, event: Any) -> tuple[str | None, bool]:
         if self.kind == "gemini":
-            # Every chunk carries the usage so far; the last one has the whole call's.
-            self.usage = _response_usage("gemini", event) or self.usage
+            # Every chunk carries the usage so far; grounding queries may come on any chunk.
+            self.gemini = self.gemini or GeminiStreamUsage(self.model)
+            self.gemini.add(event)
+            self.usage = _response_usage("gemini", self.gemini) or self.usage
             return _response_text("gemini", event), False
         if self.kind == "chat":
-            choices = _field(event, "choices") or []
-            usage = _field(event, "usage")
+            choices = field_of(event, "choices") or []
+            usage = field_of(event, "usage")
             if usage is not None:
                 self.usage = _response_usage("chat", event)
-            text = "".join(str(_field(_field(c, "delta"), "content") or "") for c in choices)
+            text = "".join(str(field_of(field_of(c, "delta"), "content") or "") for c in choices)
             return text, self.hide_usage_chunk and usage is not None and not choices
-        kind = _field(event, "type")
+        kind = field_of(event, "type")
         if self.kind == "responses":
             if kind == "response.output_text.delta":
-                return str(_field(event, "delta") or ""), False
+                return str(field_of(event, "delta") or ""), False
             if kind in ("response.completed", "response.incomplete"):
-                self.usage = _response_usage("responses", _field(event, "response")) or self.usage
+                self.usage = _response_usage("responses", field_of(event, "response")) or self.usage
             return None, False
         if self.anthropic is None:
-            self.anthropic = AnthropicStreamUsage()
+            self.anthropic = AnthropicStreamUsage(self.tools)
         if not self.counted:
             try:
                 self.anthropic.add(event)
@@ -209,8 +172,8 @@ class _Observer:
             except UsageParseError:  # counted instead, like a stream that reports nothing
                 self.usage, self.counted = None, True
         if kind == "content_block_delta":
-            delta = _field(event, "delta")
-            return str(_field(delta, "text") or _field(delta, "partial_json") or ""), False
+            delta = field_of(event, "delta")
+            return str(field_of(delta, "text") or field_of(delta, "partial_json") or ""), False
         return None, False
 
 
@@ -283,9 +246,10 @@ class _Managed:
     from the SDK's own accumulated message (its usage, tier and tool counts)."""
 
     def __init__(self, manager: Any, call: LLMCall | None, kind: Kind,
-                 reserve: Callable[[], Any] | None = None) -> None:
+                 reserve: Callable[[], Any] | None = None, tools: Any = None) -> None:
         self._manager = manager
-        self._call: Any = call  # async helpers reserve in __aenter__, before the request
+        self._tools = tools
+        self._call: Any = call  # async helpers reserve in __aenter__, then make the SDK's manager
         self._reserve = reserve
         self._kind = kind
         self._stream: Any = None
@@ -301,9 +265,9 @@ class _Managed:
         """The accumulated message and whether it is complete (messages and chat)."""
         if self._kind == "messages":
             snap = self._stream.current_message_snapshot
-            return snap, _field(snap, "stop_reason") is not None
+            return snap, field_of(snap, "stop_reason") is not None
         snap = self._stream.current_completion_snapshot
-        return snap, _field(snap, "usage") is not None
+        return snap, field_of(snap, "usage") is not None
 
     def _settle_sync(self, failed: bool) -> None:
         if self._kind == "responses":
@@ -318,7 +282,7 @@ class _Managed:
             self._call.add_text(_snapshot_text(self._kind, partial))
             self._call.abort()
         else:
-            self._call.finish(_response_usage(self._kind, final))
+            self._call.finish(_response_usage(self._kind, final, self._tools))
 
     def __enter__(self) -> Any:
         try:
@@ -338,6 +302,8 @@ class _Managed:
         if self._reserve is not None:
             self._call = await self._reserve()
         try:
+            if self._reserve is not None:  # made now: the reserve may have lowered the request's cap
+                self._manager = self._manager()
             return self._entered(await self._manager.__aenter__())
         except BaseException:
             await self._call.afail()
@@ -356,7 +322,7 @@ class _Managed:
                 self._call.add_text(_snapshot_text(self._kind, partial))
                 await self._call.aabort()
             else:
-                await self._call.afinish(_response_usage(self._kind, final))
+                await self._call.afinish(_response_usage(self._kind, final, self._tools))
         finally:
             result = await self._manager.__aexit__(*exc)
         return result
@@ -376,14 +342,17 @@ async def _afinal_response(get: Callable[[], Any]) -> Any:
         return None
 
 
-def _split(kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any, bool]:
-    """Take Nasca's own arguments out of an SDK call: user, tier, ctx; ask OpenAI streams for usage."""
+def _split(kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any], send_user: SendUser,
+           hash_key: str, get_user_id: object) -> tuple[Any, Any, Any, bool]:
+    """Take Nasca's own arguments out of an SDK call (user, tier, ctx) and the end user the
+    request names (``_wrap_request.take_user``); ask OpenAI streams for their usage."""
     if len(args) > 1:
         raise TypeError("wrapped SDK calls take keyword arguments, plus an optional trailing ctx")
     ctx = kwargs.pop("ctx", args[0] if args else None)
     tier = kwargs.pop("tier", None)
-    # OpenAI's own `user` parameter means the same thing (the end user): keep sending it.
-    user = kwargs.get("user") if kind in ("chat", "responses", "embeddings") else kwargs.pop("user", None)
+    user, fallback = take_user(kind, kwargs, send_user, hash_key)
+    if user is None and fallback is not None and (ctx is None or get_user_id is None) and current() is None:
+        user = fallback  # nothing else names the user: the request's own field does
     hide = False
     if kind == "chat" and kwargs.get("stream"):
         options = dict(kwargs.get("stream_options") or {})
@@ -394,16 +363,41 @@ def _split(kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[A
     return user, tier, ctx, hide
 
 
-def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _hash_key(given: str | None, namespace: str, send_user: SendUser) -> str:
+    key = given or user_hash_key()
+    if key is None and send_user == "hash" and namespace not in _unkeyed:
+        _unkeyed.add(namespace)
+        log.warning("nasca: wrap() hashes user ids keyed by the namespace %r, which is not secret: whoever "
+                    "sees a hash can test guessed ids (emails, numbers) against it, and apps on one "
+                    "namespace send the same hash. Set NASCA_USER_HASH_KEY (or wrap(..., user_hash_key=)) "
+                    "to a secret.", namespace)
+    return key or namespace
+
+
+_unkeyed: set[str] = set()
+
+
+def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None,
+         send_user: SendUser = "hash", user_hash_key: str | None = None) -> Callable[..., Any]:
     """Wrap an SDK ``create`` so every call is checked, reserved and charged by ``nasca``.
 
     The wrapped function takes the SDK's arguments plus ``user=``, ``tier=`` and a
-    trailing ``ctx`` (or uses ``nasca.user()``). Raises ConfigurationError for a
-    function it can't wrap; the wrapped function raises NascaBlockedError before any
-    HTTP request when the user may not spend.
+    trailing ``ctx`` (or uses ``nasca.user()``), by precedence: ``user=`` (on OpenAI also the
+    SDK's own ``user`` field), ``get_user_id(ctx)``, ``nasca.user()``, and last OpenAI's
+    ``safety_identifier`` or Anthropic's ``metadata={"user_id": ...}`` (often a session id).
+    What the provider receives of these ids is ``send_user``: "hash" (default: a stable opaque
+    hash keyed by ``user_hash_key``, else ``NASCA_USER_HASH_KEY``, else the namespace, with a
+    warning), "none" (the field is dropped) or "raw". ``cap_output=True`` (default: ``nasca.cap_output``)
+    lowers a call's max tokens to what the user's allowance and credits can still pay for
+    (``LLMCall.output_cap``). Raises ConfigurationError for a function it can't wrap or a
+    bad option; the wrapped function raises NascaBlockedError before any HTTP request
+    when the user may not spend.
     """
     kind, is_async, method = _describe(fn)
     helper = method == "helper"
+    send = check_send_user(send_user)
+    key = _hash_key(user_hash_key, nasca.namespace, send)
+    capped = bool(getattr(nasca, "cap_output", False) if cap_output is None else cap_output)
     if kind == "embeddings" and not nasca.charge_embeddings:
         raise ConfigurationError(
             "embeddings are not charged by default: build Nasca(..., charge_embeddings=True) to "
@@ -414,11 +408,18 @@ def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
         if helper and kind == "chat":
             # The helper streams by itself; ask for the usage chunk so the snapshot has usage.
             kwargs["stream_options"] = {**dict(kwargs.get("stream_options") or {}), "include_usage": True}
-        user, tier, ctx, hide = _split(kind, args, kwargs)
-        messages, cap = _prompt(kind, kwargs)
+        user, tier, ctx, hide = _split(kind, args, kwargs, send, key, nasca.get_user_id)
+        messages, cap = prompt_of(kind, kwargs)
         spec = {"model": kwargs.get("model"), "messages": messages, "max_tokens": cap,
-                "tools": kwargs.get("tools") or None, "user": user, "tier": tier, "ctx": ctx}
-        return spec, method == "stream" or bool(kwargs.get("stream")), _Observer(kind, hide)
+                "tools": kwargs.get("tools") or None, "user": user, "tier": tier, "ctx": ctx,
+                "cap_output": capped and kind != "embeddings"}
+        observer = _Observer(kind, hide, tools=spec["tools"], model=spec["model"])
+        return spec, method == "stream" or bool(kwargs.get("stream")), observer
+
+    def limit(call: LLMCall, spec: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """Lower the request's cap: after the reserve, so whatever raises must release it."""
+        if capped and kind != "embeddings" and (cap := call.output_cap(spec["max_tokens"])) is not None:
+            lower_cap(kind, kwargs, cap)
 
     if helper:
         @functools.wraps(fn)
@@ -426,10 +427,21 @@ def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
             spec, _, _ = start(args, kwargs)
             model = spec.pop("model")
             if is_async:  # nothing is sent before __aenter__: reserve there, without blocking
-                return _Managed(fn(**kwargs), None, kind, lambda: nasca.astart_call(model, **spec))
+
+                async def reserve() -> LLMCall:
+                    call = await nasca.astart_call(model, **spec)
+                    try:
+                        limit(call, spec, kwargs)
+                    except BaseException:
+                        await call.afail()
+                        raise
+                    return call
+
+                return _Managed(lambda: fn(**kwargs), None, kind, reserve, spec["tools"])
             call = nasca.start_call(model, **spec)
             try:
-                return _Managed(fn(**kwargs), call, kind)
+                limit(call, spec, kwargs)
+                return _Managed(fn(**kwargs), call, kind, tools=spec["tools"])
             except BaseException:
                 call.fail()
                 raise
@@ -442,13 +454,14 @@ def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
             spec, streaming, observer = start(args, kwargs)
             call = await nasca.astart_call(spec.pop("model"), **spec)
             try:
+                limit(call, spec, kwargs)
                 result = await fn(**kwargs)
             except BaseException:
                 await call.afail()
                 raise
             if streaming:
                 return _AsyncStream(result, call, observer)
-            usage = _response_usage(kind, result)
+            usage = _response_usage(kind, result, spec["tools"], call.model)
             if usage is None:
                 call.add_text(_response_text(kind, result))
             await call.afinish(usage)
@@ -461,13 +474,14 @@ def wrap(nasca: Nasca, fn: Callable[..., Any]) -> Callable[..., Any]:
         spec, streaming, observer = start(args, kwargs)
         call = nasca.start_call(spec.pop("model"), **spec)
         try:
+            limit(call, spec, kwargs)
             result = fn(**kwargs)
         except BaseException:
             call.fail()
             raise
         if streaming:
             return _Stream(result, call, observer)
-        usage = _response_usage(kind, result)
+        usage = _response_usage(kind, result, spec["tools"], call.model)
         if usage is None:
             call.add_text(_response_text(kind, result))
         call.finish(usage)

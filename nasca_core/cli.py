@@ -70,7 +70,7 @@ SUBCOMMANDS: list[tuple[str, str, Setup]] = [
     ("migrate", "move a Redis store's keys to this release's key layout (dry run unless --apply)",
      _setup_migrate),
     ("billing", "billing upkeep: `nasca billing reconcile [--since DATE] [--dry-run]`", _setup_billing),
-    ("user", "show a user, or put them on a tier", _setup_user),
+    ("user", "show, tier, export or delete a user (data-protection requests)", _setup_user),
     ("credits", "grant or list a user's credits", _setup_credits),
     ("tiers", "list, set or unset tiers, live for every process", _setup_tiers),
 ]

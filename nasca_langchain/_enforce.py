@@ -22,6 +22,7 @@ from langgraph.config import get_config
 from nasca_core import ConfigurationError, LLMCall, Nasca, NascaBlockedError, UsageParseError
 from nasca_core.pricing import TokenUsage
 from nasca_langchain._prompt import (
+    MAX_TOKEN_PARAMS,
     accounted_by_middleware,
     chat_messages,
     model_fields,
@@ -45,18 +46,35 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
     (``upgrade_reply``), keeping what earlier steps did. The user is, in order: the
     runtime context's ``nasca_user_id`` (or ``user_id``) and ``nasca_tier`` (a mapping or
     an object), the run's metadata ``nasca_user_id`` / ``nasca_tier``, then
-    ``with nasca.user(...)``.
+    ``with nasca.user(...)``. ``cap_output=True`` (default: ``nasca.cap_output``) lowers a
+    step's max tokens to what the user's allowance and credits can still pay for.
 
     Raises ConfigurationError for an unknown ``exit_behavior``; from the agent:
     NascaBlockedError (under "error"), InvalidUserError, UnknownModelError, StoreError.
     """
 
-    def __init__(self, nasca: Nasca, *, exit_behavior: ExitBehavior = "error") -> None:
+    def __init__(self, nasca: Nasca, *, exit_behavior: ExitBehavior = "error",
+                 cap_output: bool | None = None) -> None:
         super().__init__()
         if exit_behavior not in ("error", "end"):
             raise ConfigurationError("exit_behavior must be 'error' or 'end'")
         self.nasca = nasca
         self.exit_behavior = exit_behavior
+        self.cap_output = bool(nasca.cap_output if cap_output is None else cap_output)
+
+    def _capped(self, call: LLMCall, request: ModelRequest[Any], spec: dict[str, Any]) -> ModelRequest[Any]:
+        """The request with its max tokens lowered to what the user can still pay for
+        (``cap_output``; ``LLMCall.output_cap``), through the request's model settings."""
+        cap = call.output_cap(spec["max_tokens"]) if self.cap_output else None
+        if cap is None:
+            return request
+        settings = dict(request.model_settings)
+        # the setting the step has, else the field the model's class declares (Gemini's
+        # max_output_tokens): a model ignores, or refuses, a field it doesn't know
+        declared = getattr(type(request.model), "model_fields", {})
+        key = next((k for k in MAX_TOKEN_PARAMS if k in settings), None) or next(
+            (k for k in MAX_TOKEN_PARAMS if k in declared), "max_tokens")
+        return request.override(model_settings={**settings, key: cap})
 
     def _end_turn(self, err: NascaBlockedError) -> AIMessage:
         """The upgrade prompt that ends the turn under "end"; under "error", the block itself."""
@@ -69,13 +87,14 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any] | AIMessage:
+        spec = _call_spec(request)
         try:
-            call = self.nasca.start_call(**_call_spec(request))
+            call = self.nasca.start_call(**spec, cap_output=self.cap_output)
         except NascaBlockedError as err:
             return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
-            response = handler(request)
+            response = handler(self._capped(call, request, spec))
         except BaseException as exc:
             if _cancelled(exc):  # the provider has billed the prompt; a provider error, nothing
                 call.abort()
@@ -92,13 +111,14 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage:
+        spec = _call_spec(request)
         try:
-            call = await self.nasca.astart_call(**_call_spec(request))
+            call = await self.nasca.astart_call(**spec, cap_output=self.cap_output)
         except NascaBlockedError as err:
             return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
-            response = await handler(request)
+            response = await handler(self._capped(call, request, spec))
         except BaseException as exc:
             if _cancelled(exc):
                 await call.aabort()

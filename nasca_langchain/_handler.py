@@ -7,17 +7,20 @@
 
 A sync handler with ``raise_error = True``: LangChain then lets its exceptions out of
 ``invoke``/``stream``/``batch``, their async twins, chains and agents. An async handler's
-errors are swallowed on the sync paths, so it could not block ``invoke``.
+errors are swallowed on the sync paths, so it could not block ``invoke``. One object serves
+both: LangChain's async dispatcher gets coroutine functions for the model events (awaited
+on the loop, on the async store), every other caller the sync methods (``_Twin``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -26,21 +29,45 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import LLMResult
 
 from nasca_core import InvalidUserError, LLMCall, Nasca, UsageParseError
+from nasca_core.pricing import TokenUsage
 from nasca_langchain._prompt import accounted_by_middleware, chat_messages, output_cap
-from nasca_langchain._usage import usage_from_langchain
+from nasca_langchain._usage import usage_from_langchain, with_langchain_fees
 
 log = logging.getLogger("nasca.langchain")
 
 USER_KEY = "nasca_user_id"
 TIER_KEY = "nasca_tier"
 _MODEL_PARAMS = ("model", "model_name", "model_id")
+# langchain-core's async dispatcher (module, function), which awaits a handler's coroutine
+# functions and lets raise_error through. If a release renames it, every caller gets the
+# sync methods: still enforced, only no longer off the loop.
+ASYNC_DISPATCH = ("langchain_core.callbacks.manager", "_ahandle_event_for_handler")
+
+
+class _Twin:
+    """A model event: the sync method for every caller but LangChain's async dispatcher,
+    which gets the coroutine twin (``a`` + the name)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.sync, self.twin = getattr(owner, f"_{name}"), getattr(owner, f"_a{name}")
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.sync
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is not None and caller.f_code.co_name == ASYNC_DISPATCH[1] \
+                and caller.f_globals.get("__name__") == ASYNC_DISPATCH[0]:
+            return self.twin.__get__(obj, owner)
+        return self.sync.__get__(obj, owner)
 
 
 class _Run:
-    __slots__ = ("call", "streamed", "usage")
+    __slots__ = ("call", "streamed", "tools", "usage")
 
-    def __init__(self, call: LLMCall) -> None:
+    def __init__(self, call: LLMCall, tools: Any = None) -> None:
         self.call = call
+        self.tools = tools  # the request's: they price a container (with_langchain_fees)
         self.usage: UsageMetadata | None = None  # reported on streamed chunks
         self.streamed = False
 
@@ -54,10 +81,11 @@ class NascaCallbackHandler(BaseCallbackHandler):
     handler, then of ``nasca``, then ``with nasca.user(...)``. ``ctx`` is a config-like dict:
     ``{"metadata", "tags", "run_id", "parent_run_id", "invocation_params"}``.
 
-    One handler serves any number of concurrent runs, sync and async. On the async paths it
-    runs inline on the event loop: a store round trip at a call's start and end holds the
-    loop (microseconds in memory, one Redis round trip each), a streamed token costs no
-    thread hop, and contextvars (``nasca.user()``) are those of the caller.
+    One handler serves any number of concurrent runs, sync and async: pass the same object
+    to ``invoke`` and ``ainvoke``. On the async paths its model events are coroutines run
+    inline on the loop: the reserve is awaited on the async store (nothing blocks the loop),
+    the settle is queued for the background sender, a streamed token costs no thread hop,
+    and contextvars (``nasca.user()``) are those of the caller.
 
     Raised from the model call, before any provider request: NascaBlockedError (over
     budget), InvalidUserError (no user, or a user id that is not a non-empty str),
@@ -111,7 +139,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
         return f"NascaCallbackHandler({self.nasca!r}, in_flight={len(self._runs)})"
 
     # -- start -------------------------------------------------------------------------
-    def on_chat_model_start(
+    def _on_chat_model_start(
         self,
         serialized: dict[str, Any],
         messages: list[list[BaseMessage]],
@@ -122,10 +150,26 @@ class NascaCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, parent_run_id, tags, metadata, serialized,
-                    kwargs.get("invocation_params") or {}, messages=chat_messages(messages[0]))
+        if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
+                               messages=chat_messages(messages[0]))) is not None:
+            self._started(run_id, spec, lambda: self.nasca.start_call(**spec))
 
-    def on_llm_start(
+    async def _aon_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
+                               messages=chat_messages(messages[0]))) is not None:
+            await self._astarted(run_id, spec)
+
+    def _on_llm_start(
         self,
         serialized: dict[str, Any],
         prompts: list[str],
@@ -137,22 +181,43 @@ class NascaCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         # LangChain sends one prompt per run
-        self._start(run_id, parent_run_id, tags, metadata, serialized,
-                    kwargs.get("invocation_params") or {}, prompt=prompts[0])
+        if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
+                               prompt=prompts[0])) is not None:
+            self._started(run_id, spec, lambda: self.nasca.start_call(**spec))
 
-    def _start(
+    async def _aon_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
+                               prompt=prompts[0])) is not None:
+            await self._astarted(run_id, spec)
+
+    on_chat_model_start = _Twin()
+    on_llm_start = _Twin()
+
+    def _spec(
         self,
         run_id: UUID,
         parent_run_id: UUID | None,
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         serialized: dict[str, Any] | None,
-        params: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
         messages: list[dict[str, Any]] | None = None,
         prompt: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """``start_call``'s arguments, None when NascaMiddleware accounts for this call."""
         if accounted_by_middleware.get():
-            return  # NascaMiddleware reserves and charges this call
+            return None
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         meta = metadata or {}
         model = _model_name(serialized, meta, params)
         user, tier = meta.get(USER_KEY), meta.get(TIER_KEY)
@@ -166,21 +231,25 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 user = self.get_user_id(ctx)
             if tier is None and self.get_user_tier is not None:
                 tier = self.get_user_tier(ctx)
-        max_tokens = output_cap(params)
+        # providers bill tool definitions as prompt tokens: the core counts them
+        return {"model": model, "messages": messages, "prompt": prompt, "tools": params.get("tools") or None,
+                "max_tokens": output_cap(params), "user": user, "tier": tier, "ctx": ctx}
+
+    def _started(self, run_id: UUID, spec: Mapping[str, Any], start: Callable[[], LLMCall]) -> None:
         try:
-            # providers bill tool definitions as prompt tokens: the core counts them
-            call = self.nasca.start_call(model, messages=messages, prompt=prompt,
-                                         tools=params.get("tools") or None,
-                                         max_tokens=max_tokens, user=user, tier=tier, ctx=ctx)
+            call = start()
         except InvalidUserError as exc:  # raised first, by resolving the user
-            if user is not None:
-                raise
-            raise InvalidUserError(
-                f"{exc} With LangChain: config={{'metadata': {{'{USER_KEY}': ...}}}}, "
-                "or NascaCallbackHandler(get_user_id=...)."
-            ) from None
+            raise _no_user(exc, spec) from None
         with self._lock:
-            self._runs[run_id] = _Run(call)
+            self._runs[run_id] = _Run(call, spec["tools"])
+
+    async def _astarted(self, run_id: UUID, spec: dict[str, Any]) -> None:
+        try:
+            call = await self.nasca.astart_call(**spec)
+        except InvalidUserError as exc:
+            raise _no_user(exc, spec) from None
+        with self._lock:
+            self._runs[run_id] = _Run(call, spec["tools"])
 
     # -- stream ------------------------------------------------------------------------
     def on_llm_new_token(
@@ -212,58 +281,93 @@ class NascaCallbackHandler(BaseCallbackHandler):
             run.usage = usage if run.usage is None else add_usage(run.usage, usage)
 
     # -- end ---------------------------------------------------------------------------
-    def on_llm_end(
+    def _on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        run = self._pop(run_id)
-        if run is None:
-            return
-        gen = response.generations[0][0] if response.generations and response.generations[0] \
-            else None
-        message = getattr(gen, "message", None)
-        usage = getattr(message, "usage_metadata", None) or run.usage
-        if usage is not None and cast(Mapping[str, Any], usage).get("total_cost") == 0:
-            # LangChain's mark on a response served from its LLM cache: no provider request.
-            run.call.fail()
-            return
-        if usage is not None:
-            try:
-                run.call.finish(usage_from_langchain(usage))
-                return
-            except UsageParseError as exc:
-                log.warning("nasca: unreadable usage_metadata, counting tokens instead: %s", exc)
-        _warn_counted(run.call.model)
-        if not run.streamed and gen is not None:
-            run.call.add_text(gen.text)
-            for tc in getattr(message, "tool_calls", None) or ():
-                run.call.add_text(tc["name"])
-                run.call.add_text(json.dumps(tc["args"]))
-        run.call.finish(None)
+        if (run := self._pop(run_id)) is not None:
+            if (usage := _ended(run, response)) is False:
+                run.call.fail()
+            else:
+                run.call.finish(usage)
 
-    def on_llm_error(
+    async def _aon_llm_end(
+        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (run := self._pop(run_id)) is not None:
+            if (usage := _ended(run, response)) is False:
+                await run.call.afail()
+            else:
+                await run.call.afinish(usage)
+
+    def _on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        run = self._pop(run_id)
-        if run is None:
-            return
-        if run.usage is not None:  # the stream's final usage arrived before it was cut
-            try:
-                run.call.finish(usage_from_langchain(run.usage))
-                return
-            except UsageParseError:
-                pass
-        if run.streamed or isinstance(error, GeneratorExit | asyncio.CancelledError):
-            # Abandoned, cancelled or broken off mid-stream: the provider has billed the
-            # prompt and every token it sent. Charge those, counted locally.
-            run.call.abort()
-        else:
-            run.call.fail()
+        if (run := self._pop(run_id)) is not None:
+            if (usage := _broken(run, error)) is False:
+                run.call.fail()
+            else:
+                run.call.finish(usage)
+
+    async def _aon_llm_error(
+        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (run := self._pop(run_id)) is not None:
+            if (usage := _broken(run, error)) is False:
+                await run.call.afail()
+            else:
+                await run.call.afinish(usage)
+
+    on_llm_end = _Twin()
+    on_llm_error = _Twin()
 
     def _pop(self, run_id: UUID) -> _Run | None:
         with self._lock:
             return self._runs.pop(run_id, None)
+
+
+def _no_user(exc: InvalidUserError, spec: Mapping[str, Any]) -> InvalidUserError:
+    if spec["user"] is not None:
+        return exc
+    return InvalidUserError(f"{exc} With LangChain: config={{'metadata': {{'{USER_KEY}': ...}}}}, "
+                            "or NascaCallbackHandler(get_user_id=...).")
+
+
+def _ended(run: _Run, response: LLMResult) -> TokenUsage | Literal[False] | None:
+    """What an ended run is charged: the provider's usage, None (prompt + counted text), or
+    False for a cache hit (no provider request: release the hold)."""
+    gen = response.generations[0][0] if response.generations and response.generations[0] else None
+    message = getattr(gen, "message", None)
+    usage = getattr(message, "usage_metadata", None) or run.usage
+    if usage is not None and cast(Mapping[str, Any], usage).get("total_cost") == 0:
+        return False  # LangChain's mark on a response served from its LLM cache
+    if usage is not None:
+        try:
+            return with_langchain_fees(usage_from_langchain(usage), message, response.llm_output, run.tools)
+        except UsageParseError as exc:
+            log.warning("nasca: unreadable usage_metadata, counting tokens instead: %s", exc)
+    _warn_counted(run.call.model)
+    if not run.streamed and gen is not None:
+        run.call.add_text(gen.text)
+        for tc in getattr(message, "tool_calls", None) or ():
+            run.call.add_text(tc["name"])
+            run.call.add_text(json.dumps(tc["args"]))
+    return None
+
+
+def _broken(run: _Run, error: BaseException) -> TokenUsage | Literal[False] | None:
+    """What a run that failed is charged, as ``_ended`` (False: nothing, release the hold)."""
+    if run.usage is not None:  # the stream's final usage arrived before it was cut
+        try:
+            return usage_from_langchain(run.usage)
+        except UsageParseError:
+            pass
+    # Abandoned, cancelled or broken off mid-stream: the provider has billed the prompt and
+    # every token it sent. Charge those, counted locally (None).
+    return None if run.streamed or isinstance(error, GeneratorExit | asyncio.CancelledError) else False
 
 
 _counted_models: set[str] = set()

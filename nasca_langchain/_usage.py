@@ -1,12 +1,17 @@
-"""``usage_from_langchain``: LangChain's ``AIMessage.usage_metadata`` as the core's TokenUsage."""
+"""``usage_from_langchain``: LangChain's ``AIMessage.usage_metadata`` as the core's TokenUsage;
+``with_langchain_fees``: the tool fees and service tier the message carries beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nasca_core import UsageParseError
-from nasca_core.pricing import TokenUsage
+from nasca_core.pricing import TokenUsage, usage_from_anthropic_message, usage_from_openai_response
+
+log = logging.getLogger("nasca.langchain")
 
 # langchain-openai prefixes details with the service tier on priority/flex requests
 _CACHE_READ = ("cache_read", "priority_cache_read", "flex_cache_read")
@@ -41,6 +46,8 @@ def usage_from_langchain(usage_metadata: object) -> TokenUsage:
     out = _details(usage_metadata, "output_token_details")
     input_tokens = _count(usage_metadata, "input_tokens", required=True)
     output_tokens = _count(usage_metadata, "output_tokens", required=True)
+    if not inp and not out:  # the common shape: no details to read (a call's hot path)
+        return TokenUsage(input_tokens, output_tokens)
     cache_read = _sum(inp, _CACHE_READ)
     cache_write = _sum(inp, _CACHE_WRITE) or _sum(inp, _CACHE_WRITE_TTL)
     reasoning = _sum(out, _REASONING)
@@ -83,4 +90,65 @@ def _count(data: Mapping[str, Any], key: str, required: bool = False) -> int:
 
 
 def _sum(data: Mapping[str, Any], keys: tuple[str, ...]) -> int:
-    return sum(_count(data, key) for key in keys)
+    total = 0
+    for key in keys:
+        total += _count(data, key)
+    return total
+
+
+# OpenAI Responses items billed per call or per container (content blocks, or v0's tool_outputs)
+_OPENAI_TOOL_ITEMS = frozenset({"web_search_call", "file_search_call", "code_interpreter_call"})
+_NO_TOKENS = {"input_tokens": 0, "output_tokens": 0}
+
+
+def with_langchain_fees(usage: TokenUsage, message: object, llm_output: Mapping[str, Any] | None,
+                        tools: Sequence[Any] | None = None) -> TokenUsage:
+    """``usage`` plus the tool fees and service tier of the chat model's ``message``, read by
+    the core's own parsers so a LangChain call is charged like the same call through wrap().
+
+    langchain-anthropic: the raw usage (``llm_output["usage"]``, non-streaming) counts web
+    searches and fetches in ``server_tool_use``; a stream drops that counter, so its
+    ``server_tool_use`` content blocks are counted instead; the code-execution container is
+    ``response_metadata["container"]`` (or ``llm_output["container"]``). langchain-openai
+    (Responses API): ``web_search_call`` / ``file_search_call`` / ``code_interpreter_call``
+    content blocks (``additional_kwargs["tool_outputs"]`` in the v0 format) and
+    ``response_metadata["service_tier"]``. ``tools``: the request's (its invocation
+    params), which size an OpenAI container and decide whether Anthropic bills one.
+
+    An unreadable fee payload is logged and the tokens are charged without it.
+    """
+    meta = getattr(message, "response_metadata", None) or {}
+    out = llm_output or {}
+    content = getattr(message, "content", None)
+    blocks = [b for b in (content if isinstance(content, list) else ()) if isinstance(b, Mapping)]
+    extra = getattr(message, "additional_kwargs", None) or {}
+    blocks += [b for b in extra.get("tool_outputs") or () if isinstance(b, Mapping)]
+    try:
+        if meta.get("model_provider") == "anthropic" or "container" in meta or "container" in out:
+            fees = _anthropic_fees(meta, out, blocks, tools)
+        elif meta.get("service_tier") or any(b.get("type") in _OPENAI_TOOL_ITEMS for b in blocks):
+            fees = usage_from_openai_response({"usage": _NO_TOKENS, "output": blocks, "tools": tools,
+                                               "service_tier": meta.get("service_tier")})
+        else:
+            return usage  # the common shape: nothing billed beside the tokens
+    except UsageParseError as exc:
+        log.warning("nasca: unreadable LangChain tool usage, charging tokens only: %s", exc)
+        return usage
+    if fees is None:
+        return usage
+    return dataclasses.replace(
+        usage, web_searches=fees.web_searches, web_fetches=fees.web_fetches,
+        file_searches=fees.file_searches, code_containers=fees.code_containers,
+        container_ids=fees.container_ids, service_tier=usage.service_tier or fees.service_tier)
+
+
+def _anthropic_fees(meta: Mapping[str, Any], out: Mapping[str, Any], blocks: list[Mapping[str, Any]],
+                    tools: Sequence[Any] | None) -> TokenUsage | None:
+    used = [b for b in blocks if b.get("type") == "server_tool_use"]
+    raw = out.get("usage") or meta.get("usage")
+    if not isinstance(raw, Mapping):  # a stream: the blocks are all there is
+        names = [b.get("name") for b in used]
+        raw = {**_NO_TOKENS, "server_tool_use": {"web_search_requests": names.count("web_search"),
+                                                 "web_fetch_requests": names.count("web_fetch")}}
+    container = out.get("container") or meta.get("container")
+    return usage_from_anthropic_message({"usage": raw, "container": container, "content": used}, tools=tools)

@@ -25,12 +25,16 @@ released when it is garbage-collected. An LLM method calling another one (``Mock
 
 Who pays: ``instrument_tags({"nasca_user_id": ..., "nasca_tier": ...})`` when set, else
 ``nasca.user()``; a guarded call with neither raises InvalidUserError (nothing is let
-through unpriced). Only LLM calls are charged: not embeddings (index building, query
-embedding), retrieval, rerankers or tools.
+through unpriced). With ``Nasca(charge_embeddings=True)`` embedding requests (index
+building, query embedding) are gated and charged the same way, through the embedding
+model's ``rate_limiter`` (``guard_embedding`` for one model); see ``_embed.py``.
+Retrieval, rerankers and tools are not charged.
 """
 
+from nasca_llamaindex._embed import EmbeddingGate, unmetered_embeddings
 from nasca_llamaindex._gate import TIER_TAG, USER_TAG, NascaGate
 from nasca_llamaindex._hooks import (
+    guard_embedding,
     guard_engine,
     guard_llm,
     instrument,
@@ -43,12 +47,15 @@ from nasca_llamaindex._usage import usage_from_llamaindex
 __all__ = [
     "TIER_TAG",
     "USER_TAG",
+    "EmbeddingGate",
     "NascaGate",
+    "guard_embedding",
     "guard_engine",
     "guard_llm",
     "instrument",
     "scope",
     "unguard",
     "uninstrument",
+    "unmetered_embeddings",
     "usage_from_llamaindex",
 ]

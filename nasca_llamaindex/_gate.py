@@ -20,6 +20,7 @@ from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.rate_limiter import BaseRateLimiter
 
 from nasca_core import ConfigurationError, Nasca
+from nasca_llamaindex._cap import take_reserved
 from nasca_llamaindex._track import StartEvent, join, message_dicts, take_pending, track
 
 USER_TAG = "nasca_user_id"
@@ -50,23 +51,24 @@ class NascaGate(BaseRateLimiter):
     scope's or the global Nasca applies, and with none the gate lets the call through.
     """
 
-    def __init__(self, inner: Any = None, nasca: Nasca | None = None) -> None:
+    def __init__(self, inner: Any = None, nasca: Nasca | None = None, cap_output: bool = False) -> None:
         self.inner = inner
         self.nasca = nasca
+        self.cap_output = cap_output  # guard_llm(cap_output=True): the LLM's calls are capped (``_cap``)
 
     def __repr__(self) -> str:
         return f"NascaGate(nasca={self.nasca!r}, inner={self.inner!r})"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NascaGate:
         # a copied LLM is guarded by the same Nasca (which holds connections: never copied)
-        return NascaGate(copy.deepcopy(self.inner, memo), self.nasca)
+        return NascaGate(copy.deepcopy(self.inner, memo), self.nasca, self.cap_output)
 
     def acquire(self, num_tokens: int = 0) -> None:
         """Reserve the call's estimate. Raises NascaBlockedError before the provider is called."""
         plan = self._plan(is_async=False)
         if plan is not None:
             nasca, span_id, start, kwargs = plan
-            track(nasca.start_call(**kwargs), span_id, start, self, is_async=False)
+            track(take_reserved() or nasca.start_call(**kwargs), span_id, start, self, is_async=False)
         if self.inner is not None:
             self.inner.acquire(num_tokens)
 
@@ -75,7 +77,8 @@ class NascaGate(BaseRateLimiter):
         plan = self._plan(is_async=True)
         if plan is not None:
             nasca, span_id, start, kwargs = plan
-            track(await nasca.astart_call(**kwargs), span_id, start, self, is_async=True)
+            call = take_reserved() or await nasca.astart_call(**kwargs)
+            track(call, span_id, start, self, is_async=True)
         if self.inner is not None:
             await self.inner.async_acquire(num_tokens)
 

@@ -11,20 +11,24 @@ from contextvars import Token
 from typing import Any, TypeVar
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.base.response.schema import AsyncStreamingResponse, StreamingResponse
 from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.embedding import EmbeddingEndEvent
 from llama_index.core.instrumentation.span import SimpleSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index_instrumentation import get_dispatcher
 
 from nasca_core import ConfigurationError, Nasca
+from nasca_llamaindex import _cap, _embed
 from nasca_llamaindex._gate import NascaGate, fallback, scoped_nasca
 from nasca_llamaindex._track import on_event, on_span_exit
 
 L = TypeVar("L", bound=BaseLLM)
 E = TypeVar("E", BaseQueryEngine, BaseChatEngine)
+M = TypeVar("M", bound=BaseEmbedding)
 
 _lock = threading.RLock()
 _auto_gated: dict[int, weakref.ref[BaseLLM]] = {}  # gates installed on first use
@@ -40,6 +44,9 @@ class _Events(BaseEventHandler):
         return "NascaEventHandler"
 
     def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, EmbeddingEndEvent):
+            _embed.on_embed_end(event)
+            return
         on_event(event)
 
 
@@ -52,10 +59,18 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
                    parent_id: str | None = None, tags: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
         if instance is None:
+            _embed.nested_span_enter(id_, parent_id)
             return
         if isinstance(instance, BaseLLM):
             if fallback.get() is not None:
                 _install(instance)
+            return
+        if isinstance(instance, BaseEmbedding):
+            scoped = fallback.get()
+            if scoped is not None and scoped.charge_embeddings:
+                _embed.install(instance)
+            if isinstance(instance.rate_limiter, _embed.EmbeddingGate):
+                _embed.embed_span_enter(id_, bound_args, instance, tags)
             return
         entry = _engines.get(id(instance))
         if entry is not None and entry[0]() is instance:
@@ -64,6 +79,7 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
     def span_exit(self, id_: str, bound_args: Any, instance: Any = None,
                   result: Any = None, **kwargs: Any) -> None:
         on_span_exit(id_, result)
+        _embed.embed_span_exit(id_)
         token = _scope_tokens.get(id_)
         if token is not None and isinstance(result, StreamingResponse | AsyncStreamingResponse):
             # A streaming engine calls its LLM only when the caller reads the stream, after
@@ -78,6 +94,7 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
     def span_drop(self, id_: str, bound_args: Any, instance: Any = None,
                   err: BaseException | None = None, **kwargs: Any) -> None:
         on_span_exit(id_, None)
+        _embed.embed_span_exit(id_)
         self._unscope(id_)
 
     def _unscope(self, id_: str) -> None:
@@ -140,7 +157,8 @@ def _attach() -> None:
 def _detach_if_unused() -> None:
     with _lock:
         _prune()
-        if fallback.instrumented is not None or _guarded_llms or _engines or _scopes_open:
+        in_use = fallback.instrumented is not None or _guarded_llms or _engines or _scopes_open
+        if in_use or _embed.any_guarded():
             return
         root = get_dispatcher()
         root.event_handlers = [h for h in root.event_handlers if h is not _events]
@@ -200,12 +218,15 @@ def uninstrument() -> None:
             if llm is not None:
                 _remove(llm)
         _auto_gated.clear()
+        _embed.remove_auto()
         _detach_if_unused()
 
 
-def guard_llm(llm: L, nasca: Nasca) -> L:
+def guard_llm(llm: L, nasca: Nasca, *, cap_output: bool | None = None) -> L:
     """Enforce ``nasca`` on every call of this LLM (and of copies made from it), wherever it
     is used: directly, in query and chat engines, in agents. Returns ``llm`` itself.
+    ``cap_output=True`` (default: ``nasca.cap_output``) lowers each call's max tokens to
+    what the user's allowance and credits can still pay for (``_cap``).
 
     Raises ConfigurationError when ``llm`` is not a LlamaIndex LLM.
     """
@@ -215,6 +236,10 @@ def guard_llm(llm: L, nasca: Nasca) -> L:
     with _lock:
         _attach()
         _install(llm, nasca)
+        capped = nasca.cap_output if cap_output is None else cap_output
+        if isinstance(llm.rate_limiter, NascaGate) and capped:
+            llm.rate_limiter.cap_output = True
+            _cap.install(llm)
     return llm
 
 
@@ -236,9 +261,33 @@ def guard_engine(engine: E, nasca: Nasca) -> E:
     return engine
 
 
-def unguard(target: BaseLLM | BaseQueryEngine | BaseChatEngine) -> None:
-    """Undo guard_llm() or guard_engine() for ``target``."""
+def guard_embedding(embed_model: M, nasca: Nasca) -> M:
+    """Charge ``nasca`` for every request of this embedding model (index building, query
+    embedding), wherever it is used; a blocked user's request never reaches the provider.
+    Returns ``embed_model`` itself.
+
+    Raises ConfigurationError when ``embed_model`` is not a LlamaIndex embedding model, or
+    ``nasca`` was not built with ``charge_embeddings=True``.
+    """
+    _check(nasca)
+    if not isinstance(embed_model, BaseEmbedding):
+        raise ConfigurationError(
+            f"guard_embedding() needs a LlamaIndex embedding model, got {type(embed_model).__name__}")
+    if not nasca.charge_embeddings:
+        raise ConfigurationError(
+            "embeddings are not charged by default: build Nasca(..., charge_embeddings=True) to "
+            "charge LlamaIndex embedding requests against the user's allowance")
     with _lock:
+        _attach()
+        _embed.install(embed_model, nasca)
+    return embed_model
+
+
+def unguard(target: BaseLLM | BaseEmbedding | BaseQueryEngine | BaseChatEngine) -> None:
+    """Undo guard_llm(), guard_embedding() or guard_engine() for ``target``."""
+    with _lock:
+        if isinstance(target, BaseEmbedding):
+            _embed.remove(target)
         if _guarded_llms.pop(id(target), None) is not None and isinstance(target, BaseLLM):
             _remove(target)
         _engines.pop(id(target), None)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from nasca_core import UsageParseError
-from nasca_core.pricing import TokenUsage, usage_from_anthropic, usage_from_openai_response
+from nasca_core.pricing import (
+    TokenUsage,
+    usage_from_anthropic,
+    usage_from_anthropic_message,
+    usage_from_openai_response,
+)
 
 
 def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
@@ -22,7 +27,8 @@ def usage_from_llamaindex(chat_response: object) -> TokenUsage | None:
     usage = raw.get("usage") if isinstance(raw, Mapping) else getattr(raw, "usage", None)
     if usage is not None:
         if _has(usage, "cache_creation_input_tokens") or _has(usage, "cache_read_input_tokens"):
-            return usage_from_anthropic(usage)
+            # the whole message: its code-execution container is billed too
+            return usage_from_anthropic_message(raw) or usage_from_anthropic(usage)
         # The whole response: its service_tier and Responses web_search_call items are billed too.
         return usage_from_openai_response(raw)
     extra = getattr(chat_response, "additional_kwargs", None)

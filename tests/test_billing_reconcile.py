@@ -145,6 +145,25 @@ def test_a_dispute_whose_webhook_was_lost_is_reconciled(make_nasca, srv):
     assert state(n, ["u1"]) == {"u1": [("p5", 0, True)]}
 
 
+def test_a_dispute_won_while_the_webhooks_were_lost_is_reconciled(make_nasca, srv):
+    n = shop(make_nasca, srv)
+    sid = buy(n, srv, "u1")
+    opened = srv.dispute(sid, deliver=False)
+    n.billing.reconcile()
+    assert state(n, ["u1"]) == {"u1": [("p5", 0, True)]}
+    won = srv.dispute(sid, status="won", deliver=False)  # charge.dispute.closed, never delivered
+    assert won.event["type"] == "charge.dispute.closed"
+    dry = n.billing.reconcile(dry_run=True)
+    assert [(c.action, c.spend) for c in dry.changes] == [("restored", Decimal(3))]
+    assert state(n, ["u1"]) == {"u1": [("p5", 0, True)]}  # a dry run changes nothing
+    assert [(c.action, c.spend) for c in n.billing.reconcile().changes] == [("restored", Decimal(3))]
+    assert state(n, ["u1"]) == {"u1": [("p5", Decimal(3), False)]}
+    assert n.billing.reconcile().changes == ()
+    for late in (opened, won):  # the lost webhooks, once the endpoint is back
+        n.billing.handle_stripe_webhook(late.payload, late.signature)
+    assert state(n, ["u1"]) == {"u1": [("p5", Decimal(3), False)]}
+
+
 def test_reconcile_gives_no_tier_for_a_plan_checkout_held_for_review(make_nasca, srv):
     n = shop(make_nasca, srv)
     buy(n, srv, "u1", "pro", amount_total=0)  # a 100%-off coupon; no webhook arrived

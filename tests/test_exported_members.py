@@ -17,6 +17,7 @@ PUBLIC_PACKAGES = [
     "nasca_core",
     "nasca_core.analytics",
     "nasca_core.billing",
+    "nasca_core.otel",
     "nasca_core.pricing",
     "nasca_core.server",
     "nasca_core.stores",

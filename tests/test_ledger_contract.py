@@ -282,8 +282,8 @@ def test_credits_cover_exhausted_windows_oldest_lot_first(make_nasca):
     assert charge.credit_nanos == 250_000_000
     u = n.get_usage("u1")
     assert u.credit_balance == Decimal("0.75") and u.credit_balance_display == Decimal("0.75")
-    assert store.revoke(keys(), "lot-b") == 750_000_000
-    assert store.revoke(keys(), "lot-b") == 0
+    assert store.revoke_to(keys(), "lot-b", 1 << 62) == 750_000_000
+    assert store.revoke_to(keys(), "lot-b", 1 << 62) == 0
     with pytest.raises(NascaBlockedError):
         n.reserve("0.01", user="u1")
 

@@ -526,8 +526,9 @@ async def test_unpriced_model_is_refused_before_the_call(make_nasca: Callable[..
 def test_public_api_is_pinned_and_sorted() -> None:
     assert nasca_llamaindex.__all__ == sorted(nasca_llamaindex.__all__, key=lambda n: (not n.isupper(), n))
     assert set(nasca_llamaindex.__all__) == {
-        "NascaGate", "TIER_TAG", "USER_TAG", "guard_engine", "guard_llm", "instrument", "scope",
-        "unguard", "uninstrument", "usage_from_llamaindex",
+        "EmbeddingGate", "NascaGate", "TIER_TAG", "USER_TAG", "guard_embedding", "guard_engine",
+        "guard_llm", "instrument", "scope", "unguard", "uninstrument", "unmetered_embeddings",
+        "usage_from_llamaindex",
     }
     for name in nasca_llamaindex.__all__:
         assert getattr(nasca_llamaindex, name) is not None

@@ -77,3 +77,11 @@ def test_llamaindex_malformed_usage_raises() -> None:
         usage_from_llamaindex(_chat_response(raw={"usage": {"prompt_tokens": -4}}))
     with pytest.raises(UsageParseError):
         usage_from_llamaindex(_chat_response(additional_kwargs={"prompt_tokens": 4}))
+
+
+def test_llamaindex_raw_anthropic_message_with_a_code_execution_container() -> None:
+    raw = {"type": "message", "usage": ANTHROPIC_USAGE,
+           "container": {"id": "container_011CPR5CNjB747bTd36fQLFk", "expires_at": "2025-05-23T21:13:31Z"}}
+    usage = usage_from_llamaindex(_chat_response(raw=raw))
+    assert usage is not None and usage.code_containers == 1
+    assert usage.input_tokens == usage_from_anthropic(ANTHROPIC_USAGE).input_tokens

@@ -113,3 +113,52 @@ def test_a_store_without_a_config(redis_url: str, capsys: pytest.CaptureFixture[
             "--namespace", "cli-bare")
     listed = as_json(capsys, "tiers", "list", "--store", redis_url, "--namespace", "cli-bare")
     assert {t["tier"]: t["source"] for t in listed}["gold"] == "store"
+
+
+def _fill(n: Nasca, user: str) -> None:
+    n.settle(n.reserve("0.01", user=user), "0.03")
+    n.set_user_tier(user, "pro")
+    n.billing.grant_credits(user, spend="1", paid="1", idempotency_key="k-" + user)
+    n.analytics.record("purchase_completed", user, "p1", amount="1")
+
+
+def test_user_export_and_delete(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    n = app(config)
+    _fill(n, "u_del")
+    _fill(n, "u_keep")
+    revenue = n.analytics.month().revenue_usd
+    exported = as_json(capsys, "user", "export", "u_del", "--config", str(config))
+    assert exported["user_id"] == "u_del" and exported["deleted"] is False
+    assert "k-u_del" in json.dumps(exported["records"]["c"]) and "pro" in json.dumps(exported["records"][""])
+    assert list(exported["analytics"].values()) == [{"seen": 1, "orders": 1, "revenue:usd": 1_000_000_000}]
+    code, out, _ = run(capsys, "user", "export", "u_del", "--config", str(config))
+    assert code == 0 and "stored about 'u_del'" in out and "records c:" in out
+    code, _, err = run(capsys, "user", "delete", "u_del", "--config", str(config))
+    assert code == 2 and "--yes" in err and "Nothing was deleted" in err
+    assert n.get_usage("u_del").credit_balance == 1  # without --yes, nothing changed
+    code, out, _ = run(capsys, "user", "delete", "u_del", "--yes", "--config", str(config))
+    assert code == 0 and "deleted about 'u_del'" in out
+    u = n.get_usage("u_del")
+    assert (u.tier, u.credit_balance, u.month_cost, u.month_calls) == ("free", 0, 0, 0)
+    assert n.get_usage("u_keep").credit_balance == 1
+    assert n.analytics.month().revenue_usd == revenue == 2
+    code, out, _ = run(capsys, "user", "export", "u_del", "--config", str(config))
+    assert "nothing stored about 'u_del'" in out
+    n.close()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "cluster"])
+def test_user_export_and_delete_with_store(where: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path}/cli.db" if where == "sqlite" else request.getfixturevalue("cluster_url")
+    namespace = f"cli{abs(hash(request.node.name)) % 10**8}"
+    n = Nasca(uri, namespace=namespace, default_tier="free",
+              tiers={"free": Tier(daily="0.10", monthly=1), "pro": Tier(monthly=20)})
+    _fill(n, "u_del")
+    store = ["--store", uri, "--namespace", namespace]
+    assert as_json(capsys, "user", "export", "u_del", *store)["records"]
+    deleted = as_json(capsys, "user", "delete", "u_del", "--yes", *store)
+    assert deleted["deleted"] is True and deleted["records"]
+    assert as_json(capsys, "user", "export", "u_del", *store)["records"] == {}
+    assert n.get_usage("u_del").month_calls == 0 and n.analytics.month().revenue_usd == 1
+    n.close()

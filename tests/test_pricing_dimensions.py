@@ -425,3 +425,23 @@ def test_embeddings_charged_with_charge_embeddings(srv: ProviderServer, is_async
         assert usage.month_cost == Decimal(tokens * 20) / 10**9
     finally:
         nasca.close()
+
+
+def test_gemini_image_output_tokens_are_charged_exactly(srv: ProviderServer) -> None:
+    # gemini-2.5-flash-image: 0.30 in, 2.50 text out, $30 per 1M image output tokens (an
+    # image is 1290 tokens, $0.039). 10 * 0.3 + 10 * 2.5 + 1290 * 30 µ$.
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 1300, "totalTokenCount": 1310,
+             "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290},
+                                         {"modality": "TEXT", "tokenCount": 10}]}
+    wire = {"candidates": [{"content": {"parts": [{"text": "Here it is."}], "role": "model"},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": "gemini-2.5-flash-image"}
+    nasca = Nasca("memory://", tiers={"t": Tier(daily=100)}, default_tier="t")
+    try:
+        srv.queue(Reply(wire=wire))
+        client = srv.gemini_client()
+        nasca.wrap(client.models.generate_content)(
+            model="gemini-2.5-flash-image", contents="Draw an axolotl.", user="u")
+        assert nasca.get_usage("u").month_cost == Decimal(3_000 + 25_000 + 38_700_000) / 10**9
+    finally:
+        nasca.close()

@@ -43,6 +43,7 @@ def usages(draw: st.DrawFn) -> TokenUsage:
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
         web_searches=draw(st.integers(0, 5)),
+        file_searches=draw(st.integers(0, 5)),
         service_tier=draw(TIERS),
     )
 
@@ -60,6 +61,7 @@ def reference_nanos(model: str, u: TokenUsage) -> int:
         output_reasoning_tokens=u.reasoning_tokens,
         output_audio_tokens=u.output_audio_tokens,
         web_searches=u.web_searches,
+        storage_searches=u.file_searches,  # OpenAI's file_search calls
     )
     tier = u.service_tier
     context = None if tier is None else {"processing": "batch"} if tier == "batch" else {"service_tier": tier}

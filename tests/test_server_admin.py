@@ -218,23 +218,24 @@ async def test_wrong_tokens_are_throttled_with_retry_after(make_nasca, clock):
         assert (await c.post("/admin/login", data={"token": "x"}, headers=ORIGIN)).status_code == 401
 
 
-def test_login_throttle_backs_off_exponentially_and_stays_bounded():
-    from nasca_core.server._security import LoginThrottle
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_login_throttle_backs_off_exponentially_and_stays_bounded(make_nasca, clock):
+    from nasca_core.server._throttle import LoginThrottle
 
-    t = LoginThrottle(burst=2, refill_seconds=10, max_backoff=60, max_clients=3)
+    n = make_nasca()
+    t = LoginThrottle(n.store, n.namespace, burst=2, window=3600, max_backoff=60)
     waits = []
-    now = 0.0
-    for _ in range(6):
-        now += t.retry_after("ip", now)
-        t.failed("ip", now)
-        waits.append(t.retry_after("ip", now))
-    assert waits[0] == 0 and waits[1:] == [10, 10, 10, 16, 32]  # refill, then 2**strikes over it
-    assert t.retry_after("other", now) == 0
-    for ip in ("a", "b", "c", "d"):
-        t.failed(ip, now)
-    assert t.retry_after("ip", now) == 0  # the least recently seen was dropped: memory is bounded
-    t.succeeded("d")
-    assert t.retry_after("d", now) == 0
+    for _ in range(7):
+        clock.advance(waits[-1] if waits else 0)
+        assert await t.attempt("ip", False, clock()) == 0  # answered: wrong
+        waits.append(await t.attempt("ip", True, clock()))  # even the right token waits now
+    assert waits == [0, 2, 4, 8, 16, 32, 60]  # a burst of 2, then 2**strikes, at most max_backoff
+    assert await t.attempt("other", True, clock()) == 0
+    for _ in range(1100):  # the exponent is clamped: no OverflowError however many guesses
+        assert 0 <= await t.attempt("ip", False, clock()) <= 60
+    clock.advance(3600)  # the window of the first failure is over: the count starts again
+    assert await t.attempt("ip", False, clock()) == 0
+    assert await t.attempt("ip", True, clock()) == 0
 
 
 @pytest.mark.parametrize("token", ["a" * 20, "t" * 40, "abcdabcdabcdabcd", "passwordpassword1234",

@@ -27,6 +27,7 @@ def test_upgrade_pages_and_webhooks_under_load(store, request):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["requests"] == 1600 + 400 + 150 * 4
     assert result["errors"] == 0 and result["double_grants"] == 0
+    assert result["dropped"] <= 3  # keep-alive connections closed as reused, each sent again once
     assert result["orders"] == 150 and result["revenue_matches"] and result["funnel_purchases"] == 100
     assert result["statuses"] == {"page": {"200": 1600}, "status": {"200": 400}, "webhook": {"200": 600}}
     print(f"\n{store}: {result['requests']} requests, {result['requests_per_second']}/s, "

@@ -135,3 +135,58 @@ def test_an_interrupted_migration_resumes_and_a_conflict_moves_nothing(redis_ser
     assert "target keys exist already" in capsys.readouterr().err
     assert all(client.exists(key) for key in SNAPSHOT)  # nothing moved
     client.close()
+
+
+class _Expiring:
+    """A client whose key ``after`` expires the moment the migration has read its DUMP, and
+    whose key ``before`` expires just before: the two races of a key's TTL running out
+    mid-migration, made deterministic."""
+
+    def __init__(self, client: Any, *, after: str, before: str) -> None:
+        self.client, self.after, self.before = client, after, before
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def _reading(self, key: Any) -> None:
+        if key == self.before:
+            self.client.delete(key)
+
+    def _read(self, key: Any) -> None:
+        if key == self.after:
+            self.client.delete(key)
+
+    def dump(self, key: str) -> Any:
+        self._reading(key)
+        value = self.client.dump(key)
+        self._read(key)
+        return value
+
+    def eval(self, script: str, numkeys: int, key: str, *args: Any) -> Any:  # the one-step read
+        self._reading(key)
+        result = self.client.eval(script, numkeys, key, *args)
+        self._read(key)
+        return result
+
+
+@pytest.mark.redis
+def test_a_key_expiring_mid_migration_keeps_its_ttl_or_is_skipped(redis_server_factory):
+    from nasca_core.stores._layout import migrate, new_key
+
+    server = redis_server_factory()
+    client = redis.Redis(port=server.port)
+    _load(client)
+    day, week = "shop:{alice}:d:20261118", "shop:{alice}:w:2026W47"
+    plan = migrate(_Expiring(client, after=day, before=week), "shop", apply=True)
+    assert plan.applied and len(plan.moves) == 48
+    # Its DUMP and PTTL were read together: it moved with the TTL it had (it would have come
+    # back with no expiry, money that never resets, had they been two reads).
+    assert 0 < client.pttl(new_key("shop", "alice", ":d:20261118")) <= SNAPSHOT[day]["pttl"]
+    assert not client.exists(new_key("shop", "alice", ":w:2026W47"))  # gone before its read: skipped
+    for key, item in SNAPSHOT.items():
+        if key in (day, week) or key.startswith("{shop:cfg}"):
+            continue
+        moved = client.pttl(next(n for o, n in plan.moves if o == key))
+        assert moved == -1 if item["pttl"] < 0 else 0 < moved <= item["pttl"], key
+    assert not any(client.exists(key) for key, _ in plan.moves)
+    client.close()

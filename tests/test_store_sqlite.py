@@ -184,3 +184,113 @@ def test_a_file_locked_by_another_process_is_a_store_error_not_a_config_error(tm
         holder.execute("ROLLBACK")
         holder.close()
     connect(path, 0.05).close()  # and once it lets go, the store opens
+
+
+def _plans(conn: sqlite3.Connection) -> list[str]:
+    from nasca_core.stores._sqlite_schema import SWEEP
+
+    return [" ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (0,))) for sql in SWEEP]
+
+
+def _migrate(uri: str) -> int:
+    from nasca_core.cli import main
+
+    return main(["migrate", "--store", uri, "--namespace", "x"])
+
+
+def test_every_sweep_query_uses_an_expiry_index(tmp_path):
+    store = SqliteStore(str(tmp_path / "plan.db"))
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    plans = _plans(conn)
+    conn.close()
+    store.close()
+    assert len(plans) == 5
+    for table, plan in zip(("counter", "month", "hold", "settled", "marker"), plans, strict=True):
+        assert plan.startswith(f"SEARCH {table} USING COVERING INDEX {table}_expires (expires"), plan
+
+
+def test_a_file_written_without_the_expiry_indexes_gets_them_at_open(tmp_path):
+    """A layout-1 file from before the counter/month/marker indexes: opening it adds them
+    (the version stays 1, so an older release still reads it), its data intact."""
+    from nasca_core.stores._sqlite_schema import SCHEMA
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(f"{SCHEMA} PRAGMA user_version = 1;")
+    old.execute("INSERT INTO counter VALUES ('ns:{x}:u:d:1', 5, 9999999999999)")
+    old.commit()
+    assert [p.split(" ")[0] for p in _plans(old)] == ["SCAN", "SCAN", "SEARCH", "SEARCH", "SCAN"]
+    old.close()
+    assert _migrate(f"sqlite:///{path}") == 0
+    conn = sqlite3.connect(path)
+    assert all(p.startswith("SEARCH") for p in _plans(conn))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT value FROM counter").fetchall() == [(5,)]
+    conn.close()
+
+
+def test_opening_a_complete_file_takes_no_write_lock(tmp_path):
+    """Every open but a file's first only reads the schema: a worker starting while another
+    process holds the write lock is not held up by the index check."""
+    path = str(tmp_path / "busy.db")
+    connect(path, 1).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        connect(path, 2).close()
+        assert time.monotonic() - started < 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_processes_opening_an_old_file_at_once_all_succeed(tmp_path):
+    from nasca_core.stores._sqlite_schema import SCHEMA
+
+    path = tmp_path / "race.db"
+    old = sqlite3.connect(path)
+    old.executescript(f"{SCHEMA} PRAGMA user_version = 1;")
+    old.close()
+    ctx = multiprocessing.get_context("fork")
+    start = time.time() + 0.3
+
+    def opener() -> None:
+        while time.time() < start:
+            time.sleep(0.001)
+        connect(str(path), 10).close()
+
+    procs = [ctx.Process(target=opener) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    conn = sqlite3.connect(path)
+    assert {"counter_expires", "month_expires", "marker_expires", "store_id"} <= {
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+def test_an_older_file_opened_read_only_is_used_without_the_new_indexes(tmp_path, caplog):
+    """Indexes added since layout 1 are created at open; a file that can't be written (a
+    read-only mount, a read-only connection) opens as it did before they existed."""
+    import logging
+
+    from nasca_core.stores._sqlite_schema import _add_missing
+
+    path = tmp_path / "old.db"
+    connect(str(path), 10).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX month_expires")
+    conn.close()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    with caplog.at_level(logging.WARNING, logger="nasca"):
+        _add_missing(ro)  # raised "attempt to write a readonly database"
+    assert "month_expires" in caplog.text and not ro.in_transaction
+    assert ro.execute("SELECT count(*) FROM month").fetchone() == (0,)
+    ro.close()
+    connect(str(path), 10).close()  # writable again: created
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'month_expires'").fetchone() == (1,)
+    conn.close()

@@ -259,7 +259,7 @@ class CreditGrant(BaseModel):
 
 
 WebhookAction = Literal[
-    "granted", "plan_applied", "tier_set", "tier_cleared", "revoked", "awaiting_payment",
+    "granted", "plan_applied", "tier_set", "tier_cleared", "revoked", "restored", "awaiting_payment",
     "stale", "ignored", "needs_review", "refund_recorded", "renewal_recorded",
 ]
 AmountMismatch = Literal["review", "grant", "proportional"]
@@ -285,7 +285,9 @@ class BillingPolicy(_Frozen):
 
     ``past_due_grace_days``: a ``past_due`` or ``unpaid`` subscription keeps its tier this
     many days after the period it paid for ended (the start of the unpaid period), then
-    loses it. No event may come when it ends: run ``nasca billing reconcile`` daily.
+    loses it; the grace runs once from the first failed payment, however many periods
+    stay unpaid, and starts afresh only after the subscription is paid again. No event
+    may come when it ends: run ``nasca billing reconcile`` daily.
 
     Raises ConfigurationError.
     """
@@ -332,6 +334,7 @@ class WebhookResult(BaseModel):
     tier: str | None = None
     detail: str | None = None
     revoked: Decimal | None = None  # AI spend taken back by this event (refunds, disputes)
+    restored: Decimal | None = None  # AI spend given back by this event (a dispute won)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,15 @@ from pydantic import BaseModel, ConfigDict
 from nasca_core._errors import WebhookError
 from nasca_core._money import to_usd
 from nasca_core.billing._models import BillingPolicy
-from nasca_core.billing._refunds import billing_key, merge_refund, plan_share, read_refunds, refund_target
+from nasca_core.billing._refunds import (
+    billing_key,
+    legacy_taken,
+    lot_target,
+    merge_entry,
+    read_refunds,
+    refund_share,
+    store_target,
+)
 from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeOp, ask
 from nasca_core.billing._webhook import (
     Catalog,
@@ -42,7 +50,15 @@ from nasca_core.billing._webhook import (
     dispute_of,
     refund_of,
 )
-from nasca_core.billing._webhook_flow import apply_grant, apply_refund, apply_review, held
+from nasca_core.billing._webhook_flow import (
+    apply_grant,
+    apply_refund,
+    apply_review,
+    held,
+    remember_grace,
+    with_grace,
+)
+from nasca_core.stores._billing_rules import taken_to
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -56,11 +72,11 @@ class ReconcileChange(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    action: Literal["granted", "revoked", "needs_review", "tier_set", "tier_cleared", "skipped"]
+    action: Literal["granted", "revoked", "restored", "needs_review", "tier_set", "tier_cleared", "skipped"]
     user_id: str | None
     session_id: str | None
     lot_id: str | None
-    spend: Decimal  # AI spend granted or revoked, in dollars
+    spend: Decimal  # AI spend granted, revoked or restored, in dollars
     detail: str | None = None
 
 
@@ -95,7 +111,7 @@ class ReconcileReport(BaseModel):
 class _Plan:
     """The dry run's view of lots: what the store holds, plus the grants a run would make."""
 
-    lots: dict[str, tuple[int, bool]]  # lot id -> (remaining nanos, revoked)
+    lots: dict[str, tuple[int, bool, int, int]]  # lot id -> (remaining nanos, revoked, taken back, floor)
 
 
 def reconcile_flow(*, ledger: Nasca, catalog: Callable[[ConfigSnapshot], Catalog], emit: Emit,
@@ -177,7 +193,8 @@ def reconcile_flow(*, ledger: Nasca, catalog: Callable[[ConfigSnapshot], Catalog
                                            session_id=None, lot_id=None, spend=Decimal(0), detail=str(exc)))
             continue
         if isinstance(d, SubscriptionChange):
-            changes += (yield from _subscription(d, str(s.get("status")), now, now_ms, ledger, dry_run))
+            changes += (yield from _subscription(d, str(s.get("status")), now, now_ms, ledger, policy,
+                                                 dry_run))
     return ReconcileReport(dry_run=dry_run, since=since, sessions=len(sessions),
                            refunds=found,
                            changes=tuple(changes))
@@ -187,10 +204,10 @@ def _grant(d: GrantPack, event: Mapping[str, Any], now: float, now_ms: int, ledg
            policy: BillingPolicy, dry_run: bool, plan: _Plan) -> Flow[list[ReconcileChange]]:
     if dry_run:
         lots = yield from ask(StoreOp.all_lots(ledger.user_keys(d.user_id, now)))
-        plan.lots.update({lot.id: (lot.remaining, lot.revoked) for lot in lots})
+        plan.lots.update({lot.id: (lot.remaining, lot.revoked, lot.taken, lot.floor) for lot in lots})
         if d.lot.id in plan.lots:
             return []
-        plan.lots[d.lot.id] = (d.lot.granted, False)
+        plan.lots[d.lot.id] = (d.lot.granted, False, 0, 0)
         return [_change("granted", d.user_id, d.lot.id, d.lot.granted)]
     result = yield from apply_grant(d, event, now, now_ms, ledger, emit, policy)
     out = [] if result.duplicate else [_change("granted", d.user_id, d.lot.id, d.lot.granted)]
@@ -227,34 +244,33 @@ def _refund(d: Refund, obj: Mapping[str, Any], bought: Mapping[str, tuple[str, s
     if not dry_run:
         kind = "charge.dispute.created" if d.dispute else "charge.refunded"
         result = yield from apply_refund(d, _event(kind, obj, int(now)), now, now_ms, ledger, policy)
-        if not result.revoked or result.user_id is None or result.lot_id is None:
+        moved = result.revoked or result.restored
+        if not moved or result.user_id is None or result.lot_id is None:
             return (0 if of is None else 1), []
-        return 1, [_change("revoked", result.user_id, result.lot_id, None, result.revoked, what)]
+        return 1, [_change("restored" if result.restored else "revoked", result.user_id, result.lot_id, None,
+                           moved, what)]
     if of is None:
         return 0, []
     user, lot_id, granted = of
     if lot_id not in plan.lots:
         lots = yield from ask(StoreOp.all_lots(ledger.user_keys(user, now)))
-        plan.lots.update({lot.id: (lot.remaining, lot.revoked) for lot in lots})
-    remaining, revoked = plan.lots.get(lot_id, (0, True))
+        plan.lots.update({lot.id: (lot.remaining, lot.revoked, lot.taken, lot.floor) for lot in lots})
+    remaining, revoked, taken, kept = plan.lots.get(lot_id, (0, True, 0, 0))
     memo, _ = yield from read_refunds(ledger, d.payment_intent, now_ms)
-    target = refund_target(policy, merge_refund(memo, d.refunded, d.amount, d.full), granted)
-    if target is None:
-        take = remaining
-    else:
-        raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "rv", lot_id), now_ms))
-        state = json.loads(raw) if raw else None
-        done = max(0, remaining - int(state["k"])) if state and state.get("k") is not None else 0
-        take, _ = plan_share(state, remaining - done, target)
-        take += done
-    if take == 0 and (revoked or target is not None):
+    merged = merge_entry(memo, d.entry())
+    target, restore = lot_target(policy, merged, granted)
+    legacy = yield from legacy_taken(ledger, lot_id, now_ms)
+    floor = store_target(refund_share(policy, merged, granted), granted, legacy)
+    new, marked, kept = taken_to(taken, remaining, granted, revoked, store_target(target, granted, legacy),
+                                 restore, floor, kept)
+    if new == taken:
         return 1, []
-    plan.lots[lot_id] = (remaining - take, target is None)
-    return 1, [_change("revoked", user, lot_id, take, None, what)]
+    plan.lots[lot_id] = (remaining - (new - taken), marked, new, kept)
+    return 1, [_change("revoked" if new > taken else "restored", user, lot_id, abs(new - taken), None, what)]
 
 
 def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, ledger: Nasca,
-                  dry_run: bool) -> Flow[list[ReconcileChange]]:
+                  policy: BillingPolicy, dry_run: bool) -> Flow[list[ReconcileChange]]:
     user = d.user_id
     if user is None and d.customer:
         user = yield from ask(StoreOp.get_marker(billing_key(ledger, "cus", d.customer), now_ms))
@@ -262,11 +278,14 @@ def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, l
         return []
     keys = ledger.user_keys(user, now)
     before = (yield from ask(StoreOp.snapshot(keys, now_ms))).stored_tier
-    change = yield from held(ledger, d.change, now_ms)
+    change, grace = yield from with_grace(ledger, d, policy, now_ms)
+    change = yield from held(ledger, change, now_ms)
     if dry_run:  # the plan's tier when active, else none from this plan
         after = change.tier if change.active else (None if before == change.tier else before)
     else:
-        after = (yield from ask(StoreOp.apply_subscription(keys, change, now_ms))).tier
+        applied = yield from ask(StoreOp.apply_subscription(keys, change, now_ms))
+        yield from remember_grace(ledger, d, grace, applied.status, now_ms)
+        after = applied.tier
     if after == before:
         return []
     return [ReconcileChange(action="tier_set" if after else "tier_cleared", user_id=user, session_id=None,
@@ -274,7 +293,7 @@ def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, l
                             detail=f"subscription {d.change.sub_id} is {status}: tier {after or 'default'}")]
 
 
-def _change(action: Literal["granted", "revoked"], user: str, lot_id: str, nanos: int | None,
+def _change(action: Literal["granted", "revoked", "restored"], user: str, lot_id: str, nanos: int | None,
             dollars: Decimal | None = None, detail: str | None = None) -> ReconcileChange:
     spend = dollars if dollars is not None else to_usd(nanos or 0)
     return ReconcileChange(action=action, user_id=user, session_id=lot_id, lot_id=lot_id, spend=spend,

@@ -141,8 +141,10 @@ class StoreOp(Request[T]):
         return StoreOp(lambda s: s.grant(keys, lot), lambda s: s.grant(keys, lot))
 
     @staticmethod
-    def revoke(keys: UserKeys, lot_id: str, keep: int | None = None) -> StoreOp[int]:
-        return StoreOp(lambda s: s.revoke(keys, lot_id, keep), lambda s: s.revoke(keys, lot_id, keep))
+    def revoke_to(keys: UserKeys, lot_id: str, target: int, restore: bool = False,
+                  floor: int = 0) -> StoreOp[int]:
+        return StoreOp(lambda s: s.revoke_to(keys, lot_id, target, restore, floor),
+                       lambda s: s.revoke_to(keys, lot_id, target, restore, floor))
 
     @staticmethod
     def all_lots(keys: UserKeys) -> StoreOp[tuple[Lot, ...]]:
@@ -165,6 +167,14 @@ class StoreOp(Request[T]):
     def claim_marker(key: str, ttl_ms: int, now_ms: int) -> StoreOp[bool]:
         return StoreOp(lambda s: s.claim_marker(key, ttl_ms, now_ms),
                        lambda s: s.claim_marker(key, ttl_ms, now_ms))
+
+    @staticmethod
+    def put_entry(key: str, name: str, value: str | None) -> StoreOp[None]:
+        return StoreOp(lambda s: s.put_entry(key, name, value), lambda s: s.put_entry(key, name, value))
+
+    @staticmethod
+    def entries(key: str) -> StoreOp[dict[str, str]]:
+        return StoreOp(lambda s: s.entries(key), lambda s: s.entries(key))
 
     @staticmethod
     def apply_subscription(keys: UserKeys, change: SubChange, now_ms: int) -> StoreOp[SubscriptionResult]:

@@ -40,8 +40,9 @@ from nasca_core.billing._models import (
     WebhookResult,
 )
 from nasca_core.billing._reconcile import ReconcileReport, reconcile_flow, since_of
+from nasca_core.billing._refunds import WHOLE_LOT
 from nasca_core.billing._requests import CONFIG, CreateSession, Flow, StoreOp, StripeOp, adrive, ask, drive
-from nasca_core.billing._webhook_flow import webhook_flow
+from nasca_core.billing._webhook_flow import reviews_key, webhook_flow
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -290,7 +291,9 @@ class Billing:
         check_user_id(user)
         if not isinstance(lot_id, str) or not lot_id:
             raise InvalidInputError("lot_id must be a non-empty string")
-        taken = yield from ask(StoreOp.revoke(self._ledger.user_keys(user, self._ledger.now()), lot_id))
+        keys = self._ledger.user_keys(user, self._ledger.now())
+        # the whole lot as its floor too: a dispute won later gives nothing of it back
+        taken = yield from ask(StoreOp.revoke_to(keys, lot_id, WHOLE_LOT, floor=WHOLE_LOT))
         return to_usd(taken)
 
     def credit_lots(self, user: str) -> tuple[CreditLot, ...]:
@@ -461,6 +464,9 @@ class Billing:
         return await adrive(self._reviews_flow(), self._ledger, self._stripe)
 
     def _reviews_flow(self) -> Flow[tuple[ReviewOrder, ...]]:
-        key = f"{self._ledger.namespace}:billing:reviews"
-        raw = yield from ask(StoreOp.get_marker(key, int(self._ledger.now() * 1000)))
-        return tuple(ReviewOrder.model_validate(x) for x in (json.loads(raw) if raw else ()))
+        legacy = f"{self._ledger.namespace}:billing:reviews"  # a JSON list, before the keyed set
+        raw = yield from ask(StoreOp.get_marker(legacy, int(self._ledger.now() * 1000)))
+        orders = {x["session_id"]: x for x in (json.loads(raw) if raw else ())}
+        listed = yield from ask(StoreOp.entries(reviews_key(self._ledger)))
+        orders.update({session: json.loads(text) for session, text in listed.items()})
+        return tuple(sorted((ReviewOrder.model_validate(x) for x in orders.values()), key=lambda o: o.at))

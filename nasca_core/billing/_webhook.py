@@ -29,9 +29,10 @@ from nasca_core.stores import Lot, SubChange
 # A subscription keeps its plan's tier while it is paid for; a payment that failed
 # (past_due while Stripe retries, then unpaid) keeps it for the policy's grace period after
 # the paid period ended, i.e. from the start of the unpaid one (Stripe advances the period
-# when it creates the renewal invoice, before the payment fails); incomplete, paused and
-# canceled subscriptions do not. One with
-# cancel_at_period_end stays active until Stripe deletes it at the period's end.
+# when it creates the renewal invoice, before the payment fails). The flow remembers when
+# the first failure's grace began, so later unpaid periods don't start it again
+# (``_webhook_flow.with_grace``). Incomplete, paused and canceled subscriptions keep no
+# tier. One with cancel_at_period_end stays active until Stripe deletes it at the period's end.
 ACTIVE_STATUSES = frozenset({"active", "trialing"})
 GRACE_STATUSES = frozenset({"past_due", "unpaid"})
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -42,8 +43,11 @@ SUBSCRIPTION_EVENTS = frozenset({
     "customer.subscription.resumed",
 })
 REFUND_EVENTS = frozenset({"charge.refunded", "charge.refund.updated"})
-# A dispute takes the money back until it is won: the credits go with it.
-DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.funds_withdrawn"})
+# A dispute takes the money back until it is won: the credits go with it, and come back
+# when it is won (or an inquiry closes without one).
+DISPUTE_EVENTS = frozenset({"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+                            "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated"})
+DISPUTE_WON = frozenset({"won", "warning_closed"})
 DAY_MS = 86_400_000
 
 
@@ -134,6 +138,8 @@ class SubscriptionChange:
     user_id: str | None  # None: look the customer up
     customer: str | None
     change: SubChange
+    grace_from: int | None = None  # a failed payment: when the unpaid period began (epoch s)
+    paid: bool = False  # active or trialing: a grace that began before is over
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,14 @@ class Refund:
     refunded: int  # cumulative: charge.amount_refunded (a dispute: the whole charge)
     amount: int  # charge.amount
     dispute: bool = False
+    dispute_id: str | None = None
+    state: str = "open"  # a dispute's: "open", "won" (the money came back) or "lost"
+
+    def entry(self) -> dict[str, Any]:
+        """What ``_refunds`` remembers of this event."""
+        if self.dispute:
+            return {"d": self.dispute_id or self.charge_id or self.payment_intent, "s": self.state}
+        return {"r": self.refunded, "a": self.amount, "f": self.full}
 
 
 @dataclass(frozen=True)
@@ -189,7 +203,7 @@ def decide(event: Mapping[str, Any], namespace: str, catalog: Catalog, now_ms: i
         if kind in REFUND_EVENTS:
             return refund_of(obj)
         if kind in DISPUTE_EVENTS:
-            return dispute_of(obj)
+            return dispute_of(obj, kind)
     except WebhookError:
         raise
     except NascaError as exc:  # an unknown pack, a currency mismatch, a bad user id...
@@ -282,16 +296,25 @@ def _subscription(event: Mapping[str, Any], sub: Mapping[str, Any], namespace: s
     plan, priced = found
     user = check_user_id(md["nasca_user_id"]) if md.get("nasca_user_id") else None
     deleted = event["type"] == "customer.subscription.deleted"
-    status = sub.get("status")
-    active = priced and not deleted and (status in ACTIVE_STATUSES or (
-        status in GRACE_STATUSES
-        and int(event["created"]) < unpaid_since(sub) + catalog.policy.past_due_grace_days * 86_400))
-    if active:
-        _check_tier(plan, catalog)
+    status = _status(sub, "subscription")
+    failing = priced and not deleted and status in GRACE_STATUSES
+    since = unpaid_since(sub) if failing else None
+    active = priced and not deleted and status in ACTIVE_STATUSES
     started = _int(sub.get("created")) or _int(sub.get("start_date")) or int(event["created"])
     change = SubChange(str(sub_id), int(event["created"]), str(event["id"]), active, plan.tier,
                        started, deleted)
-    return SubscriptionChange(user, id_of(sub.get("customer")), change)
+    if since is not None:  # the flow may start the grace earlier (never later): active can only end
+        change = in_grace(change, since, catalog.policy)
+    if change.active:
+        _check_tier(plan, catalog)
+    return SubscriptionChange(user, id_of(sub.get("customer")), change, since, active)
+
+
+def in_grace(change: SubChange, since: int, policy: BillingPolicy) -> SubChange:
+    """A failing subscription's change: active while its grace, begun at ``since``, lasts."""
+    active = change.event_created < since + policy.past_due_grace_days * 86_400
+    return SubChange(change.sub_id, change.event_created, change.event_id, active, change.tier,
+                     change.sub_created, change.final)
 
 
 def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decision:
@@ -392,13 +415,28 @@ def refund_of(charge: Mapping[str, Any]) -> Decision:
     return Refund(pi, full, id_of(charge.get("id")), refunded, amount)
 
 
-def dispute_of(dispute: Mapping[str, Any]) -> Decision:
-    """What a dispute asks for: the whole charge back, until it is won."""
+def dispute_of(dispute: Mapping[str, Any], kind: str | None = None) -> Decision:
+    """What a dispute asks for: the whole charge back while it is open or once lost; nothing
+    once won (its ``status``, or ``charge.dispute.funds_reinstated``)."""
     pi = id_of(dispute.get("payment_intent"))
     if not pi:
         return Ignore("the disputed charge has no payment intent")
     amount = _int(dispute.get("amount"))
-    return Refund(pi, True, id_of(dispute.get("charge")), amount, amount, dispute=True)
+    status = _status(dispute, "dispute")
+    # lost is final whatever the event: a funds_reinstated of a lost dispute gives nothing back
+    state = ("lost" if status == "lost" else "won" if status in DISPUTE_WON
+             or kind == "charge.dispute.funds_reinstated" else "open")
+    return Refund(pi, True, id_of(dispute.get("charge")), amount, amount, dispute=True,
+                  dispute_id=id_of(dispute.get("id")), state=state)
+
+
+def _status(obj: Mapping[str, Any], what: str) -> str | None:
+    """An object's ``status``, checked: a signed event of a foreign shape is a WebhookError,
+    not a TypeError from a set lookup."""
+    status = obj.get("status")
+    if status is not None and not isinstance(status, str):
+        raise WebhookError(f"the {what}'s status is not a string")
+    return status
 
 
 def _check_tier(plan: Plan, catalog: Catalog) -> None:

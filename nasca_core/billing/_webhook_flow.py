@@ -3,19 +3,22 @@
 
 What billing keeps beside the ledger, as store markers under ``<namespace>:billing:``:
 ``evt:<event id>`` the result of each handled event, ``pi:<payment intent>`` the lot it
-bought (for refunds), ``rf:<payment intent>:<n>`` and ``rv:<lot id>`` what was refunded or
-disputed and what that took back (``_refunds``: a refund that arrives before its purchase
-is applied when the purchase arrives), ``cus:<customer>`` the user, ``portal:<user>`` the
-customer whose subscription the Billing Portal manages, ``once:<session id>`` that a
-plan's purchase was reported, ``inv:<invoice id>`` that a renewal was counted,
-``review:<session id>`` and ``reviews`` the orders held for review.
+bought (for refunds), ``rf:<payment intent>:<n>`` what was refunded or disputed
+(``_refunds``: a refund that arrives before its purchase is applied when the purchase
+arrives; what that took back is kept in the lot itself), ``cus:<customer>`` the user,
+``portal:<user>`` the customer whose subscription the Billing Portal manages,
+``once:<session id>`` that a plan's purchase was reported, ``inv:<invoice id>`` that a
+renewal was counted, ``grace:<subscription id>`` when a failing subscription's grace
+began (epoch s; 0 once paid again), ``review:<session id>`` that an order is held for
+review, and the keyed set ``reviews:set`` (one entry per order: the dashboard's list,
+each written in one atomic step).
 
 Order independence: a purchase writes its ``pi:`` index, grants, then reads ``rf:``; a
 refund appends to ``rf:``, then reads ``pi:``. Each writes before it reads what the other
 writes, so whichever runs second sees the first, and revoking is idempotent (a full
-revoke empties the lot; a partial one takes the refunded share of the lot's credits once
-per refunded total, see ``_refunds``), so every order and every replay ends in the same
-state.
+revoke empties the lot; a partial one raises what the lot gave back to the refunded share,
+atomically in the store; a won dispute lowers it back, see ``_refunds``), so every order
+and every replay ends in the same state.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from nasca_core.billing._models import BillingPolicy, WebhookAction, WebhookResu
 from nasca_core.billing._refunds import (
     INDEX_TTL_MS,
     billing_key,
+    lot_target,
     read_refunds,
-    refund_target,
     remember_refund,
-    revoke_share,
+    settle_lot,
 )
 from nasca_core.billing._requests import CONFIG, Flow, StoreOp, StripeOp, ask
 from nasca_core.billing._webhook import (
@@ -51,6 +54,7 @@ from nasca_core.billing._webhook import (
     Review,
     SubscriptionChange,
     decide,
+    in_grace,
     verify_and_parse,
 )
 from nasca_core.stores import SubChange
@@ -63,7 +67,6 @@ log = logging.getLogger("nasca")
 
 DAY_MS = 86_400_000
 EVENT_TTL_MS = 30 * DAY_MS  # Stripe retries for 3 days and can resend an event for 30
-MAX_REVIEWS = 200  # the dashboard's list of orders held for review
 
 Emit = Callable[..., None]
 
@@ -148,8 +151,10 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
             user = yield from ask(StoreOp.get_marker(billing_key(ledger, "cus", d.customer), now_ms))
         if user is None:
             return _result(event, "ignored", detail="no nasca_user_id metadata and an unknown customer")
-        change = yield from held(ledger, d.change, now_ms)
+        change, grace = yield from with_grace(ledger, d, policy, now_ms)
+        change = yield from held(ledger, change, now_ms)
         applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(user, now), change, now_ms))
+        yield from remember_grace(ledger, d, grace, applied.status, now_ms)
         if d.customer and change.active:
             yield from _remember_customer(ledger, user, d.customer, now_ms, subscriber=True)
         action: WebhookAction = ("stale" if applied.status == 0
@@ -159,6 +164,34 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
         return (yield from apply_renewal(d, event, now_ms, ledger, emit))
     assert isinstance(d, Refund)
     return (yield from apply_refund(d, event, now, now_ms, ledger, policy))
+
+
+MAX_REVIEWS = 200  # orders held for review that are kept (the list before the keyed set kept 200)
+
+
+def with_grace(ledger: Nasca, d: SubscriptionChange, policy: BillingPolicy,
+               now_ms: int) -> Flow[tuple[SubChange, int | None]]:
+    """The change, carrying its grace for the store to merge into the subscription's record
+    in the same atomic step (the earliest first failed payment since it was last paid wins,
+    whatever the order or a failure between steps); and what to write to the grace marker
+    of older Nasca versions afterwards (None: leave it)."""
+    if d.grace_from is None and not (d.paid or d.change.final):
+        return d.change, None
+    raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "grace", d.change.sub_id), now_ms))
+    began = int(raw) if raw and raw.isdigit() else 0  # a grace begun before it lived in the record
+    if d.grace_from is None:  # paid again (or deleted): the next failure starts a new grace
+        return replace(d.change, grace_from=0), 0 if began else None
+    since = min(began, d.grace_from) if began else d.grace_from
+    change = in_grace(d.change, since, policy)
+    return replace(change, grace_from=since, grace_s=policy.past_due_grace_days * 86_400), None
+
+
+def remember_grace(ledger: Nasca, d: SubscriptionChange, grace: int | None, status: int,
+                   now_ms: int) -> Flow[None]:
+    """Clear an older version's grace marker once the subscription is paid again."""
+    if grace is not None and status in (1, 2):
+        key = billing_key(ledger, "grace", d.change.sub_id)
+        yield from ask(StoreOp.put_marker(key, str(grace), None, now_ms))
 
 
 def held(ledger: Nasca, change: SubChange, now_ms: int) -> Flow[SubChange]:
@@ -213,13 +246,15 @@ def apply_grant(d: GrantPack, event: Mapping[str, Any], now: float, now_ms: int,
     memo = None
     if d.payment_intent:  # a refund or dispute that arrived first was remembered
         memo, _ = yield from read_refunds(ledger, d.payment_intent, now_ms)
-    if memo is not None:
-        target = refund_target(policy, memo, d.lot.granted)
-        if target != 0:
-            taken = yield from revoke_share(ledger, keys, d.lot.id, target, now_ms)
-            return _result(event, "revoked", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
-                           revoked=to_usd(taken),
-                           detail=f"refunded before this event: granted and revoked ${to_usd(taken)} at once")
+    if memo is not None and lot_target(policy, memo, d.lot.granted)[0] != 0:
+        taken = yield from settle_lot(ledger, keys, d.payment_intent or "", d.lot.id, d.lot.granted, policy,
+                                      memo, now_ms)
+        if taken < 0:  # a resent completion after a dispute was won
+            return _result(event, "restored", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
+                           restored=to_usd(-taken), detail=f"gave back ${to_usd(-taken)} of AI spend")
+        return _result(event, "revoked", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
+                       revoked=to_usd(taken),
+                       detail=f"refunded before this event: granted and revoked ${to_usd(taken)} at once")
     return _result(event, "granted", duplicate=not granted, user_id=d.user_id, lot_id=d.lot.id,
                    detail=d.mismatch)
 
@@ -241,23 +276,36 @@ def apply_review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca
     review = billing_key(ledger, "review", o.session_id)
     first = yield from ask(StoreOp.claim_marker(review, INDEX_TTL_MS, now_ms))
     if first:
-        # One marker listing the orders for the dashboard: a read-modify-write, fine for
-        # something this rare; the per-session claim above stays the durable record.
-        key = f"{ledger.namespace}:billing:reviews"
-        raw = yield from ask(StoreOp.get_marker(key, now_ms))
-        orders = [x for x in (json.loads(raw) if raw else []) if x.get("session_id") != o.session_id]
-        orders = [*orders, o.model_dump(mode="json")][-MAX_REVIEWS:]
-        yield from ask(StoreOp.put_marker(key, json.dumps(orders), None, now_ms))
+        # One entry per order in one keyed set: two orders held at once both stay listed.
+        yield from ask(StoreOp.put_entry(reviews_key(ledger), o.session_id, o.model_dump_json()))
         log.warning("nasca: session %s held for review (nothing granted): %s", o.session_id, o.reason)
+        yield from prune_reviews(ledger)
         emit("purchase_completed", o.user_id, session_id=o.session_id, pack=o.pack, amount=o.paid,
              currency=o.currency, spend=0, prompt_id=None, lot_id=None, review=True)
     return _result(event, "needs_review", duplicate=not first, user_id=o.user_id, lot_id=o.session_id,
                    detail=f"{o.reason}: nothing granted, the order awaits review")
 
 
+def reviews_key(ledger: Nasca) -> str:
+    return f"{ledger.namespace}:billing:reviews:set"  # "reviews" held a JSON list before
+
+
+def prune_reviews(ledger: Nasca) -> Flow[None]:
+    """Keep the newest MAX_REVIEWS orders held for review (the dashboard reads them all);
+    an older one stays in Stripe's records and in the log line written when it was held."""
+    listed = yield from ask(StoreOp.entries(reviews_key(ledger)))
+    if len(listed) <= MAX_REVIEWS:
+        return
+    ordered = sorted(listed, key=lambda sid: (json.loads(listed[sid]).get("at", ""), sid))
+    for session_id in ordered[:len(listed) - MAX_REVIEWS]:
+        log.warning("nasca: order %s dropped from the review list (more than %d held)", session_id,
+                    MAX_REVIEWS)
+        yield from ask(StoreOp.put_entry(reviews_key(ledger), session_id, None))
+
+
 def apply_refund(d: Refund, event: Mapping[str, Any], now: float, now_ms: int, ledger: Nasca,
             policy: BillingPolicy) -> Flow[WebhookResult]:
-    memo = yield from remember_refund(ledger, d.payment_intent, d.refunded, d.amount, d.full, now_ms)
+    memo = yield from remember_refund(ledger, d.payment_intent, d.entry(), now_ms)
     raw = yield from ask(StoreOp.get_marker(billing_key(ledger, "pi", d.payment_intent), now_ms))
     what = "dispute" if d.dispute else "refund"
     if raw is None:
@@ -272,12 +320,15 @@ def apply_refund(d: Refund, event: Mapping[str, Any], now: float, now_ms: int, l
     else:  # an index written before it kept the lot's size
         lots = yield from ask(StoreOp.all_lots(keys))
         granted = next((lot.granted for lot in lots if lot.id == lot_id), 0)
-    target = refund_target(policy, memo, granted)
-    if target == 0:
+    if not d.dispute and lot_target(policy, memo, granted) == (0, False):
         log.info("nasca: partial refund of %s: the credits of lot %s are kept", d.charge_id, lot_id)
         return _result(event, "ignored", user_id=user, lot_id=lot_id,
                        detail="partial refund: the credits are kept (on_partial_refund='keep')")
-    taken = yield from revoke_share(ledger, keys, lot_id, target, now_ms)
+    taken = yield from settle_lot(ledger, keys, d.payment_intent, lot_id, granted, policy, memo, now_ms)
+    if taken < 0 or (taken == 0 and d.dispute and d.state == "won"):  # the sign says what happened
+        return _result(event, "restored", user_id=user, lot_id=lot_id, restored=to_usd(-taken),
+                       detail=f"{'dispute won' if d.state == 'won' else what}: gave back "
+                              f"${to_usd(-taken)} of AI spend")
     return _result(event, "revoked", user_id=user, lot_id=lot_id, revoked=to_usd(taken),
                    detail=f"{what}: revoked ${to_usd(taken)} of AI spend")
 

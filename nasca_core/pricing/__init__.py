@@ -20,19 +20,19 @@ from nasca_core.pricing._pricer import Pricer
 from nasca_core.pricing._rates import Rates
 from nasca_core.pricing._refresh import main_prices
 from nasca_core.pricing._table import PriceTable, clear_source_cache, start_price_updates
-from nasca_core.pricing._usage import (
+from nasca_core.pricing._usage import TokenUsage, usage_from_openai, usage_from_openai_response
+from nasca_core.pricing._usage_anthropic import (
     AnthropicStreamUsage,
-    TokenUsage,
     usage_from_anthropic,
+    usage_from_anthropic_message,
     usage_from_anthropic_stream,
-    usage_from_gemini,
-    usage_from_openai,
-    usage_from_openai_response,
 )
+from nasca_core.pricing._usage_gemini import GeminiStreamUsage, usage_from_gemini, usage_from_gemini_response
 
 __all__ = [
     "CHARS_PER_TOKEN",
     "AnthropicStreamUsage",
+    "GeminiStreamUsage",
     "LongContextPrice",
     "ModelPrice",
     "PriceTable",
@@ -49,8 +49,10 @@ __all__ = [
     "parse_price",
     "start_price_updates",
     "usage_from_anthropic",
+    "usage_from_anthropic_message",
     "usage_from_anthropic_stream",
     "usage_from_gemini",
+    "usage_from_gemini_response",
     "usage_from_openai",
     "usage_from_openai_response",
 ]

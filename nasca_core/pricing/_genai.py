@@ -19,6 +19,7 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
+from nasca_core.pricing._fees import code_container_usd
 from nasca_core.pricing._rates import PER_MILLION, RATE_FIELDS, Rates, RateTuple, TimedRates
 
 if TYPE_CHECKING:
@@ -137,10 +138,11 @@ def compile_rates(model: SourceModel, tier: str | None, when: datetime | None = 
     windows = sorted({_seconds(t) for c in daily for t in (c.start_time, c.end_time)} | {0})
     with _lock:  # get_prices copies; compiles run one at a time
         if len(windows) == 1:
-            return _compile(_prices_for(info, tier, when), expires)
+            return _compile(_prices_for(info, tier, when), expires, model.provider)
         midnight = datetime.combine(when.date(), time(0), tzinfo=UTC)
         segments = [
-            (start, _compile(_prices_for(info, tier, midnight + timedelta(seconds=start)), expires))
+            (start, _compile(_prices_for(info, tier, midnight + timedelta(seconds=start)), expires,
+                             model.provider))
             for start in windows
         ]
     return TimedRates(segments, when.timestamp(), expires=expires)
@@ -152,13 +154,14 @@ def _seconds(t: time) -> int:
     return t.hour * 3600 + t.minute * 60 + t.second
 
 
-def _compile(prices: ModelPrice, expires: float) -> Rates:
+def _compile(prices: ModelPrice, expires: float, provider: str) -> Rates:
     from genai_prices.types import TieredPrices
 
     tiered = [v for v in vars(prices).values() if isinstance(v, TieredPrices)]
     thresholds = sorted({t.start for v in tiered for t in v.tiers})
-    base = _probe(prices, 0)
-    tiers = tuple((t, _probe(prices, t + 1)) for t in thresholds)
+    container = _nanos_per_million(code_container_usd(provider))
+    base = _probe(prices, 0, container)
+    tiers = tuple((t, _probe(prices, t + 1, container)) for t in thresholds)
     return Rates(base, tiers, expires=expires)
 
 
@@ -182,10 +185,11 @@ def _probes(m: int) -> dict[str, dict[str, int]]:
         "output_audio": {"input_tokens": m, "output_tokens": 1, "output_audio_tokens": 1},
         "output_image": {"input_tokens": m, "output_tokens": 1, "output_image_tokens": 1},
         "web_search": {"input_tokens": m, "web_searches": 1},
+        "file_search": {"input_tokens": m, "storage_searches": 1},
     }
 
 
-def _probe(prices: ModelPrice, m: int) -> RateTuple:
+def _probe(prices: ModelPrice, m: int, container: int) -> RateTuple:
     from genai_prices import Usage
 
     def total(counts: dict[str, int]) -> Decimal:
@@ -198,6 +202,9 @@ def _probe(prices: ModelPrice, m: int) -> RateTuple:
     # What the baseline costs beyond its input tokens is the per-request fee.
     fee = baseline - Decimal(m) * (Decimal(rates["input"]) / _PER_TOKEN)
     rates["request"] = _nanos_per_million(fee)
+    # genai-prices' code_executions are priced per 1,000 executions, not per container
+    # session: a different unit, so never read as one (the fee table in _fees.py is).
+    rates["code_container"] = container
     return tuple(rates[f] for f in RATE_FIELDS)  # type: ignore[return-value]
 
 

@@ -1,10 +1,19 @@
 """Owner prices: ``ModelPrice`` (what ``prices=`` and ``set_price`` take), validated and
 compiled to ``Rates``; and a source model's rates shown back as a ``ModelPrice``.
 
-Owner prices are Decimal USD per 1M tokens (``web_search`` per 1,000 searches), as the
-providers publish them. A field left out falls back: cache prices and input audio/image to
-``input`` (1-hour writes to ``cache_write`` first), reasoning and output audio/image to
-``output``; web searches to $0. A $0 input price needs ``free=True``.
+Owner prices are Decimal USD per 1M tokens (``web_search`` and ``file_search`` per 1,000
+calls, ``code_container`` per container unit: see ``_fees.py``), as the providers publish
+them. A field left out falls back: cache prices and input audio/image to ``input``
+(1-hour writes to ``cache_write`` first), reasoning and output audio/image to ``output``;
+tool fees to $0. A $0 input price needs ``free=True``.
+
+Service tiers: an owner price is the **standard** tier's price. A call the provider served
+on another tier (``flex``, ``priority``, ``batch``...) is charged the owner's price scaled,
+rate by rate, by genai-prices' ratio of that tier to standard for the same model (OpenAI
+flex and batch are half of standard); a model genai-prices has no tier price for, or
+doesn't know, is charged the owner's price on every tier. To set a tier's price yourself,
+name it: ``ModelPrice(input=2, output=8, service_tiers={"flex": {"input": 1, "output": 4}})``
+(its missing fields fall back as above, to genai-prices' price of that tier first).
 """
 
 from __future__ import annotations
@@ -32,7 +41,16 @@ _PRICE_FIELDS = (
     "output_audio",
     "output_image",
     "web_search",
+    "file_search",
+    "code_container",
 )
+# Owner units -> the compiled unit (nano-dollars per 1M units): tool fees are per 1,000
+# calls, containers per unit.
+_SCALE = {"web_search": 1000, "file_search": 1000, "code_container": 1_000_000}
+_NANO = Decimal("1e-9")
+
+
+_STANDARD_TIERS = ("", "default", "standard", "auto")  # how providers spell the standard price
 
 
 def _decimal_price(value: object) -> object:
@@ -90,7 +108,8 @@ class LongContextPrice(_Prices):
 class ModelPrice(_Prices):
     """An owner's prices of one model in USD per 1M tokens (Decimal, finite, >= 0).
 
-    ``web_search`` is USD per 1,000 searches. Absent fields fall back as the module docstring
+    ``web_search`` and ``file_search`` are USD per 1,000 calls, ``code_container`` USD per
+    container unit. Absent fields fall back as the module docstring
     says. ``free=True`` declares the model free (all prices may then be left out); without
     it a $0 input price is refused. ``source`` says where the numbers came from.
 
@@ -108,10 +127,31 @@ class ModelPrice(_Prices):
     output_audio: Decimal | None = None
     output_image: Decimal | None = None
     web_search: Decimal | None = None
+    file_search: Decimal | None = None
+    code_container: Decimal | None = None
     long_context: tuple[LongContextPrice, ...] = ()
+    service_tiers: Mapping[str, ModelPrice] = Field(default_factory=dict)
     free: bool = False
     provider: str | None = None
     source: str | None = None
+
+    @field_validator("service_tiers", mode="after")
+    @classmethod
+    def _named_tiers(cls, tiers: Mapping[str, ModelPrice]) -> Mapping[str, ModelPrice]:
+        out: dict[str, ModelPrice] = {}
+        for name, price in tiers.items():
+            key = name.strip().lower()
+            if key in _STANDARD_TIERS:
+                raise ValueError(f"{name!r}: the standard tier's price is the override itself")
+            if price.service_tiers:
+                raise ValueError(f"{name!r}: a tier's price cannot name tiers of its own")
+            out[key] = price
+        return out
+
+    def __hash__(self) -> int:  # frozen and hashable, like every config model; tiers by name
+        return hash(tuple(
+            (k, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()
+        ))
 
     @field_validator("long_context", mode="after")
     @classmethod
@@ -139,11 +179,11 @@ class ModelPrice(_Prices):
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         # Prices have <= 9 decimals and < 1e6: a float's shortest repr has the same digits.
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
@@ -190,7 +230,7 @@ def _rate_tuple(
         for source in (p, base):
             value = getattr(source, name, None)
             if value is not None:
-                return _n(value) * (1000 if name == "web_search" else 1)
+                return _n(value) * _SCALE.get(name, 1)
         if inherited is not None:
             return inherited[RATE_FIELDS.index(name)]
         return fallback
@@ -209,7 +249,9 @@ def _rate_tuple(
         pick("reasoning", out),
         pick("output_audio", out),
         pick("output_image", out),
-        pick("web_search", 0),  # owner's: per 1,000 searches, scaled to per 1M above
+        pick("web_search", 0),  # owner's: per 1,000 calls, scaled to per 1M above
+        pick("file_search", 0),
+        pick("code_container", 0),
         inherited[RATE_FIELDS.index("request")] if inherited is not None else 0,
     )
 
@@ -220,9 +262,12 @@ def price_of(rates: Rates, provider: str | None, source: str) -> ModelPrice:
     def usd(nanos: int) -> Decimal:
         return Decimal(nanos) / NANOS_PER_USD
 
+    def shown(name: str, nanos: int) -> Decimal:
+        # per-unit fees can be finer than a nano-dollar (Anthropic's 5 container minutes)
+        return (usd(nanos) / _SCALE.get(name, 1)).quantize(_NANO)
+
     base = rates.as_dict()
-    fields: dict[str, Any] = {name: usd(base[name]) for name in RATE_FIELDS if name in _PRICE_FIELDS}
-    fields["web_search"] = usd(base["web_search"]) / 1000
+    fields: dict[str, Any] = {name: shown(name, base[name]) for name in RATE_FIELDS if name in _PRICE_FIELDS}
     tiers = [
         LongContextPrice(
             above_input_tokens=threshold,
@@ -239,3 +284,19 @@ def price_of(rates: Rates, provider: str | None, source: str) -> ModelPrice:
     return ModelPrice(
         **fields, long_context=tuple(tiers), provider=provider, source=source, free=rates.is_zero
     )
+
+
+def scaled(owner: Rates, standard: Rates, tier: Rates) -> Rates:
+    """``owner``'s rates moved to a service tier: each rate times the source's ratio of
+    ``tier`` to ``standard`` for that dimension (rounded half up to a nano-dollar per 1M).
+    A dimension the source leaves unpriced on the tier (0) keeps the owner's rate: a missing
+    source price never makes the owner's price $0."""
+
+    def move(rates: RateTuple) -> RateTuple:
+        return tuple(  # type: ignore[return-value]
+            v if s == t or s == 0 or t == 0 else (v * t + s // 2) // s
+            for v, s, t in zip(rates, standard.base, tier.base, strict=True)
+        )
+
+    return Rates(move(owner.base), tuple((th, move(r)) for th, r in owner.tiers),
+                 expires=min(standard.expires, tier.expires))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 
 from nasca_core._errors import ConfigurationError, UnknownModelError
 from nasca_core.pricing._owner import ModelPrice
@@ -13,6 +15,9 @@ from nasca_core.pricing._usage import TokenUsage
 logger = logging.getLogger("nasca.pricing")
 
 _POLICIES = "'block', 'warn' or 'price_as:<model>'"
+# Code containers already charged, by id: OpenAI bills a container once however many
+# responses reuse it. Bounded, and per process: another process charges it again.
+_CONTAINERS_REMEMBERED = 4096
 
 
 class Pricer:
@@ -28,7 +33,7 @@ class Pricer:
     Raises ConfigurationError for an unknown policy or a ``price_as`` model the table lacks.
     """
 
-    __slots__ = ("_fallback", "_lock", "_policy", "_priced_as", "_table", "_warned")
+    __slots__ = ("_containers", "_fallback", "_lock", "_policy", "_priced_as", "_table", "_warned")
 
     def __init__(self, table: PriceTable | None = None, *, unknown_model: str = "block") -> None:
         self._table = table if table is not None else PriceTable.default()
@@ -37,6 +42,7 @@ class Pricer:
         self._warned: set[str] = set()
         self._priced_as: dict[str, str] = {}  # unknown model -> the model it is priced as
         self._lock = threading.Lock()
+        self._containers: OrderedDict[str, None] = OrderedDict()
         if not isinstance(unknown_model, str):
             raise ConfigurationError(f"unknown_model must be {_POLICIES}, got {unknown_model!r}")
         if unknown_model.startswith("price_as:"):
@@ -60,7 +66,27 @@ class Pricer:
         return self._policy
 
     def cost(self, model: str, usage: TokenUsage) -> int:
-        """Cost in integer nano-dollars. Raises UnknownModelError under the "block" policy."""
+        """Cost in integer nano-dollars. Raises UnknownModelError under the "block" policy.
+
+        A usage naming its code containers (``container_ids``) is charged only for those
+        this pricer has not charged before (the last 4,096 ids)."""
+        if not usage.container_ids:
+            return self._cost(model, usage)
+        ids = usage.container_ids
+        with self._lock:
+            fresh = [i for i in ids if i not in self._containers]
+        per_container = usage.code_containers // len(ids)
+        nanos = self._cost(model, dataclasses.replace(usage, code_containers=per_container * len(fresh),
+                                                      container_ids=()))
+        with self._lock:  # after pricing: a call that raised charged nothing, so remembers nothing
+            for i in ids:
+                self._containers[i] = None
+                self._containers.move_to_end(i)
+            while len(self._containers) > _CONTAINERS_REMEMBERED:
+                self._containers.popitem(last=False)
+        return nanos
+
+    def _cost(self, model: str, usage: TokenUsage) -> int:
         known = self._priced_as.get(model)
         if known is not None:
             return self._table.cost_nanos(known, usage)

@@ -8,7 +8,8 @@ into ``Rates``; a cost is then a dozen integer multiplications and one rounded d
          + input audio * input_audio         + input image * input_image
          + text output * output              + reasoning * reasoning
          + output audio * output_audio       + output image * output_image
-         + web searches * web_search         + one request fee
+         + web searches * web_search         + file searches * file_search
+         + code containers * code_container  + one request fee
 
 A long-context tier replaces every rate of the whole call when its input tokens are above
 the tier's threshold (how Anthropic, Google and OpenAI bill it).
@@ -38,9 +39,11 @@ RATE_FIELDS = (
     "output_audio",
     "output_image",
     "web_search",
+    "file_search",
+    "code_container",
     "request",
 )
-RateTuple = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
+RateTuple = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int]
 
 
 class Rates:
@@ -63,7 +66,7 @@ class Rates:
             if inp > threshold:
                 rates = tier_rates
                 break
-        p_in, p_cr, p_cw, p_cw1h, p_ia, p_ii, p_out, p_rs, p_oa, p_oi, p_ws, p_req = rates
+        p_in, p_cr, p_cw, p_cw1h, p_ia, p_ii, p_out, p_rs, p_oa, p_oi, p_ws, p_fs, p_cc, p_req = rates
         cr = u.cache_read_tokens
         cw = u.cache_write_tokens
         cw1h = u.cache_write_1h_tokens
@@ -84,6 +87,8 @@ class Rates:
             + oa * p_oa
             + oi * p_oi
             + u.web_searches * p_ws
+            + u.file_searches * p_fs
+            + u.code_containers * p_cc
             + p_req
         )
         return (total + _HALF) // PER_MILLION  # round half up, once

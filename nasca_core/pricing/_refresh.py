@@ -22,22 +22,20 @@ from nasca_core._money import NANOS_PER_USD
 from nasca_core.pricing._rates import RATE_FIELDS, Rates, TimedRates
 from nasca_core.pricing._table import PriceTable, source_date
 
-_UNITS = {"web_search": "per 1K searches", "request": "per request"}
+# Per-1M-units rates shown in the unit the providers publish.
+_PER = {"web_search": 1000, "file_search": 1000, "code_container": 1_000_000, "request": 1_000_000}
 
 
 def _usd(field: str, nanos_per_million: int) -> str:
-    value = Decimal(nanos_per_million) / NANOS_PER_USD
-    if field == "web_search":
-        value /= 1000
-    elif field == "request":
-        value /= 1_000_000
-    return f"${value.normalize():f}"
+    value = Decimal(nanos_per_million) / NANOS_PER_USD / _PER.get(field, 1)
+    return f"${value.quantize(Decimal('1e-9')).normalize():f}"
 
 
 def _rate_lines(rates: Rates) -> list[str]:
     base = rates.as_dict()
     parts = [f"{name}={_usd(name, base[name])}" for name in RATE_FIELDS if base[name]]
-    lines = ["  " + ", ".join(parts) + "  (USD per 1M tokens; web_search per 1K searches)"]
+    lines = ["  " + ", ".join(parts) + "  (USD per 1M tokens; web_search, file_search per 1K calls; "
+                 "code_container per unit, from Nasca's fee table)"]
     if isinstance(rates, TimedRates):
         lines.append("  (varies by UTC time of day, peak and off-peak: these are the prices right now)")
     for threshold, tier in sorted(rates.tiers):

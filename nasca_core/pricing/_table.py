@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from time import time as _time
 from types import MappingProxyType
@@ -26,7 +26,7 @@ from typing import Any
 
 from nasca_core._errors import ConfigurationError, UnknownModelError
 from nasca_core.pricing import _genai
-from nasca_core.pricing._owner import ModelPrice, owner_rates, parse_price, price_of
+from nasca_core.pricing._owner import ModelPrice, owner_rates, parse_price, price_of, scaled
 from nasca_core.pricing._rates import Rates
 from nasca_core.pricing._usage import TokenUsage
 
@@ -45,7 +45,7 @@ SOURCE_ALIASES = {
     "grok-4.20-reasoning-latest": "grok-4.20",
     "grok-4.20-non-reasoning-latest": "grok-4.20",
 }
-UNIT = "USD per 1M tokens (web_search: per 1,000 searches)"
+UNIT = "USD per 1M tokens (web_search, file_search: per 1,000 calls; code_container: per unit)"
 SOURCE = "genai-prices"
 
 
@@ -72,20 +72,19 @@ def _day() -> int:
 
 
 class _Entry:
-    """What ``cost_nanos`` keeps per model string: rates by service tier."""
+    """What ``cost_nanos`` keeps per model string: rates by service tier, compiled on first
+    use by ``make`` (the source's tier price, or the owner's price for that tier)."""
 
-    __slots__ = ("by_tier", "source")
+    __slots__ = ("by_tier", "make")
 
-    def __init__(self, rates: Rates, source: _genai.SourceModel | None) -> None:
+    def __init__(self, rates: Rates, make: Callable[[str | None], Rates]) -> None:
         self.by_tier: dict[str | None, Rates] = {None: rates}
-        self.source = source
+        self.make = make
 
     def rates(self, tier: str | None) -> Rates:
         rates = self.by_tier.get(tier)
         if rates is None or rates.expires <= _time():
-            # Owner prices hold for every tier; the source has a price per tier (or none).
-            source = self.source
-            rates = self.by_tier[None] if source is None else _source_rates(source, tier, _day())
+            rates = self.make(tier)
             if len(self.by_tier) < 32:  # tiers come from responses: a handful, never unbounded
                 self.by_tier[tier] = rates
         return rates
@@ -252,6 +251,21 @@ class PriceTable:
             self._owner_rates[canonical] = rates
         return rates
 
+    def _owner_tier(self, canonical: str, tier: str | None) -> Rates:
+        # The rule is in _owner.py's docstring: the owner's price is standard; a tier it
+        # names is its own; other tiers scale by the source's ratio for the model.
+        standard = self._owner_compiled(canonical)
+        price = self._models[canonical]
+        if tier is None or price.free:
+            return standard
+        found = self._source(canonical)
+        named = price.service_tiers.get(tier)
+        if named is not None:
+            return owner_rates(named, _source_rates(found, tier) if found is not None else None)
+        if found is None:
+            return standard
+        return scaled(standard, _source_rates(found, None), _source_rates(found, tier))
+
     def _found_for(self, canonical: str) -> _genai.SourceModel:
         found = self._found.get(canonical)
         if found is None:
@@ -296,10 +310,10 @@ class PriceTable:
         if canonical is None:
             raise UnknownModelError(model)
         if canonical in self._models:
-            entry = _Entry(self._owner_compiled(canonical), None)
+            entry = _Entry(self._owner_compiled(canonical), functools.partial(self._owner_tier, canonical))
         else:
             found = self._found_for(canonical)
-            entry = _Entry(_source_rates(found, None), found)
+            entry = _Entry(_source_rates(found, None), functools.partial(_source_rates, found))
         if len(self._cost_cache) >= _CACHE_LIMIT:
             self._cost_cache.clear()
         self._cost_cache[model] = entry

@@ -20,7 +20,8 @@ detail counts that are absent or ``null`` mean 0 (providers omit them when unuse
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,12 @@ class TokenUsage:
     Beyond the five core counts: ``cache_write_1h_tokens`` (subset of ``cache_write_tokens``
     written with a 1-hour TTL), audio and image tokens (subsets of input and output, billed at
     their own rates where the model has them), ``web_searches`` (server-side tool calls billed
-    per call), ``web_fetches`` (Anthropic's web fetch: recorded, no fee) and ``service_tier``
-    (the tier the provider says it served: ``"flex"``, ``"priority"``, ``"batch"``...).
+    per call; Gemini's grounding with Google Search), ``file_searches`` (OpenAI
+    ``file_search_call`` items), ``code_containers`` (code-execution containers, in the unit
+    the provider bills: a GB of an OpenAI container session, five minutes of an Anthropic
+    container; see ``_fees.py``), ``web_fetches`` (Anthropic's web fetch: recorded, no fee)
+    and ``service_tier`` (the tier the provider says it served: ``"flex"``, ``"priority"``,
+    ``"batch"``...).
 
     Raises UsageParseError when a count is not a non-negative int, or a subset exceeds its total.
     """
@@ -54,7 +59,12 @@ class TokenUsage:
     output_image_tokens: int = 0
     web_searches: int = 0
     web_fetches: int = 0
+    file_searches: int = 0
+    code_containers: int = 0
     service_tier: str | None = None
+    # the code_containers' ids, when the provider names them (OpenAI): a container reused by
+    # a later response is charged once (Pricer)
+    container_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         i, o = self.input_tokens, self.output_tokens
@@ -80,6 +90,9 @@ class TokenUsage:
                 or self.output_image_tokens
                 or self.web_searches
                 or self.web_fetches
+                or self.file_searches
+                or self.code_containers
+                or self.container_ids
             )
             and (self.service_tier is None or type(self.service_tier) is str)
         ):
@@ -88,6 +101,9 @@ class TokenUsage:
             _check_count(getattr(self, name), name)
         if self.service_tier is not None and not isinstance(self.service_tier, str):
             raise UsageParseError(f"service_tier must be a string or None, got {self.service_tier!r}")
+        ids = self.container_ids
+        if not isinstance(ids, tuple) or not all(isinstance(i, str) for i in ids):
+            raise UsageParseError(f"container_ids must be a tuple of strings, got {self.container_ids!r}")
         inputs = (
             self.cache_read_tokens
             + self.cache_write_tokens
@@ -116,7 +132,8 @@ class TokenUsage:
         if not isinstance(other, TokenUsage):
             return NotImplemented
         counts = {name: getattr(self, name) + getattr(other, name) for name in _FIELDS}
-        return TokenUsage(**counts, service_tier=self.service_tier or other.service_tier)
+        ids = tuple(dict.fromkeys(self.container_ids + other.container_ids))
+        return TokenUsage(**counts, service_tier=self.service_tier or other.service_tier, container_ids=ids)
 
     @property
     def total_tokens(self) -> int:
@@ -136,6 +153,8 @@ _FIELDS = (
     "output_image_tokens",
     "web_searches",
     "web_fetches",
+    "file_searches",
+    "code_containers",
 )
 
 
@@ -227,7 +246,10 @@ def _tier(value: object) -> str | None:
 # --------------------------------------------------------------------------- OpenAI
 
 
-def usage_from_openai(usage: object, *, service_tier: str | None = None, web_searches: int = 0) -> TokenUsage:
+def usage_from_openai(
+    usage: object, *, service_tier: str | None = None, web_searches: int = 0, file_searches: int = 0,
+    code_containers: int = 0,
+) -> TokenUsage:
     """Read OpenAI usage: Chat Completions (``prompt_tokens``…) or Responses (``input_tokens``…).
 
     Accepts a dict or the SDK objects (``openai.types.CompletionUsage``,
@@ -235,8 +257,9 @@ def usage_from_openai(usage: object, *, service_tier: str | None = None, web_sea
     ``usage``. ``prompt_tokens`` already includes ``cached_tokens`` (and ``cache_write_tokens``),
     and ``completion_tokens`` already includes ``reasoning_tokens``: both are subsets, unlike
     Anthropic's counters. Audio and image token details are read where reported.
-    ``service_tier`` and ``web_searches`` live on the response, not its usage: pass them, or
-    use ``usage_from_openai_response``.
+    ``service_tier`` and the tool calls (``web_searches``, ``file_searches``,
+    ``code_containers``) live on the response, not its usage: pass them, or use
+    ``usage_from_openai_response``.
 
     Raises UsageParseError.
     """
@@ -264,6 +287,8 @@ def usage_from_openai(usage: object, *, service_tier: str | None = None, web_sea
             input_audio_tokens=audio_in,
             output_audio_tokens=_optional(out, "audio_tokens", what),
             web_searches=web_searches,
+            file_searches=file_searches,
+            code_containers=code_containers,
             service_tier=tier,
         )
     if "input_tokens" in data or "output_tokens" in data:
@@ -278,6 +303,8 @@ def usage_from_openai(usage: object, *, service_tier: str | None = None, web_sea
             cache_write_tokens=_optional(inp, "cache_write_tokens", what),
             reasoning_tokens=_optional(out, "reasoning_tokens", what),
             web_searches=web_searches,
+            file_searches=file_searches,
+            code_containers=code_containers,
             service_tier=tier,
         )
     raise UsageParseError(f"not an OpenAI usage payload: {dict(data)!r}")
@@ -285,203 +312,55 @@ def usage_from_openai(usage: object, *, service_tier: str | None = None, web_sea
 
 def usage_from_openai_response(response: object) -> TokenUsage | None:
     """Usage of a whole OpenAI response (chat completion, Responses object, or the final
-    stream chunk/event's response): its ``usage``, ``service_tier`` and, for Responses, one
-    web search per ``web_search_call`` output item. None when it carries no usage.
+    stream chunk/event's response): its ``usage``, ``service_tier`` and, for Responses, the
+    tool calls billed per call: one web search per ``web_search_call`` item, one file
+    search per ``file_search_call`` item, and the code-interpreter containers the response
+    created (``container: {"type": "auto"}``), each once however many
+    ``code_interpreter_call`` items ran in it, in GB of its ``memory_limit`` (OpenAI bills
+    a container session by its size). A container the app made itself (the tool names its
+    id) is billed when it is made, not here. None when the response carries no usage.
 
     Raises UsageParseError.
     """
     usage = _get(response, "usage")
     if usage is None:
         return None
-    searches = 0
+    searches = files = 0
+    containers: set[str] = set()
     for item in _get(response, "output") or ():
-        if _get(item, "type") == "web_search_call":
+        kind = _get(item, "type")
+        if kind == "web_search_call":
             searches += 1
-    return usage_from_openai(usage, service_tier=_get(response, "service_tier"), web_searches=searches)
-
-
-# --------------------------------------------------------------------------- Anthropic
-
-
-def usage_from_anthropic(usage: object) -> TokenUsage:
-    """Read Anthropic Messages ``usage`` (dict or ``anthropic.types.Usage``).
-
-    Anthropic's ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
-    ``cache_creation_input_tokens``: the three are disjoint and each is billed (writes at
-    1.25x input for 5 minutes or 2x for 1 hour, reads at 0.1x). We add them into
-    ``input_tokens`` so they are subsets like everyone else's; pricing the raw
-    ``input_tokens`` as "all input" and the cache counters again on top is the
-    double-billing trap, forgetting them is the under-billing one. ``cache_creation`` splits
-    writes by TTL; ``server_tool_use`` counts web searches (billed per search) and web
-    fetches; ``service_tier`` says standard, priority or batch.
-
-    Raises UsageParseError.
-    """
-    what = "Anthropic"
-    data = _as_mapping(usage, what)
-    uncached = _required(data, "input_tokens", what)
-    output = _required(data, "output_tokens", what)
-    return _anthropic(data, uncached, output, what)
-
-
-def _anthropic(data: Mapping[str, Any], uncached: int, output: int, what: str) -> TokenUsage:
-    cache_read = _optional(data, "cache_read_input_tokens", what)
-    cache_write = _optional(data, "cache_creation_input_tokens", what)
-    ttl = _details(data, "cache_creation", what)
-    one_hour = _optional(ttl, "ephemeral_1h_input_tokens", what)
-    if cache_write == 0:
-        # Some payloads carry only the per-TTL breakdown.
-        cache_write = _optional(ttl, "ephemeral_5m_input_tokens", what) + one_hour
-    tools = _details(data, "server_tool_use", what)
-    out = _details(data, "output_tokens_details", what)
-    return _build(
-        what,
-        input_tokens=uncached + cache_read + cache_write,
-        output_tokens=output,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        cache_write_1h_tokens=one_hour,
-        reasoning_tokens=_optional(out, "thinking_tokens", what),
-        web_searches=_optional(tools, "web_search_requests", what),
-        web_fetches=_optional(tools, "web_fetch_requests", what),
-        service_tier=_tier(data.get("service_tier")),
+        elif kind == "file_search_call":
+            files += 1
+        elif kind == "code_interpreter_call":
+            containers.add(str(_get(item, "container_id")))
+    gigabytes = _auto_container_gb(_get(response, "tools")) if containers else None
+    parsed = usage_from_openai(
+        usage, service_tier=_get(response, "service_tier"), web_searches=searches, file_searches=files,
+        code_containers=0 if gigabytes is None else len(containers) * gigabytes,
     )
+    if gigabytes is None:
+        return parsed
+    return dataclasses.replace(parsed, container_ids=tuple(sorted(containers)))
 
 
-class AnthropicStreamUsage:
-    """Accumulates usage over an Anthropic Messages stream.
-
-    ``message_start`` carries ``message.usage`` (input and cache counts, output so far);
-    each ``message_delta`` carries ``usage`` whose counts are CUMULATIVE (the SDK documents
-    every field as "the cumulative number"), so a later value replaces an earlier one rather
-    than adding to it. Summing deltas over-counts whenever a stream sends more than one.
-    Fields a delta leaves ``null`` keep their ``message_start`` value.
-
-    Feed every event (others are ignored); read ``usage`` at the end. Raises UsageParseError
-    from ``add`` on a malformed usage event.
-    """
-
-    __slots__ = ("_data", "_started")
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] = {}
-        self._started = False
-
-    def add(self, event: object) -> None:
-        """Take one stream event (dict or SDK event). Raises UsageParseError."""
-        kind = _get(event, "type")
-        if kind == "message_start":
-            message = _get(event, "message")
-            raw = _get(message, "usage")
-            if raw is None:
-                raise UsageParseError("Anthropic message_start has no message.usage")
-            self._merge(_as_mapping(raw, "Anthropic message_start"))
-            self._started = True
-        elif kind == "message_delta":
-            raw = _get(event, "usage")
-            if raw is not None:
-                self._merge(_as_mapping(raw, "Anthropic message_delta"))
-
-    def _merge(self, data: Mapping[str, Any]) -> None:
-        for key, value in data.items():
-            if value is not None:
-                self._data[key] = value
-
-    @property
-    def usage(self) -> TokenUsage | None:
-        """The usage so far, or None before ``message_start``. Raises UsageParseError."""
-        if not self._started:
+def _auto_container_gb(tools: Any) -> int | None:
+    # The Responses object echoes the request's tools; None: no container made by this call.
+    for tool in tools or ():
+        if _get(tool, "type") != "code_interpreter":
+            continue
+        container = _get(tool, "container")
+        if container is None or isinstance(container, str):
             return None
-        return usage_from_anthropic(self._data)
-
-
-def usage_from_anthropic_stream(events: Iterable[object]) -> TokenUsage | None:
-    """Usage of a whole Anthropic event stream; None if it never started. Raises UsageParseError."""
-    acc = AnthropicStreamUsage()
-    for event in events:
-        acc.add(event)
-    return acc.usage
+        limit = _get(container, "memory_limit") or "1g"
+        if not isinstance(limit, str) or not limit.lower().removesuffix("g").isdigit():
+            raise UsageParseError(f"OpenAI code_interpreter memory_limit is not '<n>g': {limit!r}")
+        return int(limit.lower().removesuffix("g"))
+    return 1  # a call without the tools echoed: the default 1 GB container
 
 
 def _get(obj: object, key: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(key)
     return getattr(obj, key, None)
-
-
-# --------------------------------------------------------------------------- Gemini
-
-_GEMINI_KEYS = {
-    # camelCase is the REST wire format; snake_case is google-genai's pydantic model.
-    "prompt": ("promptTokenCount", "prompt_token_count"),
-    "cached": ("cachedContentTokenCount", "cached_content_token_count"),
-    "candidates": ("candidatesTokenCount", "candidates_token_count"),
-    "thoughts": ("thoughtsTokenCount", "thoughts_token_count"),
-    "tool_prompt": ("toolUsePromptTokenCount", "tool_use_prompt_token_count"),
-    "total": ("totalTokenCount", "total_token_count"),
-}
-
-
-def usage_from_gemini(usage_metadata: object) -> TokenUsage:
-    """Read Gemini ``usageMetadata`` (REST camelCase dict, or google-genai's snake_case model).
-
-    ``promptTokenCount`` includes ``cachedContentTokenCount``. ``thoughtsTokenCount`` is NOT
-    part of ``candidatesTokenCount`` (``totalTokenCount`` = prompt + candidates + tool-use
-    prompt + thoughts) and thoughts are billed as output, so output = candidates + thoughts.
-    ``toolUsePromptTokenCount`` is extra input. Proto3 JSON omits zero counts, so an absent
-    count is 0; a payload with none of the counts at all is an error.
-
-    Raises UsageParseError.
-    """
-    what = "Gemini"
-    data = _as_mapping(usage_metadata, what)
-    found: dict[str, int] = {}
-    for name, keys in _GEMINI_KEYS.items():
-        for key in keys:
-            if data.get(key) is not None:
-                found[name] = _check_count(data[key], f"{what} {key}")
-                break
-    if not found:
-        raise UsageParseError(f"not a Gemini usageMetadata payload: {dict(data)!r}")
-    thoughts = found.get("thoughts", 0)
-    input_tokens = found.get("prompt", 0) + found.get("tool_prompt", 0)
-    output_tokens = found.get("candidates", 0) + thoughts
-    cached = found.get("cached", 0)
-    prompt_by = _gemini_modalities(data, ("promptTokensDetails", "prompt_tokens_details"), what)
-    out_by = _gemini_modalities(data, ("candidatesTokensDetails", "candidates_tokens_details"), what)
-    # Cached tokens are cache-priced whatever their modality: audio/image take the rest.
-    room = input_tokens - cached
-    audio_in = min(prompt_by.get("AUDIO", 0), room)
-    image_in = min(prompt_by.get("IMAGE", 0) + prompt_by.get("VIDEO", 0), room - audio_in)
-    room_out = output_tokens - thoughts
-    audio_out = min(out_by.get("AUDIO", 0), room_out)
-    return _build(
-        what,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cached,
-        reasoning_tokens=thoughts,
-        input_audio_tokens=audio_in,
-        input_image_tokens=image_in,
-        output_audio_tokens=audio_out,
-        output_image_tokens=min(out_by.get("IMAGE", 0), room_out - audio_out),
-    )
-
-
-def _gemini_modalities(data: Mapping[str, Any], keys: tuple[str, str], what: str) -> dict[str, int]:
-    # [{"modality": "AUDIO", "tokenCount": 12}, ...]; google-genai gives an enum for modality.
-    items = None
-    for key in keys:
-        if data.get(key) is not None:
-            items = data[key]
-            break
-    counts: dict[str, int] = {}
-    for item in items or ():
-        entry = _as_mapping(item, f"{what} {keys[0]}")
-        modality = entry.get("modality")
-        modality = getattr(modality, "value", modality)
-        count = entry.get("tokenCount", entry.get("token_count"))
-        if isinstance(modality, str) and count is not None:
-            name = modality.upper()
-            counts[name] = counts.get(name, 0) + _check_count(count, f"{what} {keys[0]}")
-    return counts

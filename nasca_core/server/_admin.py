@@ -38,7 +38,6 @@ from nasca_core.server._security import (
     ADMIN_COOKIE,
     CSRF_COOKIE,
     SESSION_TTL,
-    LoginThrottle,
     csrf_ok,
     csrf_token,
     new_csrf_cookie,
@@ -47,6 +46,7 @@ from nasca_core.server._security import (
     session_value,
     token_ok,
 )
+from nasca_core.server._throttle import LoginThrottle, client_ip
 
 log = logging.getLogger("nasca.server")
 audit = logging.getLogger("nasca.audit")
@@ -65,7 +65,8 @@ _NOTICES = {
 class AdminRoutes:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.throttle = LoginThrottle()  # per process: a few guesses a minute per client, then back-off
+        # in the store: every worker and process counts the same wrong tokens
+        self.throttle = LoginThrottle(ctx.nasca.store, ctx.nasca.namespace)
         s = ctx.settings
         if s.admin_token is None and s.auth is None:
             log.warning("nasca: no admin_token and no auth hook: the dashboard answers 401 to everyone")
@@ -89,12 +90,11 @@ class AdminRoutes:
         header = request.headers.get("authorization", "")
         if header[:7].lower() == "bearer " and keys.admin_token is not None:
             # A wrong bearer token is a guess like a wrong login: throttled the same way.
-            client, now = _client(request), self.ctx.now()
-            if not self.throttle.retry_after(client, now):
-                if token_ok(keys, header[7:].strip()):
-                    self.throttle.succeeded(client)
-                    return "bearer"
-                self.throttle.failed(client, now)
+            right = token_ok(keys, header[7:].strip())
+            request.state.nasca_wait = wait = await self.throttle.attempt(self.client(request), right,
+                                                                          self.ctx.now())
+            if right and not wait:
+                return "bearer"
         if session_ok(keys, request.cookies.get(ADMIN_COOKIE), self.ctx.now()):
             return "session"
         hook = self.ctx.settings.auth
@@ -112,8 +112,7 @@ class AdminRoutes:
 
     def unauthorized(self, request: Request) -> Response:
         headers = {"WWW-Authenticate": 'Bearer realm="nasca"'}
-        wait = (self.throttle.retry_after(_client(request), self.ctx.now())
-                if request.headers.get("authorization") else 0)
+        wait = getattr(request.state, "nasca_wait", 0)  # set by who() for a bearer token
         if wait:
             return self.ctx.json({"error": "too many wrong tokens", "retry_after": wait}, 429,
                                  {**headers, "Retry-After": str(wait)})
@@ -123,6 +122,11 @@ class AdminRoutes:
             "login_url": self.ctx.path(request, "admin_login"),
             "token_login": self.ctx.keys.admin_token is not None, "error": None,
         }, status=401, headers=headers)
+
+    def client(self, request: Request) -> str:
+        """The client's address: the peer's, or the one a trusted proxy forwarded."""
+        return client_ip(request.client.host if request.client else None,
+                         request.headers.getlist("x-forwarded-for"), self.ctx.settings.trusted_proxies)
 
     def cookie_path(self, request: Request) -> str:
         return self.ctx.path(request, "admin")
@@ -175,20 +179,18 @@ class AdminRoutes:
         if not origin_allowed(request.headers.get("origin"), request.headers.get("referer"),
                               self.ctx.own_origins(request)):
             return self.refused(request)
-        client, now = _client(request), self.ctx.now()
-        wait = self.throttle.retry_after(client, now)
-        if wait:
-            return self.ctx.page(request, "login.html", {
-                **context, "error": f"Too many wrong tokens: try again in {wait} s."},
-                status=429, headers={"Retry-After": str(wait)})
         try:
             form = await request.form(max_files=0, max_fields=5)
         except Exception:
             form = FormData()
-        if not token_ok(self.ctx.keys, field(form, "token")):
-            self.throttle.failed(client, now)
+        right = token_ok(self.ctx.keys, field(form, "token"))
+        wait = await self.throttle.attempt(self.client(request), right, self.ctx.now())  # counted first
+        if wait:
+            return self.ctx.page(request, "login.html", {
+                **context, "error": f"Too many wrong tokens: try again in {wait} s."},
+                status=429, headers={"Retry-After": str(wait)})
+        if not right:
             return self.ctx.page(request, "login.html", {**context, "error": "Wrong token."}, status=401)
-        self.throttle.succeeded(client)
         response = RedirectResponse(self.ctx.path(request, "admin"), status_code=303)
         response.set_cookie(ADMIN_COOKIE, session_value(self.ctx.keys, self.ctx.now()), max_age=SESSION_TTL,
                             path=self.cookie_path(request), secure=self.secure(request), httponly=True,
@@ -280,7 +282,7 @@ class AdminRoutes:
         try:
             notice, name = await apply(form)
             audit.info("nasca audit: %s %r by %s from %s", notice, name, request.state.nasca_who,
-                       _client(request), extra={"nasca_action": notice, "nasca_name": name})
+                       self.client(request), extra={"nasca_action": notice, "nasca_name": name})
         except (ConfigurationError, InvalidInputError) as exc:
             return await self._form_error(request, FormError(section, f"Not saved: {exc}", form))
         except StoreError:
@@ -338,12 +340,6 @@ class AdminRoutes:
 
 
 # -- form helpers -------------------------------------------------------------------------------
-def _client(request: Request) -> str:
-    # The peer's address: behind a reverse proxy every client shares the proxy's (the
-    # throttle then guards the whole dashboard, which errs on the safe side).
-    return request.client.host if request.client else "?"
-
-
 def _money_or_none(form: FormData, name: str) -> Decimal | None:
     value = field(form, name)
     if value is None:

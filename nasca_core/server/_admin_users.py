@@ -155,7 +155,8 @@ class UserRoutes:
             return await self._user(request, user_id, error=FormError(
                 "tier", "Not saved: the store did not answer.", form))
         who = request.state.nasca_who
-        audit.info("nasca audit: tier of %r set to %r by %s from %s", user_id, tier, who, _client(request),
+        audit.info("nasca audit: tier of %r set to %r by %s from %s", user_id, tier, who,
+                   self.admin.client(request),
                    extra={"nasca_action": "tier_set", "nasca_user": user_id, "nasca_tier": tier,
                           "nasca_by": who})
         await self._record("tier_set", user_id)
@@ -187,7 +188,7 @@ class UserRoutes:
             return self._back(request, user_id, "credits_repeated", key)
         who = request.state.nasca_who
         audit.info("nasca audit: %s of AI spend (paid %s %s) granted to %r, key %r, by %s from %s",
-                   spend, paid, currency, user_id, key, who, _client(request),
+                   spend, paid, currency, user_id, key, who, self.admin.client(request),
                    extra={"nasca_action": "credits_granted", "nasca_user": user_id, "nasca_spend": str(spend),
                           "nasca_paid": str(paid), "nasca_key": key, "nasca_by": who})
         await self._record("credits_granted", user_id)
@@ -216,7 +217,4 @@ def _totals(lots: list[CreditLot]) -> list[tuple[str, Decimal]]:
         out[lot.currency] = out.get(lot.currency, Decimal(0)) + lot.paid
     return sorted(out.items())
 
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "?"
 

@@ -184,8 +184,11 @@ def run_migrate(args: argparse.Namespace) -> int:
         return _fail(exc)
     try:
         client = getattr(handle.sync, "client", None)
-        if client is None:  # memory and SQLite stores were only ever written in the current layout
-            print(f"{handle.description}: key layout {KEY_LAYOUT}, nothing to migrate")
+        if client is None:
+            # Memory and SQLite stores were only ever written in the current layout; opening a
+            # SQLite file added any index or table it lacked (``_sqlite_schema.ADDED``).
+            print(f"{handle.description}: key layout {KEY_LAYOUT}, tables and indexes up to date, "
+                  "nothing to migrate")
             return 0
         try:
             plan = migrate(client, namespace, apply=args.apply)

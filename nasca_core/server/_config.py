@@ -30,6 +30,7 @@ the file: they come from environment variables, read by the CLI and passed in he
     port = 8000
     public_url = "https://app.example.com/nasca"
     allowed_origins = ["https://app.example.com"]
+    trusted_proxies = ["10.0.0.0/8"]        # your reverse proxies (the login throttle's client IP)
 
 Environment: NASCA_SECRET (required), NASCA_ADMIN_TOKEN, STRIPE_API_KEY,
 STRIPE_WEBHOOK_SECRET.
@@ -78,6 +79,7 @@ class ServerSection(_Section):
     link_ttl: int | None = None
     display_unit: str | None = None
     unit_cost: str | float | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 DEFAULT_STORE = "sqlite:///./nasca.db"  # durable, one machine, no server to run
@@ -167,6 +169,7 @@ def build_settings(config: ServeConfig, env: Mapping[str, str], *, public_url: s
         "secret": secret, "admin_token": admin_token or env.get(ENV_ADMIN_TOKEN) or None,
         "public_url": s.public_url or public_url, "allowed_origins": s.allowed_origins,
         "success_url": s.success_url, "cancel_url": s.cancel_url, "return_url": s.return_url,
+        "trusted_proxies": s.trusted_proxies,
     }
     if s.app_name:
         fields["app_name"] = s.app_name

@@ -1,6 +1,7 @@
 """The owner's everyday verbs: ``nasca user``, ``nasca credits``, ``nasca tiers``.
 
     nasca user show u_42 [--json]            nasca user set-tier u_42 pro | --clear
+    nasca user export u_42 [--json]          nasca user delete u_42 --yes
     nasca credits grant u_42 --spend 2 --paid 0 --key support-981
     nasca credits list u_42 [--json]
     nasca tiers list [--json]                nasca tiers set free --daily 0.10 --monthly 1
@@ -25,6 +26,7 @@ from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, NascaError
 from nasca_core._ledger import Nasca
 from nasca_core._windows import WINDOWS
+from nasca_core.privacy import UserData, UserExport
 from nasca_core.server._config import ServeConfig, build_nasca
 
 Runner = Callable[[argparse.Namespace], int]
@@ -98,6 +100,34 @@ def _user_set_tier(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
     return {"user": args.user, "stored_tier": None if args.clear else args.tier}
 
 
+def _user_export(nasca: Nasca, args: argparse.Namespace) -> Any:
+    return _shown(UserData(nasca).export(args.user), args)
+
+
+def _user_delete(nasca: Nasca, args: argparse.Namespace) -> Any:
+    data = UserData(nasca)
+    if not args.yes:
+        found = data.export(args.user)
+        raise ConfigurationError(
+            f"this deletes everything stored about {args.user!r} ({len(found.records)} records, "
+            f"{len(found.analytics)} months of analytics, {len(found.billing)} billing records; the "
+            "month's revenue totals stay): run again with --yes. Nothing was deleted.")
+    return _shown(data.delete(args.user), args)
+
+
+def _shown(export: UserExport, args: argparse.Namespace) -> Any:
+    if args.json:
+        return export.model_dump(mode="json")
+    head = "deleted" if export.deleted else "stored"
+    if export.empty:
+        return f"nothing {head} about {export.user_id!r} in namespace {export.namespace!r}"
+    lines = [f"{head} about {export.user_id!r} in namespace {export.namespace!r}:"]
+    for part in ("records", "analytics", "billing"):
+        for where, value in sorted(getattr(export, part).items()):
+            lines.append(f"  {part} {where or '(user)'}: {json.dumps(value, default=str)}")
+    return "\n".join(lines)
+
+
 # -- credits ---------------------------------------------------------------------------------
 def _credits_grant(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
     grant = nasca.billing.grant_credits(args.user, args.pack, spend=args.spend, paid=args.paid,
@@ -160,9 +190,20 @@ def setup_user(parser: argparse.ArgumentParser) -> Runner:
         p.add_argument("tier", nargs="?")
         p.add_argument("--clear", action="store_true", help="remove the stored tier")
 
+    def delete(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("--yes", action="store_true", help="really delete (there is no undo)")
+
+    def user_only(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+
     return _verbs(parser, [("show", "a user's spend per window, holds and credits", _user_show, show),
                            ("set-tier", "put a user on a tier (it beats the app's)", _user_set_tier,
-                            set_tier)])
+                            set_tier),
+                           ("export", "everything stored about a user (data-protection requests)",
+                            _user_export, user_only),
+                           ("delete", "delete everything stored about a user; the month's revenue "
+                            "totals stay", _user_delete, delete)])
 
 
 def setup_credits(parser: argparse.ArgumentParser) -> Runner:

@@ -1,5 +1,5 @@
-"""Dashboard sessions, CSRF tokens, origin checks and the login throttle: HMAC,
-comparisons and counters, no I/O.
+"""Dashboard sessions, CSRF tokens and origin checks: HMAC and comparisons, no I/O (the
+login throttle is ``_throttle``).
 
 CSRF: the dashboard sets a random ``nasca_csrf`` cookie (SameSite=Strict, HttpOnly) and
 puts ``HMAC(csrf key, cookie)`` in every form; a POST must bring both, and its Origin
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -90,52 +88,3 @@ def origin_allowed(origin: str | None, referer: str | None, allowed: Iterable[st
     if referer:
         return origin_of(referer) in allowed
     return True
-
-
-class LoginThrottle:
-    """Failed admin logins per client: each client has a bucket of ``burst`` failures that
-    refills at one per ``refill_seconds``; a failure with the bucket empty blocks the
-    client for 2, 4, 8 ... seconds (at most ``max_backoff``). A success forgets the client.
-
-    Pure: the caller passes the time and the client's key (its IP). At most ``max_clients``
-    are remembered (the least recently seen are dropped first), so memory stays bounded.
-    """
-
-    def __init__(self, *, burst: int = 5, refill_seconds: float = 30.0, max_backoff: float = 900.0,
-                 max_clients: int = 10_000) -> None:
-        self.burst, self.refill = burst, refill_seconds
-        self.max_backoff, self.max_clients = max_backoff, max_clients
-        self._clients: OrderedDict[str, list[float]] = OrderedDict()  # tokens, at, strikes, blocked until
-
-    def _state(self, client: str, now: float) -> list[float]:
-        state = self._clients.get(client)
-        if state is None:
-            state = self._clients[client] = [float(self.burst), now, 0.0, 0.0]
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-        else:
-            self._clients.move_to_end(client)
-            state[0] = min(float(self.burst), state[0] + max(0.0, now - state[1]) / self.refill)
-            state[1] = now
-        return state
-
-    def retry_after(self, client: str, now: float) -> int:
-        """Whole seconds the client must wait before its next attempt (0: it may try now)."""
-        state = self._clients.get(client)
-        if state is None:
-            return 0
-        state = self._state(client, now)
-        wait = state[3] - now
-        if state[0] < 1:
-            wait = max(wait, (1 - state[0]) * self.refill)
-        return math.ceil(wait) if wait > 0 else 0
-
-    def failed(self, client: str, now: float) -> None:
-        state = self._state(client, now)
-        state[0] = max(0.0, state[0] - 1)
-        if state[0] < 1:
-            state[2] += 1
-            state[3] = now + min(self.max_backoff, 2.0 ** state[2])
-
-    def succeeded(self, client: str) -> None:
-        self._clients.pop(client, None)

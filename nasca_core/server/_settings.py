@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -71,7 +72,13 @@ class ServerSettings(BaseModel):
     - ``admin_token`` and/or ``auth`` (``auth(request) -> bool``, sync or async, e.g. your
       own session check) protect the dashboard; with neither it answers 401 to everyone.
       The token must be hard to guess (``token_weakness``: zxcvbn's estimate); make one
-      with ``nasca serve --new-admin-token``. Wrong tokens are throttled per client.
+      with ``nasca serve --new-admin-token``. Wrong tokens are throttled per client
+      (``_throttle``), counted in the store (every worker and process together).
+    - ``trusted_proxies``: addresses or networks (``"10.0.0.0/8"``) of your reverse
+      proxies. A request from one of them is counted under the client address it forwarded
+      (``X-Forwarded-For``); by default no proxy is trusted and the peer's address counts
+      (behind a proxy every client then shares its address: the throttle guards the
+      dashboard as a whole).
     - ``stripe_webhook_secret``: the endpoint's ``whsec_...`` when the Nasca has none.
     - ``success_url``/``cancel_url``: where Stripe Checkout returns (default: this app's
       own success and cancel pages); ``return_url``: the "back to the app" link.
@@ -100,6 +107,7 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     display_unit: str | None = Field(default=None, min_length=1, max_length=24)
     unit_cost: Decimal | None = None
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -6,9 +6,10 @@ holding each operation the ledger, billing and analytics need:
 
     _base            the records and the Store / AsyncStore protocols
     _open            open_store(): URI or client -> StoreHandle
+    _billing_rules   billing's rules (revoke_to, subscriptions) for the memory and SQLite stores
     memory           MemoryStore, in this process (+ _memory_analytics)
     sqlite           SqliteStore, AsyncSqliteStore: one file, every process on the machine
-                     (+ _sqlite_schema: the tables, the layout version)
+                     (+ _sqlite_schema: the tables, the layout version; _sqlite_billing)
     redis            RedisStore, AsyncRedisStore: single server and Cluster, I/O only
     _redis_codec     what each operation sends and what its reply means, sync and async alike
     _redis_errors    the one translation of redis-py's errors into Nasca's
@@ -26,6 +27,8 @@ from nasca_core.stores._base import (
     MonthRaw,
     ReserveOp,
     ReserveResult,
+    SampleOp,
+    Samples,
     SettleOp,
     SettleResult,
     Snapshot,
@@ -50,6 +53,8 @@ __all__ = [
     "MonthRaw",
     "ReserveOp",
     "ReserveResult",
+    "SampleOp",
+    "Samples",
     "SettleOp",
     "SettleResult",
     "Snapshot",

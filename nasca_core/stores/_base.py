@@ -5,7 +5,9 @@ Three groups of operations, each atomic:
 - the ledger's: reserve, settle, release, snapshot, tiers, credit lots, live config.
   Each touches the keys of one user only (one Redis Cluster slot).
 - billing's: short keyed texts with an expiry (webhook event markers, payment-intent and
-  customer indexes) and a user's subscriptions, which decide the user's stored tier.
+  customer indexes), keyed sets of texts (the orders held for review), counters over a
+  window (the admin login throttle) and a user's subscriptions, which decide the user's
+  stored tier.
 - analytics': conversion events recorded per month, and a month read back with every
   user's AI cost from the ledger's month hashes (a scan: reports only, never a call's path).
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from nasca_core._identity import check_user_id
 
@@ -80,6 +82,11 @@ def layout_key(namespace: str) -> str:
     return f"{{{namespace}:cfg}}:layout"
 
 
+def store_id_key(namespace: str) -> str:
+    """Where a Redis store keeps its id for ``namespace`` (``Store.store_id``)."""
+    return f"{{{namespace}:cfg}}:id"
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveOp:
     keys: UserKeys
@@ -95,6 +102,9 @@ class ReserveOp:
     # This process's deferred settles of the user: (how many, their holds, their costs). The
     # reserve counts them at their cost, not as holds in flight (``_policy.own_view``).
     owed: tuple[int, int, int] = (0, 0, 0)
+    # The most the call may cost uncapped (``cap_output``; 0 = no cap asked): the reserve reads
+    # the credits for ``ReserveResult.room`` when the allowance left is below it.
+    ceiling: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +115,10 @@ class ReserveResult:
     spent: tuple[int, int, int]
     held: int
     credits: int  # -1 when the store did not need to read it
+    # Admitted: what the user could still spend besides the other calls in flight
+    # (``_policy.room``; credits counted when read, always when below the op's ceiling);
+    # -1 = no limit, or not known.
+    room: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +159,13 @@ class Lot:
     created_ms: int = 0
     seq: int = 0
     revoked: bool = False
+    taken: int = 0  # nanos taken back by refunds and disputes, in all (``revoke_to``)
+    floor: int = 0  # what no restore gives back: refunds' share, an owner's revoke (``revoke_to``)
 
     def to_json_dict(self) -> dict[str, object]:
         return {"p": self.paid, "cur": self.currency, "g": self.granted, "r": self.remaining,
-                "x": self.expires_ms, "pk": self.pack, "t": self.created_ms, "id": self.id}
+                "x": self.expires_ms, "pk": self.pack, "t": self.created_ms, "id": self.id, "tk": self.taken,
+                **({"fl": self.floor} if self.floor else {})}
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, object]) -> Lot:
@@ -159,7 +176,7 @@ class Lot:
         return cls(id=str(d.get("id", "")), pack=str(d.get("pk", "")), paid=num("p"),
                    currency=str(d.get("cur", "usd")), granted=num("g"), remaining=num("r"),
                    expires_ms=num("x"), created_ms=num("t"), seq=num("q"),
-                   revoked=d.get("v") == 1)
+                   revoked=d.get("v") == 1, taken=num("tk"), floor=num("fl"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +190,31 @@ class Snapshot:
     lots: tuple[Lot, ...] = field(default=())
     month_input_tokens: int = 0
     month_output_tokens: int = 0
+    # The tier the caller gave this month's last settled call (metadata, nasca.user(), tier=): the
+    # tier the user's calls run on, under a stored tier (which get_usage resolves over it).
+    ran_tier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleOp:
+    """Observations added to a model's capped list of recent ones, and the list read back,
+    in one atomic step (calibration's statistics, ``_calibration``). Empty ``samples``: read."""
+
+    key: str  # the model's key (``_calibration.stats_key``), in a slot of its own
+    batch_id: str  # a batch added twice (a retried write) is added once
+    samples: tuple[tuple[int, int, int], ...]  # (counted prompt, reported input, output) tokens
+    keep: int  # how many recent observations the store keeps
+    ttl_ms: int  # the statistics' life after their last write
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    n: int  # every observation ever added (until the statistics expired)
+    recent: tuple[tuple[int, int, int], ...]  # the last ``keep``, oldest first
+
+
+BATCH_MARKER_MS = 600_000  # how long a store remembers a sample batch it added (retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +237,12 @@ class SubChange:
     tier: str
     sub_created: int
     final: bool  # the subscription was deleted
+    # The grace of a failing subscription, kept in its record and merged by the same atomic
+    # step: None leaves it, 0 ends it (paid again, deleted), else the first failed payment
+    # seen (the record keeps the earliest); ``active`` then also needs event_created <
+    # grace start + ``grace_s``.
+    grace_from: int | None = None
+    grace_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +305,16 @@ class MonthRaw:
     ledger: dict[str, LedgerMonth] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecords:
+    """Everything a store holds about one end user (``Store.user_data``, ``_user_data``):
+    their own records by key suffix, analytics per YYYYMM, billing's records naming them."""
+
+    records: dict[str, Any]
+    analytics: dict[str, dict[str, int]]
+    billing: dict[str, Any]
+
+
 # -- the protocol -------------------------------------------------------------------------
 class Store(Protocol):
     # the ledger
@@ -266,15 +324,36 @@ class Store(Protocol):
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
-    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int: ...
+    # Raise what refunds and disputes took back of a lot (``Lot.taken``) to ``target`` nanos,
+    # never above what is left to take; ``restore``: lower it to ``target`` too, giving back
+    # (a dispute won). Idempotent. Answers the nanos taken now (negative: given back).
+    # ``target`` at or above the lot's grant marks it revoked; a restore below unmarks it.
+    # ``floor`` (kept in the lot as the highest seen, never above what was taken): what no
+    # restore gives back, however the policy changes later: the refunds' share, or all of
+    # it for an owner's revoke.
+    def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
+                  floor: int = 0) -> int: ...
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     def load_config(self, namespace: str) -> StoredConfig: ...
     def config_version(self, namespace: str) -> int: ...
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
+    # A random id made once per store and namespace, the same for every process and however
+    # the store's address is written: it keys the journal of deferred settles (``_journal_home``).
+    def store_id(self, namespace: str) -> str: ...
+    # Everything about one end user, and with ``forget`` deleted (the month's totals kept):
+    # a data-protection request (``_user_data``). A scan: the owner's tools, never a call's path.
+    def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords: ...
+    def add_samples(self, op: SampleOp) -> Samples: ...
     # billing: markers (ttl None = kept), subscriptions
     def get_marker(self, key: str, now_ms: int) -> str | None: ...
     def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
     def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    # a keyed set of texts (one Redis hash): set or (value None) delete one entry, read all
+    def put_entry(self, key: str, name: str, value: str | None) -> None: ...
+    def entries(self, key: str) -> dict[str, str]: ...
+    # a counter over a fixed window that starts at its first count: add ``add`` (0: read);
+    # answers (the count, epoch ms when the window ends; 0 when nothing is counted)
+    def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]: ...
     def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult: ...
     # analytics
     def record_event(self, namespace: str, event: AnalyticsEvent) -> None: ...
@@ -291,15 +370,22 @@ class AsyncStore(Protocol):
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
     async def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
-    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int: ...
+    async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
+                        floor: int = 0) -> int: ...
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]: ...
     async def load_config(self, namespace: str) -> StoredConfig: ...
     async def config_version(self, namespace: str) -> int: ...
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int: ...
+    async def store_id(self, namespace: str) -> str: ...
+    async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords: ...
+    async def add_samples(self, op: SampleOp) -> Samples: ...
     # billing
     async def get_marker(self, key: str, now_ms: int) -> str | None: ...
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
     async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    async def put_entry(self, key: str, name: str, value: str | None) -> None: ...
+    async def entries(self, key: str) -> dict[str, str]: ...
+    async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]: ...
     async def apply_subscription(self, keys: UserKeys, change: SubChange,
                                  now_ms: int) -> SubscriptionResult: ...
     # analytics

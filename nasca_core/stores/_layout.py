@@ -18,6 +18,7 @@ from typing import Any
 
 from nasca_core._errors import ConfigurationError
 from nasca_core.stores._base import KEY_LAYOUT, layout_key, user_tag
+from nasca_core.stores._scripts import source
 
 _SUFFIX = re.compile(r"(|:h|:s|:c|:hs|:subs|:[dwm]:[0-9W]+)")
 
@@ -115,6 +116,16 @@ class Migration:
     applied: bool = False
 
 
+def read_for_move(client: Any, key: str) -> tuple[bytes | None, int]:
+    """``key``'s DUMP and the TTL to RESTORE it with (0 = none), read in one transaction: a
+    key that expires between two separate reads would come back with no expiry at all. One
+    script, not MULTI: a cluster client before redis-py 6.1 refuses transactions."""
+    dump, ttl = client.eval(source("read_for_move"), 1, key)
+    if not dump or ttl == -2:
+        return None, 0
+    return dump, 0 if ttl == -1 else max(1, int(ttl))
+
+
 def migrate(client: Any, namespace: str, *, apply: bool) -> Migration:
     """Find (and with ``apply`` move) every layout-1 key of ``namespace`` to the current
     layout, keeping values and expiries, then record the layout. Run it with the app stopped.
@@ -139,10 +150,10 @@ def migrate(client: Any, namespace: str, *, apply: bool) -> Migration:
         return plan
     for old, new in plan.moves:
         if old not in done:
-            dump, ttl = client.dump(old), client.pttl(old)
+            dump, ttl = read_for_move(client, old)
             if dump is None:
                 continue  # expired since the scan
-            client.restore(new, max(0, ttl), dump)
+            client.restore(new, ttl, dump)
         client.delete(old)
     client.set(layout_key(namespace), KEY_LAYOUT)
     plan.applied = True

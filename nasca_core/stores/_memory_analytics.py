@@ -58,3 +58,23 @@ class MemoryAnalytics:
     def totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
         with self._lock:
             return [(self._months.get((namespace, month)) or _Month()).counts() for month in months]
+
+    def user_months(self, namespace: str, user: str, forget: bool) -> dict[str, dict[str, int]]:
+        """One user's counts per month (``_user_data``); ``forget``: take them out, leaving
+        the month's counters (its totals) as they are."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for (ns, month), m in self._months.items():
+                if ns != namespace or user not in m.users:
+                    continue
+                counts = {"seen": 1, "blocked": m.user_blocked.get(user, 0),
+                          "orders": m.user_orders.get(user, 0)}
+                counts.update({f"revenue:{cur}": n for (cur, u), n in m.user_revenue.items() if u == user})
+                out[month] = {k: v for k, v in counts.items() if v}
+                if forget:
+                    m.users.discard(user)
+                    m.user_blocked.pop(user, None)
+                    m.user_orders.pop(user, None)
+                    for cur_user in [k for k in m.user_revenue if k[1] == user]:
+                        del m.user_revenue[cur_user]
+        return out

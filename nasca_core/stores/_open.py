@@ -38,9 +38,14 @@ class StoreHandle:
         self._lock = threading.Lock()
         self.description = description
         self.is_memory = is_memory
-        # Which data this is, the same in every process that opens it (no credentials): it
-        # keys the journal of deferred settles. None for memory, which has no journal.
+        # The store's address as written (no credentials): where the journal of deferred
+        # settles goes while the store's own id can't be read (``_journal_home``). None for
+        # memory, which has no journal.
         self.identity = identity
+        # Telemetry (nasca_core.otel): when set, every store handed out is seen through these,
+        # by every holder of the handle (the ledger, the background sender, billing...).
+        self.see_sync: Callable[[Store], Store] | None = None
+        self.see_async: Callable[[AsyncStore], AsyncStore] | None = None
 
     @property
     def sync(self) -> Store:
@@ -50,7 +55,7 @@ class StoreHandle:
                 store = self._sync
                 if store is None:
                     store = self._sync = self._make_sync()
-        return store
+        return store if self.see_sync is None else self.see_sync(store)
 
     def for_loop(self) -> AsyncStore:
         """The async store of the running event loop. Raises RuntimeError outside a loop."""
@@ -58,7 +63,7 @@ class StoreHandle:
         store = self._async.get(loop)
         if store is None:
             store = self._async[loop] = self._make_async()
-        return store
+        return store if self.see_async is None else self.see_async(store)
 
     def close(self) -> None:
         if self._sync is not None:

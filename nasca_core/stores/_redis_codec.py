@@ -68,13 +68,14 @@ def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[An
         keys.append(config_keys(k.namespace)[1])
     args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
             1 if op.strict else 0, op.tier, op.tiers_json,
-            op.config_version if check_version else "", *op.tier_compiled, *op.owed]
+            op.config_version if check_version else "", *op.tier_compiled, *op.owed, op.ceiling]
     return keys, args
 
 
 def reserve_result(raw: Sequence[Any]) -> ReserveResult:
     return ReserveResult(int(raw[0]), text(raw[1]), int(raw[2]),
-                         (int(raw[3]), int(raw[4]), int(raw[5])), int(raw[6]), int(raw[7]))
+                         (int(raw[3]), int(raw[4]), int(raw[5])), int(raw[6]), int(raw[7]),
+                         int(raw[8]) if len(raw) > 8 else -1)
 
 
 STALE = ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
@@ -103,7 +104,8 @@ def snapshot_result(raw: Sequence[Any]) -> Snapshot:
     lots = tuple(sorted((Lot.from_json_dict(d) for d in json.loads(text(raw[8]))), key=lambda lot: lot.seq))
     tier = text(raw[0])
     return Snapshot(tier or None, int(raw[1]), (int(raw[2]), int(raw[3]), int(raw[4])),
-                    int(raw[5]), int(raw[6]), int(raw[7]), lots, int(raw[9]), int(raw[10]))
+                    int(raw[5]), int(raw[6]), int(raw[7]), lots, int(raw[9]), int(raw[10]),
+                    text(raw[11]) or None)
 
 
 def grant_args(keys: UserKeys, lot: Lot) -> tuple[list[str], list[Any]]:
@@ -141,9 +143,23 @@ def marker_result(raw: Any) -> str | None:
     return None if raw is None else text(raw)
 
 
+def entry_command(key: str, name: str, value: str | None) -> Command:
+    return ("HDEL", key, name) if value is None else ("HSET", key, name, value)
+
+
+def entries_result(raw: dict[Any, Any]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+def tally_result(raw: Sequence[Any], now_ms: int) -> tuple[int, int]:
+    count, left = int(raw[0]), int(raw[1])
+    return count, now_ms + left if count else 0
+
+
 def subscription_args(keys: UserKeys, c: SubChange) -> tuple[list[str], list[Any]]:
     return ([keys.subscriptions, keys.meta],
-            [c.sub_id, c.event_created, c.event_id, int(c.active), c.tier, c.sub_created, int(c.final)])
+            [c.sub_id, c.event_created, c.event_id, int(c.active), c.tier, c.sub_created, int(c.final),
+             "" if c.grace_from is None else c.grace_from, c.grace_s])
 
 
 def subscription_result(raw: Sequence[Any]) -> SubscriptionResult:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import heapq
 import json
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from nasca_core import _policy
+from nasca_core.stores import _billing_rules as rules
 from nasca_core.stores._base import (
+    BATCH_MARKER_MS,
     LEDGER_FIELDS,
     AnalyticsEvent,
     LedgerMonth,
@@ -27,6 +30,8 @@ from nasca_core.stores._base import (
     MonthRaw,
     ReserveOp,
     ReserveResult,
+    SampleOp,
+    Samples,
     SettleOp,
     SettleResult,
     Snapshot,
@@ -34,9 +39,12 @@ from nasca_core.stores._base import (
     SubChange,
     SubscriptionResult,
     UserKeys,
+    UserRecords,
     month_owner,
+    store_id_key,
 )
 from nasca_core.stores._memory_analytics import MemoryAnalytics
+from nasca_core.stores._user_data import memory_user_data
 
 _SWEEP_EVERY = 10_000
 
@@ -143,14 +151,16 @@ class MemoryStore:
             spent, held, in_flight = _policy.own_view(self._spent(op.keys, op.now_ms), holds.total if holds
                                                       else 0, len(holds.live) if holds else 0, op.owed)
             member = f"{op.hold_id}:{op.estimate}"
-            if holds and member in holds.live:  # a retried reserve holds once
-                return ReserveResult(1, name, 0, spent, held, -1)
+            def lots() -> int: return sum(lot["r"] for lot in self._live_lots(op.keys, op.now_ms))
+            if holds and member in holds.live:  # a retried reserve holds once, its room as the first
+                left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling, lots)
+                return ReserveResult(1, name, 0, spent, held, credits, left)
             if _policy.over_cap(in_flight, cap):
                 return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
             blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
             if blocked >= 0 and not hard[blocked]:
-                credits = sum(lot["r"] for lot in self._live_lots(op.keys, op.now_ms))
+                credits = lots()
                 blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
             if blocked >= 0:
                 return ReserveResult(0, name, blocked + 1, spent, held, credits)
@@ -158,7 +168,8 @@ class MemoryStore:
                 holds = self._data[op.keys.holds] = _Holds()
             holds.add(member, op.estimate, op.hold_expiry_ms)
             self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.hold_expiry_ms))
-            return ReserveResult(1, name, 0, spent, held + op.estimate, credits)
+            left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
+            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left)
 
     def settle(self, op: SettleOp) -> SettleResult:
         with self._lock:
@@ -168,6 +179,7 @@ class MemoryStore:
             self._drop_hold(op.keys.holds, f"{op.hold_id}:{op.estimate}")
             _, limits, hard, _ = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
             keys, now_ms, ttls = op.keys, op.now_ms, op.ttls_ms
+            stored = (self._data.get(keys.meta) or {}).get("tier")
             day, week = self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0
             month = self._get(keys.month, now_ms)
             if month is None:
@@ -192,6 +204,7 @@ class MemoryStore:
             month["n"] += 1
             month["ti"] += op.input_tokens
             month["to"] += op.output_tokens
+            month["r"] = op.tier if stored != op.tier else ""  # get_usage's default, unless stored
             expiry[keys.month] = now_ms + ttls[2]
             settled[op.hold_id] = op.marker_expiry_ms
             self._expire(op.keys.settled, op.marker_expiry_ms)
@@ -209,7 +222,7 @@ class MemoryStore:
             lots = tuple(_lot_from_dict(lot) for lot in self._live_lots(keys, now_ms))
             return Snapshot(meta.get("tier"), holds.total if holds else 0, self._spent(keys, now_ms),
                             month.get("c", 0), month.get("k", 0), month.get("n", 0), lots,
-                            month.get("ti", 0), month.get("to", 0))
+                            month.get("ti", 0), month.get("to", 0), month.get("r") or None)
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         with self._lock:
@@ -230,19 +243,10 @@ class MemoryStore:
             lots[lot.id] = {**lot.to_json_dict(), "q": meta["lotseq"]}
             return True
 
-    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
-        # The rules of lua/revoke.lua.
+    def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False, floor: int = 0,
+                  ) -> int:
         with self._lock:
-            lot = (self._data.get(keys.credits) or {}).get(lot_id)
-            if lot is None or (lot["r"] == 0 and lot.get("v") == 1):
-                return 0
-            if keep is None:
-                taken: int = lot["r"]
-                lot["r"], lot["v"] = 0, 1
-                return taken
-            taken = max(0, lot["r"] - keep)
-            lot["r"] -= taken
-            return taken
+            return rules.revoke_lot((self._data.get(keys.credits) or {}).get(lot_id), target, restore, floor)
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         with self._lock:
@@ -257,6 +261,14 @@ class MemoryStore:
     def config_version(self, namespace: str) -> int:
         return self._config_version.get(namespace, 0)
 
+    def store_id(self, namespace: str) -> str:
+        return str(self._data.setdefault(store_id_key(namespace), uuid.uuid4().hex))  # atomic
+
+    def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        analytics = self._analytics.user_months(namespace, user_id, forget)
+        with self._lock:
+            return memory_user_data(self._data, self._expiry, namespace, user_id, forget, analytics)
+
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         with self._lock:
             entries = self._config.setdefault(namespace, {}).setdefault(section, {})
@@ -266,6 +278,17 @@ class MemoryStore:
                 entries[name] = value
             version = self._config_version[namespace] = self._config_version.get(namespace, 0) + 1
             return version
+
+    def add_samples(self, op: SampleOp) -> Samples:  # the rules of lua/samples.lua
+        marker = f"{op.key}:b:{op.batch_id}"
+        fresh = bool(op.samples) and self.claim_marker(marker, BATCH_MARKER_MS, op.now_ms)
+        with self._lock:
+            n, recent = self._get(op.key, op.now_ms) or (0, ())
+            if fresh:
+                n, recent = n + len(op.samples), (*recent, *op.samples)[-op.keep:]
+                self._data[op.key] = (n, recent)
+                self._expire(op.key, op.now_ms + op.ttl_ms)
+            return Samples(n, recent)
 
     # -- billing -------------------------------------------------------------------------
     def get_marker(self, key: str, now_ms: int) -> str | None:
@@ -291,24 +314,24 @@ class MemoryStore:
             self._expire(key, now_ms + ttl_ms)
             return True
 
-    def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
-        # The rules of lua/subscription.lua.
+    def put_entry(self, key: str, name: str, value: str | None) -> None:
         with self._lock:
-            subs: dict[str, dict[str, Any]] = self._data.setdefault(keys.subscriptions, {})
+            rules.put_entry(self._data.setdefault(key, {}), name, value)
+
+    def entries(self, key: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._data.get(key) or {})
+
+    def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        with self._lock:  # swept: counters of clients long gone (random addresses) don't pile up
+            self._sweep(now_ms)
+            return rules.tally(self._data, self._expiry, key, add, window_ms, now_ms)
+
+    def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
+        with self._lock:  # the rules of lua/subscription.lua
             meta: dict[str, Any] = self._data.setdefault(keys.meta, {})
-            old = subs.get(change.sub_id)
-            if old is not None and (old["i"] == change.event_id or old["d"]
-                                    or (not change.final and old["e"] > change.event_created)):
-                return SubscriptionResult(2 if old["i"] == change.event_id else 0, meta.get("tier"))
-            subs[change.sub_id] = {"e": change.event_created, "i": change.event_id, "a": change.active,
-                                   "t": change.tier, "c": change.sub_created, "d": change.final}
-            active = [(s["c"], sub_id, s["t"]) for sub_id, s in subs.items() if s["a"]]
-            best: str | None = max(active)[2] if active else None
-            if best is None:
-                meta.pop("tier", None)
-            else:
-                meta["tier"] = best
-            return SubscriptionResult(1, best)
+            return SubscriptionResult(*rules.apply_to(self._data.setdefault(keys.subscriptions, {}), meta,
+                                                      change))
 
     # -- analytics -------------------------------------------------------------------------
     def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
@@ -354,8 +377,9 @@ class AsyncMemoryStore:
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return self.sync.grant(keys, lot)
 
-    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
-        return self.sync.revoke(keys, lot_id, keep)
+    async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False, floor: int = 0,
+                        ) -> int:
+        return self.sync.revoke_to(keys, lot_id, target, restore, floor)
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return self.sync.all_lots(keys)
@@ -369,6 +393,15 @@ class AsyncMemoryStore:
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         return self.sync.save_config(namespace, section, name, value)
 
+    async def store_id(self, namespace: str) -> str:
+        return self.sync.store_id(namespace)
+
+    async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        return self.sync.user_data(namespace, user_id, forget)
+
+    async def add_samples(self, op: SampleOp) -> Samples:
+        return self.sync.add_samples(op)
+
     async def get_marker(self, key: str, now_ms: int) -> str | None:
         return self.sync.get_marker(key, now_ms)
 
@@ -377,6 +410,15 @@ class AsyncMemoryStore:
 
     async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
         return self.sync.claim_marker(key, ttl_ms, now_ms)
+
+    async def put_entry(self, key: str, name: str, value: str | None) -> None:
+        self.sync.put_entry(key, name, value)
+
+    async def entries(self, key: str) -> dict[str, str]:
+        return self.sync.entries(key)
+
+    async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        return self.sync.tally(key, add, window_ms, now_ms)
 
     async def apply_subscription(self, keys: UserKeys, change: SubChange,
                                  now_ms: int) -> SubscriptionResult:

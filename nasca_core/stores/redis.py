@@ -14,6 +14,7 @@ The two classes hold only the I/O: what to send and what a reply means is
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ from nasca_core.stores._base import (
     MonthRaw,
     ReserveOp,
     ReserveResult,
+    SampleOp,
+    Samples,
     SettleOp,
     SettleResult,
     Snapshot,
@@ -37,6 +40,8 @@ from nasca_core.stores._base import (
     SubChange,
     SubscriptionResult,
     UserKeys,
+    UserRecords,
+    store_id_key,
 )
 from nasca_core.stores._layout import acheck_layout, check_layout
 from nasca_core.stores._redis_codec import (
@@ -47,6 +52,8 @@ from nasca_core.stores._redis_codec import (
     claim_marker_command,
     config_keys,
     config_result,
+    entries_result,
+    entry_command,
     event_commands,
     grant_args,
     ledger_batches,
@@ -66,12 +73,18 @@ from nasca_core.stores._redis_codec import (
     snapshot_result,
     subscription_args,
     subscription_result,
+    tally_result,
+    text,
     totals_commands,
     totals_result,
 )
+from nasca_core.stores._redis_conns import AsyncConns, Conns
 from nasca_core.stores._redis_errors import REDIS_ERRORS, redis_errors
 from nasca_core.stores._redis_safety import acheck_durable, check_durable
+from nasca_core.stores._samples import redis_args as samples_args
+from nasca_core.stores._samples import redis_result as samples_result
 from nasca_core.stores._scripts import NAMES, source
+from nasca_core.stores._user_data import Scan, redis_user_data
 
 
 class RedisStore:
@@ -86,6 +99,8 @@ class RedisStore:
         self._owns = owns_client
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._execute: Callable[..., Any] = client.execute_command
+        self._conns = Conns(client) if isinstance(client, redis.Redis) else None
+        self._eval: Callable[..., Any] = self._conns.call if self._conns else client.execute_command
         self._layouts: set[str] = set()  # namespaces whose key layout was checked
 
     # -- I/O -------------------------------------------------------------------------------
@@ -95,10 +110,10 @@ class RedisStore:
         script = self._scripts[name]
         with redis_errors(tier):
             try:
-                return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                return self._eval("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 self.client.script_load(script.script)
-                return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                return self._eval("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _command(self, *args: str | int) -> Any:
         with REDIS_ERRORS:
@@ -154,8 +169,9 @@ class RedisStore:
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return bool(int(self._run("grant", *grant_args(keys, lot))))
 
-    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
-        return int(self._run("revoke", [keys.credits], [lot_id, -1 if keep is None else keep]))
+    def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False, floor: int = 0,
+                  ) -> int:
+        return int(self._run("revoke_to", [keys.credits], [lot_id, target, int(restore), floor]))
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return lots_result(self._command("HGETALL", keys.credits))
@@ -178,9 +194,31 @@ class RedisStore:
         self._layout(namespace)
         return int(self._command("GET", config_keys(namespace)[1]) or 0)
 
+    def store_id(self, namespace: str) -> str:
+        with REDIS_ERRORS:  # read first: a replica, an ACL or a proxy may refuse the write
+            found = self.client.get(store_id_key(namespace))
+            if found is None:  # made by the first process to ask; SET NX: one id wins
+                self.client.set(store_id_key(namespace), uuid.uuid4().hex, nx=True)
+                found = self.client.get(store_id_key(namespace))
+            return text(found)
+
+    def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        flow, reply = redis_user_data(namespace, user_id, forget), None
+        while True:
+            try:
+                ask = flow.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            with REDIS_ERRORS:
+                reply = (list(self.client.scan_iter(match=ask.pattern, count=1000)) if isinstance(ask, Scan)
+                         else self._pipeline(ask.commands))
+
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         args = save_config_args(section, name, value)
         return int(self._run("save_config", list(config_keys(namespace)), args))
+
+    def add_samples(self, op: SampleOp) -> Samples:
+        return samples_result(self._run("samples", *samples_args(op)))
 
     # -- billing ---------------------------------------------------------------------------
     def get_marker(self, key: str, now_ms: int) -> str | None:
@@ -191,6 +229,15 @@ class RedisStore:
 
     def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
         return bool(self._command(*claim_marker_command(key, ttl_ms)))
+
+    def put_entry(self, key: str, name: str, value: str | None) -> None:
+        self._command(*entry_command(key, name, value))
+
+    def entries(self, key: str) -> dict[str, str]:
+        return entries_result(self._command("HGETALL", key))
+
+    def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        return tally_result(self._run("tally", [key], [add, window_ms]), now_ms)
 
     def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
         return subscription_result(self._run("subscription", *subscription_args(keys, change)))
@@ -213,6 +260,8 @@ class RedisStore:
         return totals_result(all_keys, self._pipeline(totals_commands(all_keys)))
 
     def close(self) -> None:
+        if self._conns:
+            self._conns.close()
         if self._owns:
             self.client.close()
             pool = getattr(self.client, "connection_pool", None)
@@ -233,6 +282,8 @@ class AsyncRedisStore:
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._loaded = False
         self._load_lock = asyncio.Lock()
+        self._conns = AsyncConns(client) if isinstance(client, redis.asyncio.Redis) else None
+        self._eval: Callable[..., Any] = self._conns.call if self._conns else client.execute_command
         self._layouts: set[str] = set()
 
     # -- I/O -------------------------------------------------------------------------------
@@ -255,10 +306,10 @@ class AsyncRedisStore:
             if not self._loaded:
                 await self._ready()
             try:
-                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await self._eval("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.client.script_load(script.script)
-                return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await self._eval("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _command(self, *args: str | int) -> Any:
         with REDIS_ERRORS:
@@ -320,8 +371,9 @@ class AsyncRedisStore:
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return bool(int(await self._run("grant", *grant_args(keys, lot))))
 
-    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
-        return int(await self._run("revoke", [keys.credits], [lot_id, -1 if keep is None else keep]))
+    async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
+                        floor: int = 0) -> int:
+        return int(await self._run("revoke_to", [keys.credits], [lot_id, target, int(restore), floor]))
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return lots_result(await self._command("HGETALL", keys.credits))
@@ -345,11 +397,33 @@ class AsyncRedisStore:
         await self._layout(namespace)
         return int(await self._command("GET", config_keys(namespace)[1]) or 0)
 
+    async def store_id(self, namespace: str) -> str:
+        with REDIS_ERRORS:
+            found = await self.client.get(store_id_key(namespace))
+            if found is None:
+                await self.client.set(store_id_key(namespace), uuid.uuid4().hex, nx=True)
+                found = await self.client.get(store_id_key(namespace))
+            return text(found)
+
+    async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        flow, reply = redis_user_data(namespace, user_id, forget), None
+        while True:
+            try:
+                ask = flow.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            with REDIS_ERRORS:
+                reply = ([k async for k in self.client.scan_iter(match=ask.pattern, count=1000)]
+                         if isinstance(ask, Scan) else await self._pipeline(ask.commands))
+
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         args = save_config_args(section, name, value)
         return int(await self._run("save_config", list(config_keys(namespace)), args))
 
     # -- billing ---------------------------------------------------------------------------
+    async def add_samples(self, op: SampleOp) -> Samples:
+        return samples_result(await self._run("samples", *samples_args(op)))
+
     async def get_marker(self, key: str, now_ms: int) -> str | None:
         return marker_result(await self._command("GET", key))
 
@@ -358,6 +432,15 @@ class AsyncRedisStore:
 
     async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
         return bool(await self._command(*claim_marker_command(key, ttl_ms)))
+
+    async def put_entry(self, key: str, name: str, value: str | None) -> None:
+        await self._command(*entry_command(key, name, value))
+
+    async def entries(self, key: str) -> dict[str, str]:
+        return entries_result(await self._command("HGETALL", key))
+
+    async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        return tally_result(await self._run("tally", [key], [add, window_ms]), now_ms)
 
     async def apply_subscription(self, keys: UserKeys, change: SubChange,
                                  now_ms: int) -> SubscriptionResult:
@@ -383,6 +466,8 @@ class AsyncRedisStore:
         return totals_result(all_keys, await self._pipeline(totals_commands(all_keys)))
 
     async def close(self) -> None:
+        if self._conns:
+            await self._conns.close()
         if self._owns:
             await self.client.aclose()
             pool = getattr(self.client, "connection_pool", None)

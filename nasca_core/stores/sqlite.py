@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from nasca_core import _policy
-from nasca_core._errors import StoreError
+from nasca_core.stores import _sqlite_billing as billing
+from nasca_core.stores import _sqlite_schema as schema
 from nasca_core.stores._base import (
     AnalyticsEvent,
     LedgerMonth,
@@ -30,6 +31,8 @@ from nasca_core.stores._base import (
     MonthRaw,
     ReserveOp,
     ReserveResult,
+    SampleOp,
+    Samples,
     SettleOp,
     SettleResult,
     Snapshot,
@@ -37,15 +40,17 @@ from nasca_core.stores._base import (
     SubChange,
     SubscriptionResult,
     UserKeys,
+    UserRecords,
     month_owner,
 )
-from nasca_core.stores._sqlite_schema import SWEEP, connect
+from nasca_core.stores._samples import ran_tier, record_tier, sqlite_add
+from nasca_core.stores._sqlite_schema import LOT_COLUMNS, SWEEP, connect, errors, lot_of
+from nasca_core.stores._user_data import sqlite_user_data
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _SWEEP_EVERY = 5_000  # writes between deletes of expired rows
 _STALE = ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
-_LOT_COLUMNS = "id, pack, paid, currency, granted, remaining, expires, created, seq, revoked"
 
 
 class SqliteStore:
@@ -71,7 +76,7 @@ class SqliteStore:
 
     @contextmanager
     def _write(self, now_ms: int = 0) -> Iterator[sqlite3.Connection]:
-        with self._lock, _errors():
+        with self._lock, errors():
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -87,7 +92,7 @@ class SqliteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _errors():
+        with self._lock, errors():
             conn = self._connection()
             conn.execute("BEGIN")  # one snapshot of the file for every read in the block
             try:
@@ -101,10 +106,8 @@ class SqliteStore:
             self._tiers = (text, json.loads(text))
         return self._tiers[1]
 
-    def _resolve(self, c: sqlite3.Connection, keys: UserKeys, tier: str, compiled: Sequence[int],
-                 tiers_json: str) -> tuple[str, Sequence[int], Sequence[int], int]:
-        row = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
-        stored = row[0] if row else None
+    def _tier(self, stored: str | None, tier: str, compiled: Sequence[int],
+              tiers_json: str) -> tuple[str, Sequence[int], Sequence[int], int]:
         if stored is not None and stored != tier:
             tiers = self._decode_tiers(tiers_json)
             if stored in tiers:
@@ -128,50 +131,52 @@ class SqliteStore:
 
     @staticmethod
     def _live_lots(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> list[Lot]:
-        rows = c.execute(f"SELECT {_LOT_COLUMNS} FROM lot WHERE user = ? AND remaining > 0 "
+        rows = c.execute(f"SELECT {LOT_COLUMNS} FROM lot WHERE user = ? AND remaining > 0 "
                          "AND (expires = 0 OR expires > ?) ORDER BY seq", (keys.meta, now_ms))
-        return [_lot(row) for row in rows]
+        return [lot_of(row) for row in rows]
 
     # -- the ledger --------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
         keys, now = op.keys, op.now_ms
         member = f"{op.hold_id}:{op.estimate}"
         with self._write(now) as c:
-            version = c.execute("SELECT version FROM config_version WHERE namespace = ?",
-                                (keys.namespace,)).fetchone()
-            if op.config_version != (version[0] if version else 0):
-                return _STALE
-            name, limits, hard, cap = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
             # Expired holds are not counted, and the sweep deletes them (a per-user delete would
             # scan the user's rows on every call).
-            held, in_flight = self._held(c, keys, now)
-            spent, held, in_flight = _policy.own_view(self._spent(c, keys, now), held, in_flight, op.owed)
-            if c.execute("SELECT 1 FROM hold WHERE user = ? AND member = ? AND expires > ?",
-                         (keys.meta, member, now)).fetchone():
-                return ReserveResult(1, name, 0, spent, held, -1)  # a retried reserve holds once
+            version, stored, held, in_flight, d, w, m, retried = c.execute(schema.RESERVE_VIEW, (
+                keys.namespace, keys.meta, now, keys.day, keys.week, keys.month, member)).fetchone()
+            if op.config_version != (version or 0):
+                return _STALE
+            name, limits, hard, cap = self._tier(stored, op.tier, op.tier_compiled, op.tiers_json)
+            spent, held, in_flight = _policy.own_view((d or 0, w or 0, m or 0), held, in_flight, op.owed)
+            def lots() -> int: return sum(lot.remaining for lot in self._live_lots(c, keys, now))
+            if retried:  # a retried reserve holds once, its room as the first
+                left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling, lots)
+                return ReserveResult(1, name, 0, spent, held, credits, left)
             if _policy.over_cap(in_flight, cap):
                 return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
             blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
             if blocked >= 0 and not hard[blocked]:
-                credits = sum(lot.remaining for lot in self._live_lots(c, keys, now))
+                credits = lots()
                 blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
             if blocked >= 0:
                 return ReserveResult(0, name, blocked + 1, spent, held, credits)
             c.execute("INSERT OR REPLACE INTO hold VALUES (?, ?, ?, ?)",
                       (keys.meta, member, op.estimate, op.hold_expiry_ms))
-            return ReserveResult(1, name, 0, spent, held + op.estimate, credits)
+            left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
+            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left)
 
     def settle(self, op: SettleOp) -> SettleResult:
         keys, now, ttls = op.keys, op.now_ms, op.ttls_ms
         with self._write(now) as c:
-            if c.execute("SELECT 1 FROM settled WHERE user = ? AND hold_id = ? AND expires > ?",
-                         (keys.meta, op.hold_id, now)).fetchone():
+            done, stored, d, w, m = c.execute(schema.SETTLE_VIEW, (
+                keys.meta, op.hold_id, now, keys.day, keys.week, keys.month)).fetchone()
+            if done:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             c.execute("DELETE FROM hold WHERE user = ? AND member = ?",
                       (keys.meta, f"{op.hold_id}:{op.estimate}"))
-            _, limits, hard, _ = self._resolve(c, keys, op.tier, op.tier_compiled, op.tiers_json)
-            spent = self._spent(c, keys, now)
+            _, limits, hard, _ = self._tier(stored, op.tier, op.tier_compiled, op.tiers_json)
+            spent = (d or 0, w or 0, m or 0)
             tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
             if op.cost > tier_part:
                 lots = self._live_lots(c, keys, now)
@@ -188,15 +193,17 @@ class SqliteStore:
                    "expires = excluded.expires RETURNING value")
             d = c.execute(add, (keys.day, charges[0], now + ttls[0], now)).fetchone()[0]
             w = c.execute(add, (keys.week, charges[1], now + ttls[1], now)).fetchone()[0]
-            c.execute("DELETE FROM month WHERE key = ? AND expires <= ?", (keys.month, now))
-            m = c.execute(
+            m = c.execute(  # a month row past its expiry (not swept yet) starts again
                 "INSERT INTO month VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "s = s + excluded.s, c = c + excluded.c, k = k + excluded.k, n = n + 1, "
-                "ti = ti + excluded.ti, tout = tout + excluded.tout, expires = excluded.expires RETURNING s",
+                "s = iif(expires > ?8, s, 0) + excluded.s, c = iif(expires > ?8, c, 0) + excluded.c, "
+                "k = iif(expires > ?8, k, 0) + excluded.k, n = iif(expires > ?8, n, 0) + 1, "
+                "ti = iif(expires > ?8, ti, 0) + excluded.ti, "
+                "tout = iif(expires > ?8, tout, 0) + excluded.tout, expires = excluded.expires RETURNING s",
                 (keys.month, charges[2], op.cost, credit_part, op.input_tokens, op.output_tokens,
-                 now + ttls[2])).fetchone()[0]
+                 now + ttls[2], now)).fetchone()[0]
             c.execute("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
                       (keys.meta, op.hold_id, op.marker_expiry_ms))
+            record_tier(c, keys, op.tier, now + ttls[2])
             return SettleResult(1, op.cost - credit_part, credit_part, (d, w, m))
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
@@ -210,7 +217,8 @@ class SqliteStore:
                               (keys.month, now_ms)).fetchone() or (0, 0, 0, 0, 0)
             return Snapshot(meta[0] if meta else None, self._held(c, keys, now_ms)[0],
                             self._spent(c, keys, now_ms), month[0], month[1], month[2],
-                            tuple(self._live_lots(c, keys, now_ms)), month[3], month[4])
+                            tuple(self._live_lots(c, keys, now_ms)), month[3], month[4],
+                            ran_tier(c, keys, now_ms))
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         with self._write() as c:
@@ -223,31 +231,20 @@ class SqliteStore:
                 return False
             seq = c.execute("INSERT INTO meta (user, lotseq) VALUES (?, 1) ON CONFLICT (user) DO UPDATE "
                             "SET lotseq = lotseq + 1 RETURNING lotseq", (keys.meta,)).fetchone()[0]
-            c.execute(f"INSERT INTO lot (user, {_LOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            c.execute(f"INSERT INTO lot (user, {LOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                       (keys.meta, lot.id, lot.pack, lot.paid, lot.currency, lot.granted, lot.remaining,
-                       lot.expires_ms, lot.created_ms, seq))
+                       lot.expires_ms, lot.created_ms, seq, lot.taken, lot.floor))
             return True
 
-    def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
+    def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False, floor: int = 0,
+                  ) -> int:
         with self._write() as c:
-            row = c.execute("SELECT remaining, revoked FROM lot WHERE user = ? AND id = ?",
-                            (keys.meta, lot_id)).fetchone()
-            if row is None or (row[0] == 0 and row[1] == 1):
-                return 0
-            if keep is not None:  # a partial refund: the lot keeps at most ``keep`` (lua/revoke.lua)
-                taken = max(0, int(row[0]) - keep)
-                if taken:
-                    c.execute("UPDATE lot SET remaining = ? WHERE user = ? AND id = ?",
-                              (int(row[0]) - taken, keys.meta, lot_id))
-                return taken
-            c.execute("UPDATE lot SET remaining = 0, revoked = 1 WHERE user = ? AND id = ?",
-                      (keys.meta, lot_id))
-            return int(row[0])
+            return billing.revoke_to(c, keys, lot_id, target, restore, floor)
 
     def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         with self._read() as c:
-            rows = c.execute(f"SELECT {_LOT_COLUMNS} FROM lot WHERE user = ? ORDER BY seq", (keys.meta,))
-            return tuple(_lot(row) for row in rows)
+            rows = c.execute(f"SELECT {LOT_COLUMNS} FROM lot WHERE user = ? ORDER BY seq", (keys.meta,))
+            return tuple(lot_of(row) for row in rows)
 
     def load_config(self, namespace: str) -> StoredConfig:
         with self._read() as c:
@@ -266,6 +263,18 @@ class SqliteStore:
         with self._read() as c:
             return self._version(c, namespace)
 
+    def store_id(self, namespace: str) -> str:
+        with self._read() as c:  # a read never waits for another process's write lock
+            found = schema.own_id(c, namespace, self.path)
+        if found is None:
+            with self._write() as c:  # the first process to ask makes it; a copied file, its own
+                found = schema.own_id(c, namespace, self.path) or schema.new_id(c, namespace, self.path)
+        return found
+
+    def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        with self._write() if forget else self._read() as c:  # an export never takes the write lock
+            return sqlite_user_data(c, namespace, user_id, forget)
+
     def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         with self._write() as c:
             if value is None:
@@ -277,6 +286,10 @@ class SqliteStore:
             return int(c.execute(
                 "INSERT INTO config_version VALUES (?, 1) ON CONFLICT (namespace) DO UPDATE "
                 "SET version = version + 1 RETURNING version", (namespace,)).fetchone()[0])
+
+    def add_samples(self, op: SampleOp) -> Samples:
+        with self._write(op.now_ms) as c:
+            return sqlite_add(c, op)
 
     # -- billing -------------------------------------------------------------------------
     def get_marker(self, key: str, now_ms: int) -> str | None:
@@ -298,26 +311,21 @@ class SqliteStore:
             c.execute("INSERT OR REPLACE INTO marker VALUES (?, '1', ?)", (key, now_ms + ttl_ms))
             return True
 
+    def put_entry(self, key: str, name: str, value: str | None) -> None:
+        with self._write() as c:
+            billing.put_entry(c, key, name, value)
+
+    def entries(self, key: str) -> dict[str, str]:
+        with self._read() as c:
+            return dict(c.execute("SELECT name, value FROM entry WHERE key = ?", (key,)))
+
+    def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        with self._write(now_ms) if add else self._read() as c:  # a read takes no write lock
+            return billing.tally(c, key, add, window_ms, now_ms)
+
     def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
-        # The rules of lua/subscription.lua.
-        with self._write(now_ms) as c:
-            subs = {sub_id: json.loads(body) for sub_id, body in
-                    c.execute("SELECT sub_id, body FROM sub WHERE user = ?", (keys.meta,))}
-            meta = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
-            old = subs.get(change.sub_id)
-            if old is not None and (old["i"] == change.event_id or old["d"]
-                                    or (not change.final and old["e"] > change.event_created)):
-                return SubscriptionResult(2 if old["i"] == change.event_id else 0, meta[0] if meta else None)
-            record = {"e": change.event_created, "i": change.event_id, "a": change.active,
-                      "t": change.tier, "c": change.sub_created, "d": change.final}
-            subs[change.sub_id] = record
-            c.execute("INSERT OR REPLACE INTO sub VALUES (?, ?, ?)",
-                      (keys.meta, change.sub_id, json.dumps(record)))
-            active = [(s["c"], sub_id, s["t"]) for sub_id, s in subs.items() if s["a"]]
-            best: str | None = max(active)[2] if active else None
-            c.execute("INSERT INTO meta (user, tier) VALUES (?, ?) ON CONFLICT (user) DO UPDATE "
-                      "SET tier = excluded.tier", (keys.meta, best))
-            return SubscriptionResult(1, best)
+        with self._write(now_ms) as c:  # the rules of lua/subscription.lua
+            return billing.apply_subscription(c, keys, change)
 
     # -- analytics -------------------------------------------------------------------------
     def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
@@ -414,8 +422,9 @@ class AsyncSqliteStore:
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return await self._run(self.sync.grant, keys, lot)
 
-    async def revoke(self, keys: UserKeys, lot_id: str, keep: int | None = None) -> int:
-        return await self._run(self.sync.revoke, keys, lot_id, keep)
+    async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
+                        floor: int = 0) -> int:
+        return await self._run(self.sync.revoke_to, keys, lot_id, target, restore, floor)
 
     async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
         return await self._run(self.sync.all_lots, keys)
@@ -429,6 +438,15 @@ class AsyncSqliteStore:
     async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
         return await self._run(self.sync.save_config, namespace, section, name, value)
 
+    async def store_id(self, namespace: str) -> str:
+        return await self._run(self.sync.store_id, namespace)
+
+    async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
+        return await self._run(self.sync.user_data, namespace, user_id, forget)
+
+    async def add_samples(self, op: SampleOp) -> Samples:
+        return await self._run(self.sync.add_samples, op)
+
     async def get_marker(self, key: str, now_ms: int) -> str | None:
         return await self._run(self.sync.get_marker, key, now_ms)
 
@@ -437,6 +455,15 @@ class AsyncSqliteStore:
 
     async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
         return await self._run(self.sync.claim_marker, key, ttl_ms, now_ms)
+
+    async def put_entry(self, key: str, name: str, value: str | None) -> None:
+        await self._run(self.sync.put_entry, key, name, value)
+
+    async def entries(self, key: str) -> dict[str, str]:
+        return await self._run(self.sync.entries, key)
+
+    async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
+        return await self._run(self.sync.tally, key, add, window_ms, now_ms)
 
     async def apply_subscription(self, keys: UserKeys, change: SubChange,
                                  now_ms: int) -> SubscriptionResult:
@@ -466,22 +493,3 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-
-
-def _lot(row: Sequence[Any]) -> Lot:
-    return Lot(id=row[0], pack=row[1], paid=row[2], currency=row[3], granted=row[4], remaining=row[5],
-               expires_ms=row[6], created_ms=row[7], seq=row[8], revoked=row[9] == 1)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    # A locked, full, read-only or damaged file is the store being unavailable, like an
-    # unreachable Redis (on_store_error decides); a programming error stays what it is.
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        raise StoreError(f"SQLite store unavailable: {exc}") from exc
-    except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
-            raise
-        raise StoreError(f"SQLite store damaged: {exc}") from exc

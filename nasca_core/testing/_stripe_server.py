@@ -60,16 +60,9 @@ class StripeServer:
     registers Price ids for line items that name one.
     """
 
-    def __init__(
-        self,
-        *,
-        webhook_url: str | None = None,
-        webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_page: int = 100,
-    ) -> None:
+    def __init__(self, *, webhook_url: str | None = None, webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
+                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 max_page: int = 100) -> None:
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.api_key = api_key
@@ -309,14 +302,21 @@ class StripeServer:
             obj = copy.deepcopy(charge)
         return self._maybe_deliver(signed_event("charge.refunded", obj, self.webhook_secret), deliver, url)
 
-    def dispute(self, session_id: str, *, deliver: bool | None = None, url: str | None = None) -> SignedEvent:
-        """A bank disputes a paid session's charge: a signed ``charge.dispute.created``."""
+    def dispute(self, session_id: str, *, status: str = "needs_response", deliver: bool | None = None,
+                url: str | None = None) -> SignedEvent:
+        """A bank disputes a paid session's charge: a signed ``charge.dispute.created``. With
+        ``status="won"`` or ``"lost"`` the charge's dispute closes: ``charge.dispute.closed``."""
         with self._lock:
             charge = self._charge(self._sessions[session_id].session)
-            dispute = dispute_object(charge, "fraudulent", "needs_response")
-            self._disputes.append(dispute)
+            open_ = [d for d in self._disputes if d["charge"] == charge["id"]]
+            if open_ and status in ("won", "lost"):
+                dispute, kind = open_[-1], "charge.dispute.closed"
+                dispute["status"] = status
+            else:
+                dispute, kind = dispute_object(charge, "fraudulent", status), "charge.dispute.created"
+                self._disputes.append(dispute)
             charge["disputed"] = True
-            signed = signed_event("charge.dispute.created", copy.deepcopy(dispute), self.webhook_secret)
+            signed = signed_event(kind, copy.deepcopy(dispute), self.webhook_secret)
         return self._maybe_deliver(signed, deliver, url)
 
     def _charge(self, s: dict[str, Any]) -> dict[str, Any]:

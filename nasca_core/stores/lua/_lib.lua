@@ -1,6 +1,9 @@
 -- Shared helpers, prepended to every script at load time (see stores/_scripts.py).
 -- Units: every amount is an integer of nano-dollars (1e-9 USD); times are epoch ms.
--- A Lua number is a double: integers up to 2^53 nano-dollars ($9M) are exact.
+-- A Lua number is a double: integers up to 2^53 nano-dollars ($9M) are exact in arithmetic,
+-- but cjson and tostring write numbers with 14 significant digits, so an amount a script
+-- stores stays exact only below 10^14 nanos ($100,000): lots and call costs are capped there
+-- in Python (_money.MAX_OP_NANOS) before any script runs.
 -- Windows are indexed 1 = daily, 2 = weekly, 3 = monthly; NO_LIMIT = -1.
 -- These rules mirror nasca_core/_policy.py line for line.
 
@@ -36,8 +39,14 @@ end
 local function add_hold(hkey, skey, member, amount, expiry, now)
   -- NX and the count guard the running sum: a member added twice is summed once.
   if redis.call('ZADD', hkey, 'NX', expiry, member) == 1 then redis.call('INCRBY', skey, amount) end
-  if redis.call('PTTL', hkey) < expiry - now then redis.call('PEXPIRE', hkey, expiry - now) end
-  redis.call('PEXPIRE', skey, redis.call('PTTL', hkey))
+  -- The keys' expiry only collects a user who stopped calling (live holds are read by score),
+  -- so it is extended with slack, once per hold lifetime rather than per call. Both keys get
+  -- the same expiry: a sum that outlived its holds would count holds that are gone.
+  local ttl = expiry - now
+  if redis.call('PTTL', hkey) < ttl then
+    redis.call('PEXPIRE', hkey, 2 * ttl)
+    redis.call('PEXPIRE', skey, 2 * ttl)
+  end
 end
 
 local function drop_hold(hkey, skey, member)
@@ -77,17 +86,18 @@ local function resolve_tier(meta, requested, cfg_json, base)
   -- A tier stored for the user (set_user_tier, a subscription) beats the caller's. The
   -- caller's tier comes pre-compiled in ARGV[base .. base+6] (limits d, w, m; hard d, w, m;
   -- in-flight cap, -1 = none),
-  -- so the tiers JSON is decoded only for users with a stored tier.
+  -- so the tiers JSON is decoded only for users with a stored tier. The third value is the
+  -- stored tier (false = none).
   local name = redis.call('HGET', meta, 'tier')
   if name and name ~= requested then
     local cfg = cjson.decode(cfg_json)
     if cfg[name] then
       cfg[name].f = cfg[name].f or -1
-      return name, cfg[name]
+      return name, cfg[name], name
     end
   end
   local a = tonumber
   return requested, {l = {a(ARGV[base]), a(ARGV[base + 1]), a(ARGV[base + 2])},
                      h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])},
-                     f = a(ARGV[base + 6] or '-1')}
+                     f = a(ARGV[base + 6] or '-1')}, name
 end

@@ -6,10 +6,13 @@
 --       8 config version the caller holds ('' = don't check),
 --       9..15 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
 --       in-flight cap (-1 = none), 16..18 this process's deferred settles of the user: count,
---       their holds' nanos, their costs' nanos (counted as spend, not as holds in flight)
+--       their holds' nanos, their costs' nanos (counted as spend, not as holds in flight),
+--       19 the call's uncapped ceiling nanos (cap_output; 0 = none): credits are read for the room
+--       when the allowance left is below it
 -- Safe to run twice: a hold id already held is admitted again without holding twice.
 -- Returns {status (1 admitted, 0 blocked, 2 busy: the in-flight cap, -1 stale config), tier, blocking window (0 = none),
---          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read)}
+--          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read),
+--          room: what the user may spend beside the other holds, as _policy.room (-1 = no limit / blocked)}
 if KEYS[8] and ARGV[8] ~= '' and (redis.call('GET', KEYS[8]) or '0') ~= ARGV[8] then
   return {-1, '', 0, 0, 0, 0, 0, -1}
 end
@@ -24,8 +27,33 @@ if owed_n > 0 then  -- as _policy.own_view
   for i = 1, 3 do spent[i] = spent[i] + owed_cost end
   held = math.max(held - owed_held, 0)
 end
--- The same hold id reserved again (a client retry after a lost reply) holds once.
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return {1, name, 0, spent[1], spent[2], spent[3], held, -1} end
+local function room(credits)  -- as _policy.room
+  local left = -1
+  for i = 1, 3 do
+    if tier.l[i] ~= -1 then
+      local r = tier.l[i] - spent[i] - held
+      if credits > 0 and tier.h[i] == 0 then r = r + credits end
+      if r < 0 then r = 0 end
+      if left == -1 or r < left then left = r end
+    end
+  end
+  return left
+end
+local function room_of(credits)  -- as _policy.room_of: credits read when the ceiling needs them
+  local left, ceiling = room(credits), tonumber(ARGV[19] or '0')
+  if credits == -1 and ceiling > 0 and left >= 0 and left < ceiling then
+    credits = balance_of(live_lots(KEYS[6], now))
+    left = room(credits)
+  end
+  return left, credits
+end
+-- The same hold id reserved again (a client retry after a lost reply) holds once; its room
+-- is the first reply's (credits read as room_of does).
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  held = held - est
+  local left, credits = room_of(-1)
+  return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left}
+end
 -- The in-flight cap: held_total has just purged the expired holds, so ZCARD counts live ones.
 if tier.f >= 0 and redis.call('ZCARD', KEYS[2]) - owed_n >= tier.f then
   return {2, name, 0, spent[1], spent[2], spent[3], held, -1}
@@ -52,4 +80,6 @@ if deficit ~= nil then
   if not covered then return {0, name, worst, spent[1], spent[2], spent[3], held, credits} end
 end
 add_hold(KEYS[2], KEYS[7], ARGV[2], ARGV[3], tonumber(ARGV[4]), now)
-return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits}
+local left
+left, credits = room_of(credits)
+return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left}

@@ -12,12 +12,17 @@
 -- A hold that expired (or never reached the store) is still charged: spend is never dropped.
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
-if redis.call('ZSCORE', KEYS[7], id) then return {2, 0, 0, 0, 0, 0} end
+-- A marker counts until its score (a lapsed one may linger until the purge below).
+local seen = redis.call('ZSCORE', KEYS[7], id)
+if seen and tonumber(seen) > now then return {2, 0, 0, 0, 0, 0} end
 drop_hold(KEYS[2], KEYS[8], id .. ':' .. ARGV[3])
 local cost = tonumber(ARGV[4])
-local _, tier = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 13)
+local _, tier, stored = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 13)
 local limits, hard = tier.l, tier.h
-local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
+-- One read of each counter: whether it exists yet decides whether its expiry is set below.
+local raw_d, raw_w = redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])
+local month = redis.call('HMGET', KEYS[5], 's', 'c', 'k', 'n', 'ti', 'to')
+local spent = {tonumber(raw_d or '0'), tonumber(raw_w or '0'), tonumber(month[1] or '0')}
 local room = nil
 for i = 1, 3 do
   if limits[i] ~= -1 and hard[i] == 0 then
@@ -45,19 +50,25 @@ local charges = {}
 for i = 1, 3 do
   if hard[i] == 1 and limits[i] ~= -1 then charges[i] = cost else charges[i] = cost - credit_part end
 end
-local d = redis.call('INCRBY', KEYS[3], string.format('%d', charges[1]))
-redis.call('PEXPIRE', KEYS[3], ARGV[7])
-local w = redis.call('INCRBY', KEYS[4], string.format('%d', charges[2]))
-redis.call('PEXPIRE', KEYS[4], ARGV[8])
-local m = redis.call('HINCRBY', KEYS[5], 's', string.format('%d', charges[3]))
-redis.call('HINCRBY', KEYS[5], 'c', ARGV[4])
-if credit_part > 0 then redis.call('HINCRBY', KEYS[5], 'k', string.format('%d', credit_part)) end
-redis.call('HINCRBY', KEYS[5], 'n', 1)
-if ARGV[11] ~= '0' then redis.call('HINCRBY', KEYS[5], 'ti', ARGV[11]) end
-if ARGV[12] ~= '0' then redis.call('HINCRBY', KEYS[5], 'to', ARGV[12]) end
-redis.call('PEXPIRE', KEYS[5], ARGV[9])
+-- A counter's TTL ends at its window's end plus grace (a fixed instant), so it is set once,
+-- by the settle that creates the counter, not on every call. (No local functions here: each
+-- one is a closure built on every run.)
+local fmt = string.format
+local d, w = charges[1], charges[2]
+if raw_d then d = redis.call('INCRBY', KEYS[3], fmt('%d', d)) else redis.call('SET', KEYS[3], fmt('%d', d), 'PX', ARGV[7]) end
+if raw_w then w = redis.call('INCRBY', KEYS[4], fmt('%d', w)) else redis.call('SET', KEYS[4], fmt('%d', w), 'PX', ARGV[8]) end
+-- The month hash's fields in one write (read above); numbers stay exact below 2^53.
+local m = spent[3] + charges[3]
+redis.call('HSET', KEYS[5], 's', fmt('%d', m), 'c', fmt('%d', tonumber(month[2] or '0') + cost),
+           'k', fmt('%d', tonumber(month[3] or '0') + credit_part), 'n', fmt('%d', tonumber(month[4] or '0') + 1),
+           'ti', fmt('%d', tonumber(month[5] or '0') + tonumber(ARGV[11])),
+           'to', fmt('%d', tonumber(month[6] or '0') + tonumber(ARGV[12])),
+           'r', stored ~= ARGV[5] and ARGV[5] or '')  -- r: the call's tier unless stored (get_usage's)
+if not month[4] then redis.call('PEXPIRE', KEYS[5], ARGV[9]) end
+-- Markers: lapsed ones purged on every settle (by score: the key holds one marker lifetime of
+-- settles), the key's expiry extended with slack once per lifetime rather than per call.
 local marker = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 redis.call('ZADD', KEYS[7], marker, id)
-redis.call('PEXPIRE', KEYS[7], marker - now)
+if redis.call('PTTL', KEYS[7]) < marker - now then redis.call('PEXPIRE', KEYS[7], 2 * (marker - now)) end
 return {1, cost - credit_part, credit_part, d, w, m}

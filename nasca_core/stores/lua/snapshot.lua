@@ -4,11 +4,11 @@
 -- ARGV: 1 now ms
 -- Returns {stored tier ('' = none), held nanos, spent d, spent w, spent m,
 --          month cost, month credit-funded, month calls, JSON array of live lots oldest first,
---          month input tokens, month output tokens}
+--          month input tokens, month output tokens, the caller's tier of the month's last settle ('' = none)}
 local now = tonumber(ARGV[1])
 local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
-local month = redis.call('HMGET', KEYS[5], 'c', 'k', 'n', 'ti', 'to')
+local month = redis.call('HMGET', KEYS[5], 'c', 'k', 'n', 'ti', 'to', 'r')
 local lots = live_lots(KEYS[6], now)
 local out = {}
 for i = 1, #lots do out[i] = lots[i][2] end
@@ -16,4 +16,4 @@ local lots_json = '[]'
 if #out > 0 then lots_json = cjson.encode(out) end
 return {redis.call('HGET', KEYS[1], 'tier') or '', held, spent[1], spent[2], spent[3],
         tonumber(month[1] or '0'), tonumber(month[2] or '0'), tonumber(month[3] or '0'), lots_json,
-        tonumber(month[4] or '0'), tonumber(month[5] or '0')}
+        tonumber(month[4] or '0'), tonumber(month[5] or '0'), month[6] or ''}

@@ -2,7 +2,10 @@
 -- Units: times are epoch seconds (Stripe's `created`); no money here.
 -- KEYS: 1 the user's subscriptions hash (field = subscription id), 2 the user's meta hash
 -- ARGV: 1 subscription id, 2 event created, 3 event id, 4 active 0|1, 5 plan tier,
---       6 subscription created, 7 final 0|1 (the subscription was deleted)
+--       6 subscription created, 7 final 0|1 (the subscription was deleted), 8 grace start:
+--       '' = keep the record's, 0 = none (paid again), else the first failed payment (the
+--       record keeps the earliest, g), 9 the grace in seconds (a failing subscription is
+--       active only while event created < g + grace). Mirrors _billing_rules.subscription_step.
 -- A subscription's record is replaced only by an event created no earlier than the one it
 -- holds, or by its deletion (final whatever its time), and never after the deletion: late or
 -- out-of-order deliveries can't revive a plan.
@@ -17,10 +20,20 @@ if raw then
     return {0, redis.call('HGET', KEYS[2], 'tier') or ''}
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({
-  e = tonumber(ARGV[2]), i = ARGV[3], a = tonumber(ARGV[4]), t = ARGV[5],
+local began = 0
+if raw then began = cjson.decode(raw).g or 0 end
+local from = tonumber(ARGV[8])
+if from then
+  if began > 0 and from > 0 then began = math.min(began, from) else began = from end
+end
+local active = tonumber(ARGV[4])
+if from and from > 0 and tonumber(ARGV[2]) >= began + tonumber(ARGV[9]) then active = 0 end
+local record = {
+  e = tonumber(ARGV[2]), i = ARGV[3], a = active, t = ARGV[5],
   c = tonumber(ARGV[6]), d = tonumber(ARGV[7]),
-}))
+}
+if began > 0 then record.g = began end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 local best, best_c, best_id = nil, nil, nil
 local all = redis.call('HGETALL', KEYS[1])
 for k = 1, #all, 2 do

@@ -1,0 +1,132 @@
+"""The background sender: a daemon thread that applies settles off the caller's path.
+
+A model call's settle (``LLMCall.finish``) is journaled and queued (``DeferredSettles.send``)
+and returns at once; this thread applies the queue to the store in order. Until a settle
+lands its hold stays in the store, so admission stays safe, and this process counts it at
+its real cost (``DeferredSettles.owed``). One thread per ledger, started on the first
+send (and again in a forked child, which starts with an empty queue); it holds the queue
+only weakly, retries with a backoff while the store is down, and every live sender is
+flushed at interpreter exit. Async callers only queue and set an event: nothing waits on
+the loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nasca_core._deferred import DeferredSettles
+
+log = logging.getLogger("nasca")
+
+QUEUE_LIMIT = 10_000  # settles the sender may be behind before callers settle synchronously
+_IDLE_S = 1.0  # how often an idle thread checks that its ledger still exists
+EXIT_FLUSH_S = 5.0  # how long exit waits for the store to take what is queued
+_BACKOFF_S = (0.05, 5.0)  # retry delays while the store refuses settles: first, longest
+
+
+class Sender:
+    """Wakes a thread that flushes ``deferred``."""
+
+    def __init__(self, deferred: DeferredSettles) -> None:
+        self._deferred = weakref.ref(deferred)
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._start_lock = threading.Lock()
+        _senders.add(self)
+
+    def wake(self) -> None:
+        if self._pid != os.getpid() or self._thread is None:
+            self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._wake = threading.Event()  # a forked child's copy may be set, or its lock held
+            self._pid, self._stopped = os.getpid(), False
+            self._thread = threading.Thread(target=self._run, name="nasca-settle-sender", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        delay: float | None = None
+        while not self._stopped:
+            # No strong reference while waiting: a ledger nobody holds is collected, and its
+            # thread ends at the next check.
+            woken = self._wake.wait(delay or _IDLE_S)
+            if not woken and delay is None:
+                if self._deferred() is None:
+                    return
+                continue
+            delay = self._round(delay)
+
+    def _round(self, delay: float | None) -> float | None:
+        """One flush; the next retry delay while the store refuses (None: wait to be woken)."""
+        deferred = self._deferred()
+        if deferred is None:
+            self._stopped = True
+            return None
+        self._wake.clear()  # before the flush: a send during it wakes the next round
+        try:
+            deferred.flush()
+        except Exception:  # the thread must outlive any one failure; the queue keeps the settle
+            log.exception("nasca: the background settle sender failed; it retries")
+        if deferred.queued():
+            return _BACKOFF_S[0] if delay is None else min(delay * 2, _BACKOFF_S[1])
+        return None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (after the caller's last flush)."""
+        self._stopped = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+
+
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for sender in list(_senders):  # the parent's thread is not in the child: the next send starts one
+        sender._start_lock = threading.Lock()
+        sender._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+@atexit.register
+def _flush_at_exit(timeout: float = EXIT_FLUSH_S) -> None:
+    # What is still queued at exit is in the journal too: a store that is down now leaves it
+    # for the next process to replay. On a thread, so a store that never answers (a Redis
+    # without a socket timeout) holds exit up for ``timeout`` at most.
+    deadline = time.monotonic() + timeout
+    for sender in list(_senders):
+        deferred = sender._deferred()
+        if deferred is not None and sender._pid == os.getpid() and len(deferred):
+            flushing = threading.Thread(target=_flush_logged, args=(deferred,), daemon=True,
+                                        name="nasca-exit-flush")
+            flushing.start()
+            flushing.join(max(deadline - time.monotonic(), 0))
+            if flushing.is_alive():
+                log.error("nasca: the store did not take the queued settles within %.0f s of exit; "
+                          "they stay journaled for the next process", timeout)
+                return
+
+
+def _flush_logged(deferred: DeferredSettles) -> None:
+    try:
+        deferred.flush()
+    except Exception:
+        log.exception("nasca: flushing queued settles at exit failed; they stay journaled")
