@@ -15,6 +15,7 @@ from nasca_core._errors import (
     PricingError,
     SignatureError,
     StoreError,
+    UnauthorizedError,
     UnknownModelError,
     UnknownPackError,
     UnknownPlanError,
@@ -22,15 +23,22 @@ from nasca_core._errors import (
     UsageParseError,
     WebhookError,
 )
+from nasca_core._fallback import Fallback, fallback_of
+from nasca_core._fallback_calls import astart_with_fallback, start_with_fallback
 from nasca_core._ledger import Nasca
+from nasca_core._owner_webhook import verify_owner_webhook
+from nasca_core._thresholds import ThresholdEvent, ThresholdWarning
 from nasca_core._types import Charge, LedgerStats, Reservation
-from nasca_core._usage import Usage, WindowUsage
+from nasca_core._usage import Boost, Usage, WindowUsage
+from nasca_core._warned import warning_of
 
 __all__ = [
+    "Boost",
     "Charge",
     "CheckoutError",
     "ConfigurationError",
     "CurrencyMismatchError",
+    "Fallback",
     "InvalidAmountError",
     "InvalidInputError",
     "InvalidUserError",
@@ -44,7 +52,10 @@ __all__ = [
     "Reservation",
     "SignatureError",
     "StoreError",
+    "ThresholdEvent",
+    "ThresholdWarning",
     "Tier",
+    "UnauthorizedError",
     "UnknownModelError",
     "UnknownPackError",
     "UnknownPlanError",
@@ -53,6 +64,11 @@ __all__ = [
     "UsageParseError",
     "WebhookError",
     "WindowUsage",
+    "astart_with_fallback",
+    "fallback_of",
+    "start_with_fallback",
+    "verify_owner_webhook",
+    "warning_of",
 ]
 
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ from nasca_core.pricing import (
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
+    from nasca_core._thresholds import ThresholdWarning
 
 
 _PENDING = Charge(0, 0, 0)
@@ -76,6 +77,11 @@ class LLMCall:
     @property
     def user_id(self) -> str:
         return self.reservation.user_id
+
+    @property
+    def warning(self) -> ThresholdWarning | None:
+        """The soft threshold (``Tier.warn_at``) this call's estimate projects the user to, at its reserve."""
+        return self.reservation.warning
 
     @property
     def done(self) -> bool:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nasca_core._errors import ConfigurationError, InvalidAmountError, UnknownTierError
+from nasca_core._fallback import ACCOUNT_SUFFIX, FallbackModel, check_fallback_model
 from nasca_core._money import to_nanos
+from nasca_core._thresholds import check_warn_at
 from nasca_core._windows import WINDOWS, Window
 
 DEFAULT_MAX_IN_FLIGHT = 64  # calls per user: far above one person, a bound on a runaway loop
+_NOT_FOR_FALLBACK = ("credits_cover", "warn_at", "default_output_tokens")
 
 
 class Tier(BaseModel):
@@ -24,6 +27,9 @@ class Tier(BaseModel):
 
     ``max_in_flight`` caps the calls one user may have in flight (default 64, None for no
     cap); a call over it raises NascaBusyError, which says to try again in a moment.
+
+    ``on_exhausted="fallback"`` runs a call a spent window blocks on ``fallback_model``
+    instead, within ``fallback_allowance`` (``nasca_core._fallback``; "block" is the default).
 
     Raises ConfigurationError for a limit <= 0, NaN or infinite, or a bad window name.
     """
@@ -38,6 +44,15 @@ class Tier(BaseModel):
     # Calls one user may have in flight at once (None: no cap). It bounds what wrong
     # estimates can overshoot: at most this many calls' (real - hold) past the limit.
     max_in_flight: int | None = Field(default=DEFAULT_MAX_IN_FLIGHT, gt=0, le=1_000_000)
+    # Soft thresholds: fractions of any window's limit (0 < f < 1) at which a call carries a
+    # warning and the owner's hooks run once per window (``_thresholds``, ``on_threshold``).
+    warn_at: tuple[float, ...] = ()
+    # Degrade instead of block (``_fallback``): a spent window (not a hard one) runs the call
+    # on ``fallback_model`` (a name, or {model glob: name}, first match wins), charged to
+    # ``fallback_allowance``, a Tier of its own limits and counters (one of them required).
+    on_exhausted: Literal["block", "fallback"] = "block"
+    fallback_model: FallbackModel | None = None
+    fallback_allowance: Tier | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -56,10 +71,49 @@ class Tier(BaseModel):
             raise ValueError(str(exc)) from None
         return Decimal(nanos) / Decimal(1_000_000_000)
 
+    @field_validator("warn_at", mode="before")
+    @classmethod
+    def _fractions(cls, value: Any) -> tuple[float, ...]:
+        return check_warn_at(value)
+
+    @field_validator("fallback_model", mode="before")
+    @classmethod
+    def _fallback_model(cls, value: Any) -> FallbackModel | None:
+        return check_fallback_model(value)
+
+    @field_validator("fallback_allowance", mode="before")
+    @classmethod
+    def _allowance(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        try:  # a nested mapping's error names where it is
+            return Tier(**value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc).removeprefix("Invalid Tier: ")) from None
+
     @model_validator(mode="after")
     def _monthly_covered(self) -> Tier:
         if "monthly" not in self.credits_cover:
             raise ValueError("credits always cover the monthly window: keep 'monthly' in credits_cover")
+        return self
+
+    @model_validator(mode="after")
+    def _fallback_bounded(self) -> Tier:
+        allowance = self.fallback_allowance
+        if self.on_exhausted == "block":
+            if self.fallback_model is not None or allowance is not None:
+                raise ValueError("fallback_model and fallback_allowance need on_exhausted='fallback'")
+        elif self.fallback_model is None or allowance is None or allowance.limits_nanos() == (None,) * 3:
+            raise ValueError("on_exhausted='fallback' needs fallback_model and a fallback_allowance "
+                             "with a limit, e.g. Tier(daily=0.05): the fallback has its own budget")
+        if allowance is not None and allowance.on_exhausted != "block":
+            raise ValueError("a fallback_allowance can't fall back again")
+        if allowance is not None and (ignored := [f for f in _NOT_FOR_FALLBACK if getattr(allowance, f)
+                                                  != Tier.model_fields[f].get_default()]):
+            # No credits reach the fallback's counters, its calls carry no warnings, and its
+            # estimate is the ledger's: settings that would do nothing are refused.
+            raise ValueError(f"fallback_allowance can't set {', '.join(ignored)}: only its limits "
+                             "(daily, weekly, monthly) and max_in_flight apply to the fallback")
         return self
 
     def limit(self, window: Window) -> Decimal | None:
@@ -85,10 +139,16 @@ class Tier(BaseModel):
         }
 
 
-def check_tier_name(name: object) -> str:
-    """Raises ConfigurationError unless ``name`` can name a tier."""
+def check_tier_name(name: object, tier: Tier | None = None) -> str:
+    """Raises ConfigurationError unless ``name`` can name a tier (``tier``, when it falls back:
+    its fallback account's tier "<name>:fallback" too)."""
     if not isinstance(name, str) or not name or len(name) > 64 or "\0" in name:
         raise ConfigurationError(f"tier names must be non-empty strings up to 64 chars, got {name!r}")
+    if name.endswith(ACCOUNT_SUFFIX):  # the name of a fallback account's tier
+        raise ConfigurationError(f"tier names can't end in {ACCOUNT_SUFFIX!r}, got {name!r}")
+    if tier is not None and tier.on_exhausted == "fallback" and len(name + ACCOUNT_SUFFIX) > 64:
+        raise ConfigurationError(f"a tier that falls back names its fallback's tier {name!r} + "
+                                 f"{ACCOUNT_SUFFIX!r}: up to {64 - len(ACCOUNT_SUFFIX)} chars")
     return name
 
 
@@ -98,9 +158,9 @@ def check_ledger_args(tiers: Any, default_tier: str | None, namespace: Any, on_s
     if not isinstance(tiers, Mapping) or not tiers:
         raise ConfigurationError("tiers must be a non-empty mapping of name -> Tier(...)")
     for name, tier in tiers.items():
-        check_tier_name(name)
         if not isinstance(tier, Tier):
             raise ConfigurationError(f"tiers[{name!r}] must be a Tier, got {type(tier).__name__}")
+        check_tier_name(name, tier)
     if default_tier is not None and default_tier not in tiers:
         raise UnknownTierError(default_tier, list(tiers))
     if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:

@@ -1,5 +1,4 @@
-"""Settles the store could not take: kept in order, journaled to disk, retried, counted,
-never dropped.
+"""Settles the store could not take: kept in order, journaled to disk, retried, counted, never dropped.
 
 A deferred settle is written to this process's journal (``_journal``) before ``settle``
 returns; when the process dies with settles pending, the next ``Nasca`` on the same store
@@ -70,6 +69,8 @@ class DeferredSettles:
         self._flush_lock = threading.Lock()  # one flush at a time: settles land in queue order
         self._landed = 0  # settles applied by any flush: a waiting flush reports the sender's too
         self._sent: set[str] = set()  # hold ids handed to the sender (not deferred by a failure)
+        self.early: list[tuple[SettleOp, object]] = []  # landed (op, SettleResult) before thresholds listened
+        self.on_landed: Callable[..., object] = lambda op, result: self.early.append((op, result))
         self._in_flight = 0
         self._nanos = 0  # what the queue holds, kept as it changes: a long outage stays O(1) a settle
         self._owed: dict[str, list[int]] = {}  # user meta key -> [settles, holds, costs, tokens in, out]
@@ -273,7 +274,7 @@ class DeferredSettles:
             while isinstance(op := self._take(), SettleOp):
                 ok = False
                 try:
-                    self._store.sync.settle(op)
+                    self.on_landed(op, self._store.sync.settle(op))
                     ok = True
                 except StoreError:
                     break
@@ -300,7 +301,7 @@ class DeferredSettles:
                 assert isinstance(op, SettleOp)
                 ok = False
                 try:
-                    await self._store.for_loop().settle(op)
+                    self.on_landed(op, await self._store.for_loop().settle(op))
                     ok = True
                 except StoreError:
                     break

@@ -1,4 +1,5 @@
-"""Nasca methods that are ``nasca.billing``'s, ``nasca.live``'s or ``nasca.deferred``'s."""
+"""Nasca methods that are ``nasca.billing``'s, ``nasca.live``'s, ``nasca.limits``' or
+``nasca.deferred``'s."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from nasca_core._deferred import DeferredSettles
+    from nasca_core._limits import Limits
     from nasca_core._live import LiveConfig
     from nasca_core.billing._service import Billing
 
@@ -41,5 +43,15 @@ def to_deferred(method: Callable[Concatenate[DeferredSettles, P], R]) -> Callabl
     @functools.wraps(method)
     def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return method(self.deferred, *args, **kwargs)
+
+    return delegate
+
+
+def to_limits(method: Callable[Concatenate[Limits, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A Nasca method that calls ``nasca.limits``' ``method``: same signature, same docs."""
+
+    @functools.wraps(method)
+    def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.limits, *args, **kwargs)
 
     return delegate

@@ -63,6 +63,8 @@ def ledger_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigurationError(f"Invalid {ENV_PREFIX}* environment: {first_error(exc)}") from None
     except ConfigurationError as exc:  # Tier(...) checks its own fields: only the tiers have any
         raise ConfigurationError(f"Invalid {ENV_PREFIX}TIERS: {exc}") from None
+    if env.store[:8].lower().startswith(("http://", "https://")):
+        return remote_kwargs(env, overrides)
     kwargs = {k: v for k, v in env.model_dump(exclude_none=True).items() if k != "tiers"}
     if env.tiers is not None:
         kwargs["tiers"] = env.tiers
@@ -70,4 +72,25 @@ def ledger_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
     if "tiers" not in kwargs:
         raise ConfigurationError(f"no tiers: set {ENV_PREFIX}TIERS to JSON like "
                                  '\'{"free": {"monthly": "0.50"}}\', or pass tiers=')
+    return kwargs
+
+
+class RemoteEnv(BaseSettings):
+    """``NASCA_API_KEY``: a remote ledger's key (one of its server's ``NASCA_API_KEYS``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    api_key: SecretStr | None = None
+
+
+def remote_kwargs(env: LedgerEnv, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A remote ledger's options (``NASCA_STORE=https://...``): the server owns the tiers,
+    limits and prices, so only the client's own settings are read."""
+    key = RemoteEnv().api_key
+    kwargs: dict[str, Any] = {"store": env.store, "on_store_error": env.on_store_error,
+                              "default_output_tokens": env.default_output_tokens,
+                              "cap_output": env.cap_output}
+    if key is not None and key.get_secret_value():
+        kwargs["api_key"] = key.get_secret_value()
+    kwargs.update(overrides)
     return kwargs

@@ -15,6 +15,7 @@
     ├── NascaBlockedError           the end user may not spend now: show an upgrade prompt
     │   └── NascaBusyError          only calls in flight stand in the way: try again in a moment
     ├── StoreError                  the store could not be reached and the policy says block
+    ├── UnauthorizedError           a remote ledger refused the API key (``nasca_core.remote``)
     ├── CheckoutError               Stripe refused, or could not be reached, creating a session
     └── WebhookError                a Stripe webhook to answer with 400 (``__cause__`` says why)
         └── SignatureError
@@ -111,6 +112,10 @@ class UnknownModelError(PricingError):
 
 class StoreError(NascaError):
     """The store failed and on_store_error='block' refuses to guess."""
+
+
+class UnauthorizedError(NascaError):
+    """``nasca serve`` refused the API key (missing, wrong or revoked); nothing was changed."""
 
 
 class CheckoutError(NascaError):

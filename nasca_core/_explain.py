@@ -8,11 +8,12 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nasca_core import _policy
+from nasca_core import _policy, _thresholds
 from nasca_core._config import Tier
 from nasca_core._display import money
 from nasca_core._errors import NascaBlockedError, NascaBusyError, UnknownTierError
 from nasca_core._identity import current
+from nasca_core._limits import effective_tier, own_limits, public_boost
 from nasca_core._money import to_usd
 from nasca_core._usage import Usage
 from nasca_core._windows import WINDOWS, Window, WindowSet
@@ -29,12 +30,15 @@ BUSY_RETRY_AFTER = 1.0  # seconds: about one model call, after which a hold has 
 
 
 def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: WindowSet, tz: ZoneInfo) -> Usage:
-    """A user's ``Usage`` from a store snapshot, under ``tier``."""
+    """A user's ``Usage`` from a store snapshot, under ``tier`` as the user's own limits and
+    boosts make it (``_limits.effective_tier``)."""
+    tier = effective_tier(tier, snap)
     compiled = tier.compiled()
     limits, hard = compiled["l"], compiled["h"]
     credits = sum(lot.remaining for lot in snap.lots)
     blocked = _policy.admit(limits, hard, snap.spent, snap.held, 0, credits, False)
     fields: dict[str, Any] = {}
+    crossed = _thresholds.crossed(limits, snap.spent, tier.warn_at) if tier.warn_at else [[], [], []]
     for i, w in enumerate(WINDOWS):
         limit = tier.limit(w)
         if limit is None:
@@ -44,6 +48,7 @@ def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: Windo
         fields[f"{w}_limit"] = limit
         fields[f"{w}_percent"] = float(spent / limit * 100)
         fields[f"{w}_resets_at"] = ws.end_datetime(i, tz)
+        fields[f"{w}_crossed"] = tuple(crossed[i])
     # In what the user paid: each lot converts at its own price, rounded down per lot so
     # the balance never shows more than was paid.
     display = sum(lot.remaining * lot.paid // lot.granted for lot in snap.lots if lot.granted)
@@ -61,6 +66,7 @@ def usage_of(user_id: str, tier_name: str, tier: Tier, snap: Snapshot, ws: Windo
         blocked_reason=(f"{WINDOWS[blocked]} limit reached" if blocked >= 0 else None),
         blocked_window=WINDOWS[blocked] if blocked >= 0 else None,
         hard_windows=frozenset(w for w, h in zip(WINDOWS, hard, strict=True) if h),
+        own_limits=own_limits(snap), boosts=tuple(public_boost(b, tz) for b in snap.boosts),
     )
 
 
@@ -104,6 +110,7 @@ def blocked_error(
     """The error a blocked reserve raises, with the message that says what unblocks it: a
     NascaBusyError when only calls in flight stand in the way (``is_busy``)."""
     usage = None if snap is None else usage_of(user_id, result.tier, tier, snap, ws, tz)
+    tier = effective_tier(tier, snap)  # the limits the store applied, when the snapshot says them
     reason = busy_reason(result, tier, snap, estimate, strict)
     if reason is not None:
         limits = tier.compiled()["l"]

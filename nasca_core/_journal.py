@@ -54,7 +54,7 @@ def encode(op: SettleOp) -> str:
         "k": [k.meta, k.holds, k.settled, k.day, k.week, k.month, k.credits, k.held], "t": op.now_ms,
         "h": op.hold_id, "e": op.estimate, "c": op.cost, "tr": op.tier, "tj": op.tiers_json,
         "tc": list(op.tier_compiled), "ttl": list(op.ttls_ms), "mx": op.marker_expiry_ms,
-        "ti": op.input_tokens, "to": op.output_tokens}}, separators=(",", ":")) + "\n"
+        "ti": op.input_tokens, "to": op.output_tokens, "rt": op.reserved_ms}}, separators=(",", ":")) + "\n"
 
 
 def decode(d: dict[str, Any]) -> SettleOp:
@@ -63,7 +63,8 @@ def decode(d: dict[str, Any]) -> SettleOp:
                     cost=int(d["c"]), tier=str(d["tr"]), tiers_json=str(d["tj"]),
                     tier_compiled=tuple(int(x) for x in d["tc"]),
                     ttls_ms=(int(ttl[0]), int(ttl[1]), int(ttl[2])), marker_expiry_ms=int(d["mx"]),
-                    input_tokens=int(d["ti"]), output_tokens=int(d["to"]))
+                    input_tokens=int(d["ti"]), output_tokens=int(d["to"]),
+                    reserved_ms=int(d.get("rt", 0)))
 
 
 def pending_in(lines: Iterator[str]) -> list[SettleOp]:

@@ -12,7 +12,6 @@ returned means); the sync and async methods differ only in the store call betwee
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from nasca_core._calibration import Calibration
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
-from nasca_core._delegate import to_billing, to_deferred, to_live
+from nasca_core._delegate import to_billing, to_deferred, to_limits, to_live
 from nasca_core._env import ledger_kwargs
 from nasca_core._errors import (
     ConfigurationError,
@@ -37,11 +36,18 @@ from nasca_core._errors import (
     UnknownTierError,
 )
 from nasca_core._explain import DEFAULT_UPGRADE_MESSAGE, blocked_error, tell_listeners, usage_in
+from nasca_core._fallback import Account, Degrade, on_account, same_account
+from nasca_core._fallback_calls import afallback_usage, fallback_usage
+from nasca_core._limits import Limits
 from nasca_core._live import ConfigSnapshot, LiveConfig, StoreErrorPolicy
 from nasca_core._money import Amount, amount_arg
+from nasca_core._remote_dispatch import remote_ledger
+from nasca_core._threshold_hooks import Thresholds
 from nasca_core._types import Charge, LedgerStats, Reservation, count_store_errors, next_hold_id
+from nasca_core._unchecked import store_failed
 from nasca_core._usage import Usage
 from nasca_core._windows import WindowClock, WindowSet, load_zone
+from nasca_core._windows import user_keys as _keys
 from nasca_core._wrap import wrap
 from nasca_core.analytics._recorder import Analytics
 from nasca_core.billing._service import Billing
@@ -55,12 +61,7 @@ log = logging.getLogger("nasca")
 
 _SETTLED_MARKER_MS = 3_600_000  # how long a settled hold id is remembered (dedupes retries)
 _NO_TIER = (-1, -1, -1, 0, 0, 0, -1)
-_CONFIG_CHURN = "the store's live config changed under three reserves in a row"
-
-
-@functools.lru_cache(maxsize=4096)
-def _keys(namespace: str, user_id: str, window_ids: tuple[str, str, str]) -> UserKeys:
-    return UserKeys.build(namespace, user_id, window_ids)
+_CONFIG_CHURN = "the store's live config or the user's anchor changed under three reserves in a row"
 
 
 class Nasca:
@@ -68,15 +69,16 @@ class Nasca:
 
     ``Nasca(store="memory://", tiers={"free": Tier(monthly=0.5, daily=0.1)}, default_tier="free")``
 
-    Credit packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``,
-    ``cancel_url=``, ``webhook_secret=``, ``allow_bonus_credits=``) configure
-    ``nasca.billing``; ``state_dir=`` is where deferred settles are journaled (``_journal``);
-    ``require_durable=True`` refuses a Redis that may evict or forget ledger keys;
-    ``busy_wait=`` seconds a reserve waits for calls in flight before raising NascaBusyError.
-    ``settle_in_background=`` (default: on for Redis and SQLite) settles model calls off the caller's path.
-    Raises ConfigurationError for an unknown store URI, timezone, default tier or policy.
-    """
+    Packs, plans and Stripe (``packs=``, ``plans=``, ``stripe=``, ``success_url=``, ``cancel_url=``,
+    ``webhook_secret=``, ``allow_bonus_credits=``) configure ``nasca.billing``; ``threshold_webhook_url=``
+    and ``_secret=`` the owner's webhook of ``nasca.thresholds``; ``state_dir=`` is where deferred
+    settles are journaled; ``require_durable=True`` refuses a Redis that may evict or forget ledger
+    keys; ``busy_wait=`` seconds a reserve waits out NascaBusyError; ``settle_in_background=``
+    (default: on for Redis and SQLite) settles model calls off the caller's path.
+    Raises ConfigurationError for an unknown store URI, timezone, default tier or policy."""
 
+    def __new__(cls, store: Any = "memory://", *args: Any, **kwargs: Any) -> Nasca:  # http(s): remote
+        return remote_ledger(store, kwargs) or super().__new__(cls)
     def __init__(
         self, store: Any = "memory://", *, tiers: Mapping[str, Tier], default_tier: str | None = None,
         namespace: str = "nasca", timezone: str = "UTC", strict: bool = False,
@@ -88,14 +90,13 @@ class Nasca:
         checkout_url: Callable[[NascaBlockedError], str | None] | None = None,
         prices: Mapping[str, Any] | None = None, model_aliases: Mapping[str, str] | None = None,
         unknown_model: str = "block", default_output_tokens: int = 256, charge_embeddings: bool = False,
-        # Billing: they configure nasca.billing.
         packs: Iterable[CreditPack] | Mapping[str, CreditPack] | None = None,
         plans: Iterable[Plan] | Mapping[str, Plan] | None = None, stripe: Any = None,
         success_url: str | None = None, cancel_url: str | None = None,
         webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
         require_durable: bool = False, busy_wait: float = 0.0, settle_in_background: bool | None = None,
-        cap_output: bool = False,
-    ) -> None:
+        cap_output: bool = False, threshold_webhook_url: str | None = None,
+        threshold_webhook_secret: str | None = None, api_key: str | None = None) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace, self.timezone = namespace, timezone
         self.tz = load_zone(timezone)
@@ -124,12 +125,13 @@ class Nasca:
         self.billing = Billing(self, packs=packs, plans=plans, stripe=stripe, success_url=success_url,
                                cancel_url=cancel_url, webhook_secret=webhook_secret,
                                allow_bonus_credits=allow_bonus_credits)
+        self.limits = Limits(self)  # per-user tiers, own limits and boosts
+        self.thresholds = Thresholds(self, threshold_webhook_url, threshold_webhook_secret)  # Tier.warn_at
+        self.on_threshold = self.thresholds.on_threshold
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Nasca:
-        """A Nasca from ``NASCA_STORE``, ``NASCA_TIERS`` (JSON), ``NASCA_DEFAULT_TIER``,
-        ``NASCA_NAMESPACE``, ``NASCA_TIMEZONE``, ... (``nasca_core._env.LedgerEnv``);
-        keyword arguments win. Raises ConfigurationError."""
+        """A Nasca from the ``NASCA_*`` environment (``_env.LedgerEnv``). Raises ConfigurationError."""
         return cls(**ledger_kwargs(overrides))
 
     # -- the port services use ---------------------------------------------------------
@@ -138,13 +140,13 @@ class Nasca:
         now = self._clock()
         return now.timestamp() if isinstance(now, datetime) else float(now)
 
-    def windows_at(self, now: float | None = None) -> WindowSet:
-        """The calendar day, ISO week and month at ``now`` (default: the clock) in the timezone."""
-        return self._windows.at(self.now() if now is None else now)
+    def windows_at(self, now: float | None = None, user: str | None = None) -> WindowSet:
+        """The day, ISO week and month at ``now`` (default: the clock); ``user``'s month may be anchored."""
+        return self._windows.at(self.now() if now is None else now, user)
 
     def user_keys(self, user_id: str, now: float | None = None) -> UserKeys:
         """Where ``user_id``'s state lives in the store for the windows at ``now``."""
-        return _keys(self.namespace, user_id, self.windows_at(now).ids)
+        return _keys(self.namespace, user_id, self.windows_at(now, user_id).ids)
 
     @property
     def analytics(self) -> Analytics:
@@ -160,16 +162,14 @@ class Nasca:
     def user(self, user_id: str, tier: str | None = None) -> Iterator[None]:
         """Act as ``user_id`` (and tier) for every call inside the block, sync or async.
 
-        Raises InvalidUserError for an empty or non-string id.
-        """
+        Raises InvalidUserError for an empty or non-string id."""
         with _identity.acting_as(user_id, tier):
             yield
 
     def resolve_user(self, user: str | None = None, tier: str | None = None,
                      ctx: Any = None) -> tuple[str, str]:
         """Who is calling, by precedence: explicit ``user=``, the ``get_user_id(ctx)`` callable,
-        the ``nasca.user()`` context; the tier likewise, then ``default_tier``.
-        Raises InvalidUserError when none names a user."""
+        the ``nasca.user()`` context; the tier likewise, then ``default_tier``. Raises InvalidUserError."""
         return _identity.resolve(user, tier, ctx, self.get_user_id, self.get_user_tier, self.default_tier)
 
     # -- live config -------------------------------------------------------------------
@@ -192,25 +192,12 @@ class Nasca:
     set_price = to_live(LiveConfig.set_price)
     aset_price = to_live(LiveConfig.aset_price)
 
-    def set_user_tier(self, user: str, tier: str | None) -> None:
-        """Put a user on a tier in the store (None clears it); it beats the caller's tier.
-
-        Raises InvalidUserError, UnknownTierError, StoreError."""
-        keys = self._user_tier_keys(user, tier, self.live.fresh())
-        with count_store_errors(self.stats):
-            self.store.sync.set_user_tier(keys, tier)
-
-    async def aset_user_tier(self, user: str, tier: str | None) -> None:
-        """Async twin of set_user_tier()."""
-        keys = self._user_tier_keys(user, tier, await self.live.afresh())
-        with count_store_errors(self.stats):
-            await self.store.for_loop().set_user_tier(keys, tier)
-
-    def _user_tier_keys(self, user: str, tier: str | None, snap: ConfigSnapshot) -> UserKeys:
-        _identity.check_user_id(user)
-        if tier is not None and tier not in snap.tiers:
-            raise UnknownTierError(tier, list(snap.tiers))
-        return self.user_keys(user)
+    set_user_tier = to_limits(Limits.set_user_tier)  # nasca.limits: a user's tier, own limits, boosts
+    aset_user_tier = to_limits(Limits.aset_user_tier)
+    set_user_limits = to_limits(Limits.set_user_limits)
+    aset_user_limits = to_limits(Limits.aset_user_limits)
+    grant_boost = to_limits(Limits.grant_boost)
+    agrant_boost = to_limits(Limits.agrant_boost)
 
     # -- reserve -----------------------------------------------------------------------
     def reserve(self, estimate: Amount | None = None, *, nanos: int | None = None, user: str | None = None,
@@ -218,30 +205,30 @@ class Nasca:
         """Hold ``estimate`` dollars of the user's budget before a call (one store round trip).
 
         Raises NascaBlockedError when the user may not spend now; InvalidInputError,
-        UnknownTierError for bad input; StoreError when the store fails and
-        on_store_error="block".
-        """
+        UnknownTierError for bad input; StoreError when the store fails and on_store_error="block"."""
         amount = amount_arg(estimate, nanos, what="estimate", default=0)
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         return self._reserve(amount, user_id, tier_name, strict)
 
-    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None,
-                 ceil: int = 0) -> Reservation:
+    def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
+                 account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
         wait, stale = BusyWait(self.busy_wait), 0
         while True:
-            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil)
+            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil, account)
             try:
                 result = self.deferred.reserve(op)  # with the user's queued settles at their cost
             except StoreError as exc:
-                return self._store_failed_reserve(user_id, op, exc)
+                return store_failed(self, user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys, room=result.room)
-            if result.status == -1:
+                return self.thresholds.admitted(user_id, op, result)  # warned by Tier.warn_at
+            if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
-                    return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
-                self.live.invalidate(stale=True)
+                    return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
+                self._windows.restale(user_id, result.status, result.anchor, self.live.invalidate)
                 continue
+            if account is not None or (degrade is not None and degrade(op, result)):  # the caller's block:
+                raise self._blocked(user_id, op, result, None, account, False)  # unflushed, unread, untold
             if self.deferred and self.deferred.flush():
                 continue
             snap: Snapshot | None = None
@@ -260,23 +247,26 @@ class Nasca:
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         return await self._areserve(amount, user_id, tier_name, strict)
 
-    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None,
-                        ceil: int = 0) -> Reservation:
+    async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
+                        account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
         wait, stale = BusyWait(self.busy_wait), 0
         while True:
-            op = self._reserve_op(await self.live.acurrent(), user_id, tier_name, amount, strict, ceil)
+            config = await self.live.acurrent()
+            op = self._reserve_op(config, user_id, tier_name, amount, strict, ceil, account)
             try:
                 result = await self.deferred.areserve(op)
             except StoreError as exc:
-                return self._store_failed_reserve(user_id, op, exc)
+                return store_failed(self, user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return Reservation(user_id, result.tier, op.hold_id, amount, op.keys, room=result.room)
-            if result.status == -1:
+                return self.thresholds.admitted(user_id, op, result)  # warned by Tier.warn_at
+            if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
-                    return self._store_failed_reserve(user_id, op, StoreError(_CONFIG_CHURN))
-                self.live.invalidate(stale=True)
+                    return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
+                self._windows.restale(user_id, result.status, result.anchor, self.live.invalidate)
                 continue
+            if account is not None or (degrade is not None and degrade(op, result)):  # the caller's block:
+                raise self._blocked(user_id, op, result, None, account, False)  # unflushed, unread, untold
             if self.deferred and await self.deferred.aflush():
                 continue
             snap: Snapshot | None = None
@@ -288,32 +278,25 @@ class Nasca:
             await asyncio.sleep(pause)
 
     def _reserve_op(self, snap: ConfigSnapshot, user_id: str, tier: str, estimate: int,
-                    strict: bool | None, ceil: int = 0) -> ReserveOp:
-        if tier not in snap.tiers:
+                    strict: bool | None, ceil: int = 0, account: Account | None = None) -> ReserveOp:
+        if tier not in snap.tiers and account is None:
             raise UnknownTierError(tier, list(snap.tiers))
-        now = self.now()
-        now_ms, keys = int(now * 1000), self.user_keys(user_id, now)
+        now, anchor = self.now(), "" if account else self._windows.anchor(user_id)  # before the keys
+        now_ms, keys = int(now * 1000), on_account(self.user_keys(user_id, now), account)
         return ReserveOp(keys=keys, now_ms=now_ms, hold_id=next_hold_id(),
                          estimate=estimate, hold_expiry_ms=now_ms + self.hold_ttl_ms,
                          strict=self.strict if strict is None else strict, tier=tier,
-                         tiers_json=snap.tiers_json, config_version=snap.version,
-                         tier_compiled=snap.compiled[tier], ceiling=ceil)
+                         tiers_json=snap.tiers_json, config_version=snap.version, anchor=anchor,
+                         tier_compiled=account.compiled if account else snap.compiled[tier], ceiling=ceil)
 
-    def _store_failed_reserve(self, user_id: str, op: ReserveOp, exc: StoreError) -> Reservation:
-        self.stats.store_errors += 1
-        if self.on_store_error == "block":
-            raise exc
-        log.warning("nasca: store unreachable, admitting %s unchecked (on_store_error='allow'): %s",
-                    op.keys.meta, exc)
-        return Reservation(user_id, op.tier, op.hold_id, op.estimate, op.keys, degraded=True)
-
-    def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult,
-                 snap: Snapshot | None) -> NascaBlockedError:
-        tier = self.live.current().tiers.get(result.tier) or Tier()
+    def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult, snap: Snapshot | None,
+                 account: Account | None = None, checkout: bool = True) -> NascaBlockedError:
+        tier = account.tier if account else self.live.current().tiers.get(result.tier) or Tier()
         return blocked_error(user_id=user_id, result=result, tier=tier, snap=snap,
-                             ws=self.windows_at(op.now_ms / 1000), tz=self.tz, prompt_id=op.hold_id,
+                             ws=self.windows_at(op.now_ms / 1000, user_id), tz=self.tz, prompt_id=op.hold_id,
                              template=self.upgrade_message_template, log=log,
-                             checkout_url=self.checkout_url_factory, estimate=op.estimate, strict=op.strict)
+                             checkout_url=self.checkout_url_factory if checkout else None,
+                             estimate=op.estimate, strict=op.strict)
 
     def _told(self, err: NascaBlockedError) -> NascaBlockedError:
         self.stats.blocked += 1
@@ -326,8 +309,7 @@ class Nasca:
         """Replace the hold by the real cost (one store round trip; ``background=True``: queued for
         the background sender when it is on). A charge the store can't take is retried, never dropped.
 
-        Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written).
-        """
+        Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written)."""
         op = self._settle_op(reservation, cost, nanos, tokens)
         if (queued := self.deferred.before_settle(op, background)) is not None:
             return queued
@@ -336,7 +318,7 @@ class Nasca:
         except StoreError as exc:
             return self.deferred.defer(op, exc)
         self.stats.settled += 1
-        return Charge(op.cost, result.tier_part, result.credit_part)
+        return self.thresholds.landed(op, result)  # Tier.warn_at's events, off the caller's path
 
     async def asettle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
                       tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
@@ -351,24 +333,22 @@ class Nasca:
         except StoreError as exc:
             return self.deferred.defer(op, exc)
         self.stats.settled += 1
-        return Charge(op.cost, result.tier_part, result.credit_part)
+        return self.thresholds.landed(op, result)  # Tier.warn_at's events, off the caller's path
 
     def _settle_op(self, reservation: Reservation, cost: Amount | None, nanos: int | None,
                    tokens: tuple[int, int]) -> SettleOp:
         if not isinstance(reservation, Reservation):
             raise ConfigurationError(f"settle() needs the Reservation from reserve(), got {reservation!r}")
         amount = amount_arg(cost, nanos, what="cost")
-        snap = self.live.current()
-        now = self.now()
-        now_ms = int(now * 1000)
-        ws = self.windows_at(now)
-        # The call may have crossed a window boundary: charge the windows where it ended.
-        return SettleOp(keys=_keys(self.namespace, reservation.user_id, ws.ids), now_ms=now_ms,
+        snap, now = self.live.current(), self.now()
+        now_ms, ws = int(now * 1000), self._windows.spec_at(now, reservation.anchor)  # in any process
+        keys = _keys(self.namespace, reservation.user_id, ws.ids)  # where the call ended: may be a new window
+        return SettleOp(keys=same_account(reservation.keys, keys),
                         hold_id=reservation.hold_id, estimate=reservation.estimate_nanos, cost=amount,
-                        tier=reservation.tier, tiers_json=snap.tiers_json,
+                        tier=reservation.tier, tiers_json=snap.tiers_json, now_ms=now_ms,
                         tier_compiled=snap.compiled.get(reservation.tier, _NO_TIER),
                         ttls_ms=ws.ttls_from(now), marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
-                        input_tokens=tokens[0], output_tokens=tokens[1])
+                        input_tokens=tokens[0], output_tokens=tokens[1], reserved_ms=reservation.reserved_ms)
 
     flush = flush_deferred = to_deferred(DeferredSettles.flush)  # returns how many settles landed
     aflush = aflush_deferred = to_deferred(DeferredSettles.aflush)
@@ -398,23 +378,24 @@ class Nasca:
         self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
         prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
-        cap_output: bool = False) -> LLMCall:
-        """Estimate a model call (the prompt as OpenAI-style ``messages`` or ``prompt`` text, plus
-        ``tools`` schemas) and reserve it (``cap_output``: with credits in the room output_cap() reads).
-        Raises NascaBlockedError (must not be made), UnknownModelError, InvalidInputError, StoreError."""
+        cap_output: bool = False, account: Account | None = None, degrade: Degrade | None = None) -> LLMCall:
+        """Estimate a model call (OpenAI-style ``messages`` or ``prompt`` text, ``tools`` schemas) and
+        reserve it (``cap_output``: credits in the room output_cap() reads; ``account``: a fallback's,
+        ``_fallback``). Raises NascaBlockedError, UnknownModelError, InvalidInputError, StoreError."""
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         snap = self.live.current()
         tokens, estimate, ceil = estimate_call(
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
             max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict, capped=cap_output,
             default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
-        return LLMCall(self, self._reserve(estimate, user_id, tier_name, None, ceil), model, tokens)
+        return LLMCall(self, self._reserve(estimate, user_id, tier_name, None, ceil, account, degrade), model,
+                       tokens)
 
     async def astart_call(
         self, model: str, *, messages: Iterable[Mapping[str, Any]] | None = None, prompt: str | None = None,
         prompt_tokens: int | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None, user: str | None = None, tier: str | None = None, ctx: Any = None,
-        cap_output: bool = False) -> LLMCall:
+        cap_output: bool = False, account: Account | None = None, degrade: Degrade | None = None) -> LLMCall:
         """Async twin of start_call()."""
         user_id, tier_name = self.resolve_user(user, tier, ctx)
         snap = await self.live.acurrent()
@@ -422,7 +403,8 @@ class Nasca:
             snap.pricer, model, messages=messages, prompt=prompt, prompt_tokens=prompt_tokens, tools=tools,
             max_tokens=max_tokens, tier=snap.tiers.get(tier_name), strict=self.strict, capped=cap_output,
             default_output_tokens=self.default_output_tokens, calibration=self.calibration.view(model))
-        return LLMCall(self, await self._areserve(estimate, user_id, tier_name, None, ceil), model, tokens)
+        reservation = await self._areserve(estimate, user_id, tier_name, None, ceil, account, degrade)
+        return LLMCall(self, reservation, model, tokens)
 
     def wrap(self, fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
         """Wrap an OpenAI or Anthropic SDK ``create`` so every call is checked, reserved and charged
@@ -437,7 +419,10 @@ class Nasca:
         now, snap = self.now(), self.live.fresh()
         with count_store_errors(self.stats):
             stored = self.deferred.snapshot(self.user_keys(user_id, now), int(now * 1000))
-        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz, tier, user)
+            if self._windows.learn(user_id, stored.anchor):  # this process's anchor was stale
+                stored = self.deferred.snapshot(self.user_keys(user_id, now), int(now * 1000))
+            return fallback_usage(self, usage_in(snap.tiers, user_id, tier_name, stored,
+                                                 self.windows_at(now, user_id), self.tz, tier, user))
 
     async def aget_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
         """Async twin of get_usage()."""
@@ -445,7 +430,10 @@ class Nasca:
         now, snap = self.now(), await self.live.afresh()
         with count_store_errors(self.stats):
             stored = await self.deferred.asnapshot(self.user_keys(user_id, now), int(now * 1000))
-        return usage_in(snap.tiers, user_id, tier_name, stored, self.windows_at(now), self.tz, tier, user)
+            if self._windows.learn(user_id, stored.anchor):
+                stored = await self.deferred.asnapshot(self.user_keys(user_id, now), int(now * 1000))
+            return await afallback_usage(self, usage_in(snap.tiers, user_id, tier_name, stored,
+                                                        self.windows_at(now, user_id), self.tz, tier, user))
 
     # -- billing: the old spellings of nasca.billing.… ------------------------------------
     grant_credits = to_billing(Billing.grant_credits)
@@ -467,29 +455,28 @@ class Nasca:
 
     @property
     def packs(self) -> Mapping[str, CreditPack]:
-        """``nasca.billing.packs``."""
-        return self.billing.packs
+        return self.billing.packs  # ``nasca.billing.packs``
 
     @property
     def plans(self) -> Mapping[str, Plan]:
-        """``nasca.billing.plans``."""
-        return self.billing.plans
+        return self.billing.plans  # ``nasca.billing.plans``
 
     @property
     def billing_listeners(self) -> list[Callable[[BillingEvent], None]]:
-        """``nasca.billing.listeners``."""
-        return self.billing.listeners
+        return self.billing.listeners  # ``nasca.billing.listeners``
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         """Flush queued and deferred settles the store takes, and close connections Nasca opened."""
         self.deferred.close()
         self.calibration.close()
+        self.thresholds.close()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async twin of close(): flush deferred settles, close this loop's connections."""
         await self.deferred.aflush()
+        await self.thresholds.aclose()  # hooks and webhook deliveries wait on a thread, not the loop
         await self.store.aclose()
         self.close()
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from nasca_core._config import Tier, check_tier_name
 from nasca_core._errors import ConfigurationError, StoreError
+from nasca_core._fallback import check_fallback_prices
 from nasca_core._types import LedgerStats
 from nasca_core.pricing import ModelPrice, Pricer, PriceTable, parse_price
 from nasca_core.stores import StoredConfig, StoreHandle
@@ -66,7 +67,8 @@ class LiveConfig:
         self._on_store_error = on_store_error
         self._snapshot: ConfigSnapshot | None = None
         self._lock = threading.Lock()
-        self._pricer({})  # validate prices, aliases and policy now, not on the first call
+        # Validate prices, aliases and policy now, not on the first call; and the fallback models.
+        check_fallback_prices(self.base_tiers, self._pricer({}), log)
 
     # -- reading ---------------------------------------------------------------------------
     def current(self) -> ConfigSnapshot:
@@ -138,11 +140,17 @@ class LiveConfig:
     def set_tier(self, name: str, tier: Tier | None) -> None:
         """Define or change a tier for every process sharing the store (None removes the
         stored override). Raises ConfigurationError, StoreError."""
-        self.save("tier", name, self.tier_payload(name, tier))
+        payload = self.tier_payload(name, tier)
+        if tier is not None:
+            check_fallback_prices({name: tier}, self.current().pricer, log)
+        self.save("tier", name, payload)
 
     async def aset_tier(self, name: str, tier: Tier | None) -> None:
         """Async twin of set_tier()."""
-        await self.asave("tier", name, self.tier_payload(name, tier))
+        payload = self.tier_payload(name, tier)
+        if tier is not None:
+            check_fallback_prices({name: tier}, (await self.acurrent()).pricer, log)
+        await self.asave("tier", name, payload)
 
     def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
         """Add or change a model's price for every process sharing the store (None removes
@@ -157,7 +165,7 @@ class LiveConfig:
     @staticmethod
     def tier_payload(name: str, tier: Tier | None) -> str | None:
         """What set_tier() stores. Raises ConfigurationError."""
-        check_tier_name(name)
+        check_tier_name(name, tier if isinstance(tier, Tier) else None)
         if tier is None:
             return None
         if not isinstance(tier, Tier):

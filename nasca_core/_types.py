@@ -6,10 +6,14 @@ import itertools
 import os
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from nasca_core._errors import StoreError
 from nasca_core._money import to_usd
 from nasca_core.stores import UserKeys
+
+if TYPE_CHECKING:
+    from nasca_core._thresholds import ThresholdWarning
 
 _hold_seq = itertools.count(1)
 _HOLD_PREFIX = os.urandom(6).hex()
@@ -50,6 +54,7 @@ class LedgerStats:
     stale_config_retries: int = 0
     settle_queued: int = 0  # model calls' settles handed to the background sender (``_sender``)
     settle_queue_full: int = 0  # settled on the caller's path because the sender was too far behind
+    fallbacks: int = 0  # calls a spent tier sent to its fallback model instead (``_fallback``)
 
 
 class count_store_errors:
@@ -81,6 +86,12 @@ class Reservation:
     # What the user could still spend at admission beside the other calls in flight, this one's
     # hold not taken (``ReserveResult.room``; -1 = no limit or not known): ``LLMCall.output_cap``.
     room: int = -1
+    # Tier(warn_at=...): the threshold this call's estimate projects a window to (``_thresholds``).
+    warning: ThresholdWarning | None = None
+    reserved_ms: int = 0  # when the store admitted it (epoch ms; 0 = not known): its settle's boosts
+    # The user's billing-cycle anchor spec the reserve was checked against (``_windows``;
+    # "" = calendar months): the settle names its month from it, in any process.
+    anchor: str = ""
 
     @property
     def estimate(self) -> Decimal:

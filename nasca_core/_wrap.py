@@ -24,25 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 from nasca_core._env import user_hash_key
 from nasca_core._errors import ConfigurationError, UsageParseError
+from nasca_core._fallback import fallback_of, mark
+from nasca_core._fallback_calls import astart_with_fallback, start_with_fallback
 from nasca_core._identity import current
+from nasca_core._warned import warned
 from nasca_core._wrap_request import (
     Kind,
     SendUser,
     check_send_user,
     field_of,
-    gemini_text,
     lower_cap,
     prompt_of,
     take_user,
 )
-from nasca_core.pricing import (
-    AnthropicStreamUsage,
-    GeminiStreamUsage,
-    TokenUsage,
-    usage_from_anthropic_message,
-    usage_from_gemini_response,
-    usage_from_openai_response,
-)
+from nasca_core._wrap_response import response_text, response_usage
+from nasca_core.pricing import AnthropicStreamUsage, GeminiStreamUsage, TokenUsage
 
 if TYPE_CHECKING:
     from nasca_core._calls import LLMCall
@@ -85,50 +81,6 @@ def _describe(fn: Callable[..., Any]) -> tuple[Kind, bool, str]:
     return kind, name.startswith("Async"), method
 
 
-# -- what each API's response looks like (pure; the request: ``_wrap_request``) ------------
-def _response_usage(kind: Kind, response: Any, tools: Any = None, model: Any = None) -> TokenUsage | None:
-    """The usage the provider reported, or None when it reported none or none we can read:
-    then the call is charged for its counted tokens (the provider has answered, so the hold
-    must close with a charge, never $0 and never left dangling)."""
-    try:
-        return _parse_usage(kind, response, tools, model)
-    except UsageParseError as exc:
-        if kind not in _unreadable:
-            _unreadable.add(kind)
-            log.warning("nasca: unreadable %s usage, charging counted tokens instead: %s", kind, exc)
-        return None
-
-
-_unreadable: set[str] = set()
-
-
-def _parse_usage(kind: Kind, response: Any, tools: Any = None, model: Any = None) -> TokenUsage | None:
-    if kind == "embeddings":
-        usage = field_of(response, "usage")
-        tokens = field_of(usage, "prompt_tokens") if usage is not None else None
-        return TokenUsage(input_tokens=tokens) if isinstance(tokens, int) else None
-    if kind == "gemini":  # grounding searches live on the candidates; the model says how they bill
-        if isinstance(response, GeminiStreamUsage):
-            return response.usage
-        return usage_from_gemini_response(response, model=model)
-    # OpenAI's service_tier and tool-call items live beside the usage, not in it.
-    if kind != "messages":
-        return usage_from_openai_response(response)
-    # and the code-execution container, free or not by the request's tool versions
-    return usage_from_anthropic_message(response, tools=tools)
-
-
-def _response_text(kind: Kind, response: Any) -> str:
-    if kind == "chat":
-        return "".join(str(field_of(field_of(c, "message"), "content") or "")
-                       for c in field_of(response, "choices") or [])
-    if kind == "responses":
-        return str(field_of(response, "output_text") or "")
-    if kind == "gemini":
-        return "".join(gemini_text(field_of(c, "content")) for c in field_of(response, "candidates") or [])
-    return "".join(str(field_of(b, "text") or "") for b in field_of(response, "content") or [])
-
-
 @dataclass
 class _Observer:
     """Reads one stream: text deltas, the usage, and which events to hide from the caller."""
@@ -147,13 +99,13 @@ class _Observer:
             # Every chunk carries the usage so far; grounding queries may come on any chunk.
             self.gemini = self.gemini or GeminiStreamUsage(self.model)
             self.gemini.add(event)
-            self.usage = _response_usage("gemini", self.gemini) or self.usage
-            return _response_text("gemini", event), False
+            self.usage = response_usage("gemini", self.gemini) or self.usage
+            return response_text("gemini", event), False
         if self.kind == "chat":
             choices = field_of(event, "choices") or []
             usage = field_of(event, "usage")
             if usage is not None:
-                self.usage = _response_usage("chat", event)
+                self.usage = response_usage("chat", event)
             text = "".join(str(field_of(field_of(c, "delta"), "content") or "") for c in choices)
             return text, self.hide_usage_chunk and usage is not None and not choices
         kind = field_of(event, "type")
@@ -161,7 +113,7 @@ class _Observer:
             if kind == "response.output_text.delta":
                 return str(field_of(event, "delta") or ""), False
             if kind in ("response.completed", "response.incomplete"):
-                self.usage = _response_usage("responses", field_of(event, "response")) or self.usage
+                self.usage = response_usage("responses", field_of(event, "response")) or self.usage
             return None, False
         if self.anthropic is None:
             self.anthropic = AnthropicStreamUsage(self.tools)
@@ -238,7 +190,7 @@ class _AsyncStream(_Stream):
 
 
 def _snapshot_text(kind: Kind, snapshot: Any) -> str:
-    return _response_text(kind, snapshot) if snapshot is not None else ""
+    return response_text(kind, snapshot) if snapshot is not None else ""
 
 
 class _Managed:
@@ -259,7 +211,8 @@ class _Managed:
 
     def _entered(self, stream: Any) -> Any:
         self._stream = stream
-        return stream
+        # The SDK's stream ran on its manager's model and carries its call's warning.
+        return warned(mark(stream, fallback_of(self)), self._call)
 
     def _snapshot(self) -> tuple[Any, bool]:
         """The accumulated message and whether it is complete (messages and chat)."""
@@ -282,7 +235,7 @@ class _Managed:
             self._call.add_text(_snapshot_text(self._kind, partial))
             self._call.abort()
         else:
-            self._call.finish(_response_usage(self._kind, final, self._tools))
+            self._call.finish(response_usage(self._kind, final, self._tools))
 
     def __enter__(self) -> Any:
         try:
@@ -322,7 +275,7 @@ class _Managed:
                 self._call.add_text(_snapshot_text(self._kind, partial))
                 await self._call.aabort()
             else:
-                await self._call.afinish(_response_usage(self._kind, final, self._tools))
+                await self._call.afinish(response_usage(self._kind, final, self._tools))
         finally:
             result = await self._manager.__aexit__(*exc)
         return result
@@ -363,8 +316,9 @@ def _split(kind: Kind, args: tuple[Any, ...], kwargs: dict[str, Any], send_user:
     return user, tier, ctx, hide
 
 
-def _hash_key(given: str | None, namespace: str, send_user: SendUser) -> str:
-    key = given or user_hash_key()
+def _hash_key(given: str | None, nasca: Nasca, send_user: SendUser) -> str:
+    key = given or user_hash_key()  # the namespace only when no key is set (a remote one asks its server)
+    namespace = "" if key is not None else nasca.namespace
     if key is None and send_user == "hash" and namespace not in _unkeyed:
         _unkeyed.add(namespace)
         log.warning("nasca: wrap() hashes user ids keyed by the namespace %r, which is not secret: whoever "
@@ -389,20 +343,25 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
     hash keyed by ``user_hash_key``, else ``NASCA_USER_HASH_KEY``, else the namespace, with a
     warning), "none" (the field is dropped) or "raw". ``cap_output=True`` (default: ``nasca.cap_output``)
     lowers a call's max tokens to what the user's allowance and credits can still pay for
-    (``LLMCall.output_cap``). Raises ConfigurationError for a function it can't wrap or a
-    bad option; the wrapped function raises NascaBlockedError before any HTTP request
-    when the user may not spend.
+    (``LLMCall.output_cap``). On a tier with ``on_exhausted="fallback"``, a call its spent
+    allowance blocks is sent with the fallback model instead (``nasca_core.fallback_of(response)``
+    says so; ``_fallback``): never an embeddings call, nor to a model of another provider
+    than the one asked for (the price table's provider): those block. Raises
+    ConfigurationError for a function it can't wrap or a bad option; the wrapped function
+    raises NascaBlockedError before any HTTP request when the user may not spend.
     """
     kind, is_async, method = _describe(fn)
     helper = method == "helper"
     send = check_send_user(send_user)
-    key = _hash_key(user_hash_key, nasca.namespace, send)
+    key = _hash_key(user_hash_key, nasca, send)
     capped = bool(getattr(nasca, "cap_output", False) if cap_output is None else cap_output)
     if kind == "embeddings" and not nasca.charge_embeddings:
         raise ConfigurationError(
             "embeddings are not charged by default: build Nasca(..., charge_embeddings=True) to "
             "price and charge client.embeddings.create against the user's allowance"
         )
+
+    falls = kind != "embeddings"  # an embeddings model has no cheaper chat model to fall back to
 
     def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any, _Observer]:
         if helper and kind == "chat":
@@ -429,7 +388,8 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
             if is_async:  # nothing is sent before __aenter__: reserve there, without blocking
 
                 async def reserve() -> LLMCall:
-                    call = await nasca.astart_call(model, **spec)
+                    call, fell = await astart_with_fallback(nasca, model, kwargs, fallback=falls, **spec)
+                    warned(mark(managed, fell), call)  # known from the reserve, in __aenter__
                     try:
                         limit(call, spec, kwargs)
                     except BaseException:
@@ -437,11 +397,12 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
                         raise
                     return call
 
-                return _Managed(lambda: fn(**kwargs), None, kind, reserve, spec["tools"])
-            call = nasca.start_call(model, **spec)
+                managed = _Managed(lambda: fn(**kwargs), None, kind, reserve, spec["tools"])
+                return managed
+            call, fell = start_with_fallback(nasca, model, kwargs, fallback=falls, **spec)  # fell: rerouted
             try:
                 limit(call, spec, kwargs)
-                return _Managed(fn(**kwargs), call, kind, tools=spec["tools"])
+                return warned(mark(_Managed(fn(**kwargs), call, kind, tools=spec["tools"]), fell), call)
             except BaseException:
                 call.fail()
                 raise
@@ -452,7 +413,8 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
             spec, streaming, observer = start(args, kwargs)
-            call = await nasca.astart_call(spec.pop("model"), **spec)
+            call, fell = await astart_with_fallback(nasca, spec.pop("model"), kwargs, fallback=falls, **spec)
+            observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
             try:
                 limit(call, spec, kwargs)
                 result = await fn(**kwargs)
@@ -460,19 +422,20 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
                 await call.afail()
                 raise
             if streaming:
-                return _AsyncStream(result, call, observer)
-            usage = _response_usage(kind, result, spec["tools"], call.model)
+                return mark(warned(_AsyncStream(result, call, observer), call), fell)
+            usage = response_usage(kind, result, spec["tools"], call.model)
             if usage is None:
-                call.add_text(_response_text(kind, result))
+                call.add_text(response_text(kind, result))
             await call.afinish(usage)
-            return result
+            return mark(warned(result, call), fell)  # warning_of(result): Tier.warn_at
 
         return awrapper
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         spec, streaming, observer = start(args, kwargs)
-        call = nasca.start_call(spec.pop("model"), **spec)
+        call, fell = start_with_fallback(nasca, spec.pop("model"), kwargs, fallback=falls, **spec)
+        observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
         try:
             limit(call, spec, kwargs)
             result = fn(**kwargs)
@@ -480,11 +443,11 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
             call.fail()
             raise
         if streaming:
-            return _Stream(result, call, observer)
-        usage = _response_usage(kind, result, spec["tools"], call.model)
+            return mark(warned(_Stream(result, call, observer), call), fell)
+        usage = response_usage(kind, result, spec["tools"], call.model)
         if usage is None:
-            call.add_text(_response_text(kind, result))
+            call.add_text(response_text(kind, result))
         call.finish(usage)
-        return result
+        return mark(warned(result, call), fell)
 
     return wrapper

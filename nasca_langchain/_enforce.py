@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage
 from langgraph.config import get_config
 
-from nasca_core import ConfigurationError, LLMCall, Nasca, NascaBlockedError, UsageParseError
+from nasca_core import (
+    ConfigurationError,
+    Fallback,
+    LLMCall,
+    Nasca,
+    NascaBlockedError,
+    UsageParseError,
+    astart_with_fallback,
+    start_with_fallback,
+)
 from nasca_core.pricing import TokenUsage
 from nasca_langchain._prompt import (
     MAX_TOKEN_PARAMS,
+    MODEL_FIELDS,
     accounted_by_middleware,
     chat_messages,
     model_fields,
@@ -32,8 +42,11 @@ from nasca_langchain._prompt import (
 )
 from nasca_langchain._upgrade import upgrade_reply
 from nasca_langchain._usage import usage_from_langchain
+from nasca_langchain._warning import warned_response
 
 ExitBehavior = Literal["error", "end"]
+FALLBACK_KEY = "nasca_fallback"
+T = TypeVar("T")
 USER_KEYS = ("nasca_user_id", "user_id")
 TIER_KEYS = ("nasca_tier",)
 
@@ -47,7 +60,11 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
     runtime context's ``nasca_user_id`` (or ``user_id``) and ``nasca_tier`` (a mapping or
     an object), the run's metadata ``nasca_user_id`` / ``nasca_tier``, then
     ``with nasca.user(...)``. ``cap_output=True`` (default: ``nasca.cap_output``) lowers a
-    step's max tokens to what the user's allowance and credits can still pay for.
+    step's max tokens to what the user's allowance and credits can still pay for. On a tier
+    with ``on_exhausted="fallback"`` a step its spent allowance blocks runs on the fallback
+    model instead (the step's chat model copied with the name replaced, through
+    ``request.override(model=...)``), marked ``response_metadata["nasca_fallback"]``; only
+    on the chat model classes known to send it on every request (``REROUTABLE``), else it blocks.
 
     Raises ConfigurationError for an unknown ``exit_behavior``; from the agent:
     NascaBlockedError (under "error"), InvalidUserError, UnknownModelError, StoreError.
@@ -89,12 +106,13 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
     ) -> ModelResponse[Any] | AIMessage:
         spec = _call_spec(request)
         try:
-            call = self.nasca.start_call(**spec, cap_output=self.cap_output)
+            call, fell = start_with_fallback(self.nasca, spec.pop("model"), cap_output=self.cap_output,
+                                             fallback=_renamable(request.model) is not None, **spec)
         except NascaBlockedError as err:
             return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
-            response = handler(self._capped(call, request, spec))
+            response = handler(self._capped(call, _on(request, fell), spec))
         except BaseException as exc:
             if _cancelled(exc):  # the provider has billed the prompt; a provider error, nothing
                 call.abort()
@@ -104,7 +122,7 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         finally:
             accounted_by_middleware.reset(token)
         call.finish(_usage(call, response))
-        return response
+        return fell_back(fell, warned_response(call, response))  # response_metadata["nasca_warning"]
 
     async def awrap_model_call(
         self,
@@ -113,12 +131,13 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
     ) -> ModelResponse[Any] | AIMessage:
         spec = _call_spec(request)
         try:
-            call = await self.nasca.astart_call(**spec, cap_output=self.cap_output)
+            call, fell = await astart_with_fallback(self.nasca, spec.pop("model"), cap_output=self.cap_output,
+                                                    fallback=_renamable(request.model) is not None, **spec)
         except NascaBlockedError as err:
             return self._end_turn(err)
         token = accounted_by_middleware.set(True)
         try:
-            response = await handler(self._capped(call, request, spec))
+            response = await handler(self._capped(call, _on(request, fell), spec))
         except BaseException as exc:
             if _cancelled(exc):
                 await call.aabort()
@@ -128,7 +147,44 @@ class NascaMiddleware(AgentMiddleware[Any, Any, Any]):
         finally:
             accounted_by_middleware.reset(token)
         await call.afinish(_usage(call, response))
-        return response
+        return fell_back(fell, warned_response(call, response))
+
+
+# Chat model classes whose every request sends the model field (their request payload reads
+# it), so a copy with the fallback's name calls the fallback. Others may bind the model when
+# built (model_copy runs no validators) or route by another name (AzureChatOpenAI's
+# deployment), so their steps block: the provider would run one model and be charged another.
+REROUTABLE = frozenset({"langchain_openai.chat_models.base.ChatOpenAI",
+                        "langchain_anthropic.chat_models.ChatAnthropic"})
+
+
+def _renamable(model: Any) -> str | None:
+    """The field naming the model a chat model calls (ChatOpenAI's ``model_name``,
+    ChatAnthropic's ``model``), or None: a step on it can't fall back (it blocks)."""
+    if f"{type(model).__module__}.{type(model).__qualname__}" not in REROUTABLE:
+        return None
+    fields = getattr(type(model), "model_fields", {})
+    return next((f for f in MODEL_FIELDS if f in fields and isinstance(getattr(model, f, None), str)), None)
+
+
+def _on(request: ModelRequest[Any], fell: Fallback | None) -> ModelRequest[Any]:
+    """The request on the fallback's model: a copy of the step's chat model with the name
+    replaced (same client, settings and tools), through ``request.override(model=...)``."""
+    field = _renamable(request.model) if fell is not None else None
+    if fell is None or field is None:
+        return request
+    return request.override(model=request.model.model_copy(update={field: fell.model}))
+
+
+def fell_back(fell: Fallback | None, response: T) -> T:
+    """An agent step's response (a ModelResponse or an AIMessage), its reply marked with
+    ``response_metadata["nasca_fallback"]`` when the step ran on the fallback model."""
+    if fell is not None:
+        messages = [response] if isinstance(response, AIMessage) else getattr(response, "result", ())
+        message = next((m for m in messages if isinstance(m, AIMessage)), None)
+        if message is not None:
+            message.response_metadata[FALLBACK_KEY] = fell.as_dict()
+    return response
 
 
 def _call_spec(request: ModelRequest[Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from nasca_core import InvalidUserError, LLMCall, Nasca, UsageParseError
 from nasca_core.pricing import TokenUsage
 from nasca_langchain._prompt import accounted_by_middleware, chat_messages, output_cap
 from nasca_langchain._usage import usage_from_langchain, with_langchain_fees
+from nasca_langchain._warning import mark
 
 log = logging.getLogger("nasca.langchain")
 
@@ -290,6 +291,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 run.call.fail()
             else:
                 run.call.finish(usage)
+                mark(run.call, _messages(response))
 
     async def _aon_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None,
@@ -300,6 +302,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 await run.call.afail()
             else:
                 await run.call.afinish(usage)
+                mark(run.call, _messages(response))
 
     def _on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
@@ -334,6 +337,12 @@ def _no_user(exc: InvalidUserError, spec: Mapping[str, Any]) -> InvalidUserError
         return exc
     return InvalidUserError(f"{exc} With LangChain: config={{'metadata': {{'{USER_KEY}': ...}}}}, "
                             "or NascaCallbackHandler(get_user_id=...).")
+
+
+def _messages(response: LLMResult) -> list[Any]:
+    """The reply ``invoke`` returns is this very message: a warning put on it reaches the app
+    (a stream's chunks have been sent already)."""
+    return [getattr(g, "message", None) for g in response.generations[0]] if response.generations else []
 
 
 def _ended(run: _Run, response: LLMResult) -> TokenUsage | Literal[False] | None:

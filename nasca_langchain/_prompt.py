@@ -14,7 +14,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 ROLES = {"human": "user", "ai": "assistant"}  # message.type -> OpenAI role
 MAX_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_MODEL_FIELDS = ("model_name", "model", "model_id")
+MODEL_FIELDS = ("model_name", "model", "model_id")
 
 # Set while NascaMiddleware accounts for a model call, so a NascaCallbackHandler on the same
 # run leaves that call alone instead of reserving and charging it a second time.
@@ -63,7 +63,7 @@ def output_cap(*sources: Mapping[str, Any]) -> int | None:
 
 def model_of(chat_model: Any) -> str:
     """The model a chat model object calls (unpriced names go to the unknown-model policy)."""
-    for field in _MODEL_FIELDS:
+    for field in MODEL_FIELDS:
         name = getattr(chat_model, field, None)
         if isinstance(name, str) and name:
             return name

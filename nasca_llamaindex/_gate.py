@@ -51,17 +51,19 @@ class NascaGate(BaseRateLimiter):
     scope's or the global Nasca applies, and with none the gate lets the call through.
     """
 
-    def __init__(self, inner: Any = None, nasca: Nasca | None = None, cap_output: bool = False) -> None:
+    def __init__(self, inner: Any = None, nasca: Nasca | None = None, cap_output: bool = False,
+                 fallback: bool = False) -> None:
         self.inner = inner
         self.nasca = nasca
         self.cap_output = cap_output  # guard_llm(cap_output=True): the LLM's calls are capped (``_cap``)
+        self.fallback = fallback  # guard_llm(fallback=True): a spent tier's calls may fall back (``_cap``)
 
     def __repr__(self) -> str:
         return f"NascaGate(nasca={self.nasca!r}, inner={self.inner!r})"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NascaGate:
         # a copied LLM is guarded by the same Nasca (which holds connections: never copied)
-        return NascaGate(copy.deepcopy(self.inner, memo), self.nasca, self.cap_output)
+        return NascaGate(copy.deepcopy(self.inner, memo), self.nasca, self.cap_output, self.fallback)
 
     def acquire(self, num_tokens: int = 0) -> None:
         """Reserve the call's estimate. Raises NascaBlockedError before the provider is called."""

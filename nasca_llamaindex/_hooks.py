@@ -22,6 +22,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index_instrumentation import get_dispatcher
 
 from nasca_core import ConfigurationError, Nasca
+from nasca_core.remote import RemoteNasca
 from nasca_llamaindex import _cap, _embed
 from nasca_llamaindex._gate import NascaGate, fallback, scoped_nasca
 from nasca_llamaindex._track import on_event, on_span_exit
@@ -222,11 +223,15 @@ def uninstrument() -> None:
         _detach_if_unused()
 
 
-def guard_llm(llm: L, nasca: Nasca, *, cap_output: bool | None = None) -> L:
+def guard_llm(llm: L, nasca: Nasca, *, cap_output: bool | None = None, fallback: bool = True) -> L:
     """Enforce ``nasca`` on every call of this LLM (and of copies made from it), wherever it
     is used: directly, in query and chat engines, in agents. Returns ``llm`` itself.
     ``cap_output=True`` (default: ``nasca.cap_output``) lowers each call's max tokens to
-    what the user's allowance and credits can still pay for (``_cap``).
+    what the user's allowance and credits can still pay for (``_cap``). ``fallback=True``
+    (default): on a tier with ``on_exhausted="fallback"``, a call its spent allowance blocks
+    runs on the fallback model (the LLM's ``model`` reads as it for that call only), its
+    response marked ``additional_kwargs["nasca_fallback"]``; only for the classes known to
+    send ``model`` on every request (``_cap.REROUTABLE``), others block instead.
 
     Raises ConfigurationError when ``llm`` is not a LlamaIndex LLM.
     """
@@ -237,9 +242,10 @@ def guard_llm(llm: L, nasca: Nasca, *, cap_output: bool | None = None) -> L:
         _attach()
         _install(llm, nasca)
         capped = nasca.cap_output if cap_output is None else cap_output
-        if isinstance(llm.rate_limiter, NascaGate) and capped:
-            llm.rate_limiter.cap_output = True
-            _cap.install(llm)
+        falls = fallback and _cap.renamable(llm)
+        if isinstance(llm.rate_limiter, NascaGate) and (capped or falls):
+            llm.rate_limiter.cap_output, llm.rate_limiter.fallback = bool(capped), falls
+            _cap.install(llm, capped=bool(capped))
     return llm
 
 
@@ -318,5 +324,5 @@ def scope(nasca: Nasca) -> Iterator[None]:
 
 
 def _check(nasca: object) -> None:
-    if not isinstance(nasca, Nasca):
+    if not isinstance(nasca, Nasca | RemoteNasca):  # RemoteNasca: Nasca("https://...")
         raise ConfigurationError(f"expected a Nasca instance, got {type(nasca).__name__}")

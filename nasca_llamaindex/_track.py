@@ -154,6 +154,9 @@ def _finish(t: Tracked, response: Any) -> None:
                 t.call.add_text(_text(response))
             t.call.add_text(_tool_call_text(response))
     t.call.finish(usage)
+    extra = getattr(response, "additional_kwargs", None)
+    if t.call.warning is not None and isinstance(extra, dict):  # the very response llm.chat() returns
+        extra["nasca_warning"] = t.call.warning.model_dump(mode="json")
 
 
 def on_span_exit(span_id: str, result: Any) -> None:

@@ -126,9 +126,11 @@ def test_ledger_keys_are_found_and_parsed():
     def month_key(namespace: str, user: str, month: str) -> str:
         return UserKeys.build(namespace, user, ("20261118", "2026W47", month)).month
 
-    assert ledger_pattern("a*b", "202611") == r"a\*b:{*}:*:m:202611"
-    for user in ("u:1", "}x", "a}:m:202611"):
+    assert ledger_pattern("a*b", "202611") == r"a\*b:{*}:*:m:202611*"  # and billing-cycle months
+    for user in ("u:1", "}x", "a}:m:202611", "7:m:20261115000000"):
         assert month_owner(month_key("app", user, "202611"), "app", "202611") == user
+        assert month_owner(month_key("app", user, "20261115093000"), "app", "202611") == user
+        assert month_owner(month_key("app", user, "20261215093000"), "app", "202611") is None
     assert month_owner(month_key("app", "u1", "202610"), "app", "202611") is None
     assert month_owner("app:billing:x", "app", "202611") is None
     assert month_owner(month_key("other", "u1", "202611"), "app", "202611") is None

@@ -132,7 +132,8 @@ def stack() -> Iterator[Stack]:
     nasca_url, host_url = f"http://127.0.0.1:{nasca_port}", f"http://127.0.0.1:{host_port}"
     with ProviderServer() as provider, \
             StripeServer(webhook_url=f"{nasca_url}/stripe/webhook", webhook_secret=WHSEC) as stripe:
-        nasca = Nasca("memory://", tiers={"free": Tier(daily="0.01", monthly="1"), "pro": Tier(monthly=10)},
+        nasca = Nasca("memory://", tiers={"free": Tier(daily="0.01", monthly="1"), "pro": Tier(monthly=10),
+                                          "plus": Tier(daily="0.01", monthly="1", warn_at=(0.8,))},
                       default_tier="free", namespace="browser",
                       packs=PACKS, plans=PLANS, stripe=stripe.client(), webhook_secret=WHSEC)
         server = settings(public_url=nasca_url, allowed_origins=[host_url], app_name="Acme Notes")
@@ -318,6 +319,53 @@ async def test_mobile_dismiss_and_origin_checks(stack: Stack, browser: Browser):
         except Exception:
             texts.append("")
     assert not any("reached your daily limit" in t for t in texts)
+    await context.close()
+
+
+async def test_a_warned_user_buys_from_the_overlay_before_being_blocked(stack: Stack, browser: Browser):
+    n = stack.nasca
+    user = "u_warned"
+    n.settle(n.reserve(Decimal("0.001"), user=user, tier="plus"), Decimal("0.008"))
+    r = n.reserve(Decimal("0.0005"), user=user, tier="plus")  # 80% of the day with this call
+    n.settle(r, Decimal("0.0005"))
+    assert r.warning is not None and r.warning.fraction == 0.8
+    url = n.checkout_url_factory.url(user, "plus", r.warning.prompt_id)  # type: ignore[union-attr]
+    before = analytics_for(n).month()
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    page = await context.new_page()
+    await page.goto(stack.host_url)
+    await page.evaluate("window.__events = []")
+    await page.evaluate("url => Nasca.open(url, {reason: 'warning', onEvent: log})", url)
+    frame_el = await page.wait_for_selector("iframe[title=Upgrade]")
+    assert "reason=warning" in (await frame_el.get_attribute("src") or "")
+    frame = page.frame_locator("iframe[title=Upgrade]")
+    await frame.get_by_text("You're close to your daily limit").wait_for()
+    why = frame.locator("#nasca-why")
+    assert await why.get_attribute("data-state") == "warning"
+    text = " ".join((await why.inner_text()).split())
+    assert "You've used 85% of your daily AI allowance" in text and "keep going for now" in text
+    assert "reached" not in text and "used up" not in text
+    await shot(page, "12-overlay-warning")
+
+    async with context.expect_page() as popup_info:
+        await frame.get_by_role("button", name="Buy $5.00").click()
+    checkout = await popup_info.value
+    await checkout.wait_for_url(f"{stack.stripe.url}/c/pay/**")
+    closed = asyncio.ensure_future(checkout.wait_for_event("close", timeout=15_000))
+    await checkout.click("#pay")
+    await closed
+    await page.wait_for_function("window.__events.includes('nasca:purchased')", timeout=15_000)
+    await frame.get_by_text("You're all set.").wait_for()
+    assert n.get_usage(user).credit_balance == Decimal(3) and not n.get_usage(user).blocked
+
+    # The funnel counts this conversion as warning-led, not block-led.
+    after = analytics_for(n).month()
+    w0, w1 = before.warning_funnel, after.warning_funnel
+    assert (w1.prompt_shown - w0.prompt_shown, w1.checkout_started - w0.checkout_started,
+            w1.purchase_completed - w0.purchase_completed) == (1, 1, 1)
+    f0, f1 = before.funnel, after.funnel
+    assert (f1.prompt_shown, f1.checkout_started, f1.purchase_completed) == (
+        f0.prompt_shown, f0.checkout_started, f0.purchase_completed)
     await context.close()
 
 

@@ -19,6 +19,7 @@ PUBLIC_PACKAGES = [
     "nasca_core.billing",
     "nasca_core.otel",
     "nasca_core.pricing",
+    "nasca_core.remote",
     "nasca_core.server",
     "nasca_core.stores",
     "nasca_core.testing",

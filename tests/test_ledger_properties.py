@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nasca_core import NascaBlockedError, Tier
+from nasca_core import InvalidInputError, NascaBlockedError, Tier
 from nasca_core._money import to_usd
 from nasca_core.stores import Lot
+from nasca_core.stores._base import MAX_BOOSTS
 from tests.conftest import FakeClock
 
 HOLD_TTL = 600
@@ -35,6 +37,10 @@ ops = st.one_of(
     st.tuples(st.just("advance"), st.sampled_from([60, 3600, 6 * 3600, 86400, 7 * 86400]), st.just(0)),
     st.tuples(st.just("grant"), st.sampled_from(["a", "b"]),
               st.integers(1, 10).map(lambda c: c * 10_000_000)),
+    # a user's own limits (a TIER_CHOICES index, -1 clears) and boosts (window, cents, minutes)
+    st.tuples(st.just("limits"), st.sampled_from(["a", "b"]), st.integers(-1, len(TIER_CHOICES) - 1)),
+    st.tuples(st.just("boost"), st.sampled_from(["a", "b"]),
+              st.tuples(st.integers(0, 2), st.integers(1, 8), st.sampled_from([1, 61, 1500, 20000]))),
 )
 
 
@@ -46,6 +52,8 @@ class Model:
     spent: dict[tuple[str, str], int] = field(default_factory=dict)
     holds: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     lots: dict[str, list[list[int]]] = field(default_factory=dict)  # user -> [[remaining, paid, granted]]
+    own: dict[str, Tier] = field(default_factory=dict)  # set_user_limits: replaces the tier
+    boosts: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # (window, nanos, until)
 
     def held(self, user: str, now: float) -> int:
         return sum(a for u, a, exp in self.holds.values() if u == user and exp > now)
@@ -53,19 +61,21 @@ class Model:
     def credits(self, user: str) -> int:
         return sum(lot[0] for lot in self.lots.get(user, []))
 
-    def windows(self, ids: tuple[str, str, str]) -> list[tuple[str, int | None, bool]]:
+    def windows(self, user: str, ids: tuple[str, str, str], now: float) -> list[tuple[str, int | None, bool]]:
         names = ("daily", "weekly", "monthly")
+        tier = self.own.get(user, self.tier)
         out = []
-        for name, wid in zip(names, ids, strict=True):
-            limit = self.tier.limit(name)  # type: ignore[arg-type]
-            out.append((wid, None if limit is None else int(limit * 10**9),
-                        limit is not None and name not in self.tier.credits_cover))
+        for i, (name, wid) in enumerate(zip(names, ids, strict=True)):
+            limit = tier.limit(name)  # type: ignore[arg-type]
+            boost = sum(n for w, n, until in self.boosts.get(user, []) if w == i and until > now)
+            out.append((wid, None if limit is None else int(limit * 10**9) + boost,
+                        limit is not None and name not in tier.credits_cover))
         return out
 
     def admits(self, user: str, ids: tuple[str, str, str], now: float) -> bool:
         held = self.held(user, now)
         worst = None
-        for wid, limit, hard in self.windows(ids):
+        for wid, limit, hard in self.windows(user, ids, now):
             if limit is None:
                 continue
             over = self.spent.get((user, wid), 0) + held - limit
@@ -75,9 +85,9 @@ class Model:
                 worst = over if worst is None else max(worst, over)
         return worst is None or worst < self.credits(user)
 
-    def settle(self, user: str, ids: tuple[str, str, str], cost: int) -> None:
+    def settle(self, user: str, ids: tuple[str, str, str], cost: int, now: float = 0.0) -> None:
         room = [max(0, limit - self.spent.get((user, wid), 0))
-                for wid, limit, hard in self.windows(ids) if limit is not None and not hard]
+                for wid, limit, hard in self.windows(user, ids, now) if limit is not None and not hard]
         tier_part = min([cost, *room])
         need, from_credits = cost - tier_part, 0
         for lot in self.lots.get(user, []):
@@ -85,7 +95,7 @@ class Model:
             lot[0] -= take
             need -= take
             from_credits += take
-        for wid, _limit, hard in self.windows(ids):
+        for wid, _limit, hard in self.windows(user, ids, now):
             key = (user, wid)
             self.spent[key] = self.spent.get(key, 0) + (cost if hard else cost - from_credits)
 
@@ -108,7 +118,7 @@ def run(make_nasca, sequence) -> None:
                 assert expected
                 if kind == "spend":
                     n.settle(r, nanos=b)
-                    model.settle(a, ids, b)
+                    model.settle(a, ids, b, clock.now)
                 else:
                     reservations.append(r)
                     model.holds[r.hold_id] = (a, b, clock.now + HOLD_TTL)
@@ -117,7 +127,7 @@ def run(make_nasca, sequence) -> None:
             model.holds.pop(r.hold_id, None)
             if kind == "settle":
                 n.settle(r, nanos=b)
-                model.settle(r.user_id, ids, b)
+                model.settle(r.user_id, ids, b, clock.now)
             else:
                 n.release(r)
         elif kind == "set_tier":
@@ -130,11 +140,27 @@ def run(make_nasca, sequence) -> None:
             n.store.sync.grant(n.user_keys(a, clock.now),
                                 Lot(lot_id, "p", paid=2 * b, currency="usd", granted=b, remaining=b))
             model.lots.setdefault(a, []).append([b, 2 * b, b])
+        elif kind == "limits":
+            n.set_user_limits(a, None if b < 0 else TIER_CHOICES[b])
+            if b < 0:
+                model.own.pop(a, None)
+            else:
+                model.own[a] = TIER_CHOICES[b]
+        elif kind == "boost":
+            window, cents, minutes = b
+            live = [x for x in model.boosts.get(a, []) if x[2] > clock.now]
+            try:
+                n.grant_boost(a, ("daily", "weekly", "monthly")[window], amount=f"0.0{cents}",
+                              until=timedelta(minutes=minutes))
+            except InvalidInputError:
+                assert len(live) == MAX_BOOSTS  # refused, nothing changed
+            else:
+                model.boosts[a] = [*live, (window, cents * 10_000_000, clock.now + minutes * 60)]
         for user in ("a", "b"):
             ids = n.windows_at(clock.now).ids
             u = n.get_usage(user)
-            for (wid, limit, _), name in zip(model.windows(ids), ("daily", "weekly", "monthly"),
-                                             strict=True):
+            for (wid, limit, _), name in zip(model.windows(user, ids, clock.now),
+                                             ("daily", "weekly", "monthly"), strict=True):
                 if limit is not None:
                     assert getattr(u, f"{name}_spent") == to_usd(model.spent.get((user, wid), 0))
             assert u.in_flight == to_usd(model.held(user, clock.now))

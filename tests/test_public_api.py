@@ -11,13 +11,16 @@ import nasca_core.stores
 
 def test_core_exports() -> None:
     assert set(nasca_core.__all__) == {
-        "Charge", "CheckoutError", "ConfigurationError", "CurrencyMismatchError",
+        "Boost", "Charge", "CheckoutError", "ConfigurationError", "CurrencyMismatchError",
         "InvalidAmountError", "InvalidInputError",
         "InvalidUserError", "LLMCall", "LedgerStats", "Nasca", "NascaBlockedError", "NascaBusyError",
         "NascaError",
         "PricingError", "Reservation", "SignatureError", "StoreError", "Tier", "UnknownModelError",
         "UnknownPackError", "UnknownPlanError",
         "UnknownTierError", "Usage", "UsageParseError", "WebhookError", "WindowUsage",
+        "ThresholdEvent", "ThresholdWarning", "verify_owner_webhook", "warning_of",  # soft thresholds
+        "Fallback", "astart_with_fallback", "fallback_of", "start_with_fallback",  # degrade, not block
+        "UnauthorizedError",  # a remote ledger refused the API key
     }
     for name in nasca_core.__all__:
         assert getattr(nasca_core, name) is not None

@@ -23,6 +23,7 @@ def test_the_readme_example_builds_the_nasca_and_settings() -> None:
     try:
         assert set(nasca.tiers) == {"free", "pro"} and nasca.tiers["free"].hard_windows()[0]
         assert set(nasca.billing.packs) == {"p5"} and nasca.billing.plans["pro"].tier == "pro"
+        assert nasca.billing.plans["pro"].anchor == "subscription"
         assert nasca.billing.policy.on_amount_mismatch == "review"
     finally:
         nasca.close()

@@ -20,6 +20,7 @@ from nasca_core.analytics._models import (
     MonthTotals,
     UserMonth,
     UserSort,
+    WarningFunnel,
 )
 from nasca_core.analytics._recorder import Analytics, analytics_for
 
@@ -35,5 +36,6 @@ __all__ = [
     "MonthTotals",
     "UserMonth",
     "UserSort",
+    "WarningFunnel",
     "analytics_for",
 ]

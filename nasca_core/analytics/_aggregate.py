@@ -7,19 +7,36 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from nasca_core._money import to_usd
 from nasca_core.analytics._events import EVENT_KINDS, month_label
-from nasca_core.analytics._models import CurrencyTotals, Funnel, MonthReport, MonthTotals, UserMonth
+from nasca_core.analytics._models import (
+    CurrencyTotals,
+    Funnel,
+    MonthReport,
+    MonthTotals,
+    UserMonth,
+    WarningFunnel,
+)
 from nasca_core.stores import MonthRaw
 
 _CENT = Decimal("0.000001")
 
 
 def funnel(raw: MonthRaw) -> Funnel:
-    return Funnel(
-        blocked=raw.counters.get("e:blocked", 0),
-        prompt_shown=raw.steps.get("prompt_shown", 0),
-        checkout_started=raw.steps.get("checkout_started", 0),
-        purchase_completed=raw.steps.get("purchase_completed", 0),
-        dismissed=raw.steps.get("dismissed", 0),
+    """The block-led funnel: every prompt's steps less those a warning opened (recorded twice)."""
+    def step(kind: str) -> int:
+        return max(0, raw.steps.get(kind, 0) - raw.steps.get(f"warning_{kind}", 0))
+
+    return Funnel(blocked=raw.counters.get("e:blocked", 0), prompt_shown=step("prompt_shown"),
+                  checkout_started=step("checkout_started"), purchase_completed=step("purchase_completed"),
+                  dismissed=step("dismissed"))
+
+
+def warning_funnel(raw: MonthRaw) -> WarningFunnel:
+    return WarningFunnel(
+        thresholds_crossed=raw.counters.get("e:threshold_crossed", 0),
+        prompt_shown=raw.steps.get("warning_prompt_shown", 0),
+        checkout_started=raw.steps.get("warning_checkout_started", 0),
+        purchase_completed=raw.steps.get("warning_purchase_completed", 0),
+        dismissed=raw.steps.get("warning_dismissed", 0),
     )
 
 
@@ -64,7 +81,7 @@ def build_report(raw: MonthRaw, *, namespace: str, month: str, timezone: str,
     ai_cost = sum((u.ai_cost for u in users), Decimal(0))
     return MonthReport(
         namespace=namespace, month=month_label(month), timezone=timezone, generated_at=generated_at,
-        funnel=funnel(raw),
+        funnel=funnel(raw), warning_funnel=warning_funnel(raw),
         events={kind: raw.counters.get(f"e:{kind}", 0) for kind in EVENT_KINDS},
         revenue=revenue, revenue_usd=revenue_usd,
         orders=sum(c.orders for c in revenue),

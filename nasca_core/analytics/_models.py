@@ -89,6 +89,34 @@ class Funnel(_Model):
         return [s.model_dump() for s in self.steps()]
 
 
+class WarningFunnel(_Model):
+    """Prompts a soft threshold opened (``Tier.warn_at``; upgrade links made with the warning's
+    ``prompt_id``), apart from block-led ones (``Funnel``): thresholds crossed -> prompt shown ->
+    checkout started -> purchase completed, or dismissed. ``thresholds_crossed`` counts each
+    user's window and threshold once."""
+
+    thresholds_crossed: int = 0
+    prompt_shown: int = 0
+    checkout_started: int = 0
+    purchase_completed: int = 0
+    dismissed: int = 0
+
+    @property
+    def checkout_rate(self) -> float | None:
+        """Checkouts started per warning prompt shown."""
+        return _rate(self.checkout_started, self.prompt_shown)
+
+    @property
+    def purchase_rate(self) -> float | None:
+        """Purchases per checkout started from a warning."""
+        return _rate(self.purchase_completed, self.checkout_started)
+
+    @property
+    def conversion_rate(self) -> float | None:
+        """Warning-led purchases per threshold crossed."""
+        return _rate(self.purchase_completed, self.thresholds_crossed)
+
+
 class CurrencyTotals(_Model):
     currency: str
     revenue: Decimal
@@ -132,7 +160,8 @@ class MonthTotals(_Model):
 class MonthReport(_Model):
     """A month of conversion analytics and unit economics, in the Nasca's timezone.
 
-    ``funnel`` counts prompts per step; ``events`` counts every recorded event; revenue
+    ``funnel`` counts block-led prompts per step, ``warning_funnel`` those a soft threshold
+    opened; ``events`` counts every recorded event; revenue
     is per currency (``revenue_usd``/``average_order_value``/``profit`` are USD); AI cost
     is what the ledger charged this month (USD); ``users`` is every user with AI spend or
     an event this month, most expensive first.
@@ -142,7 +171,8 @@ class MonthReport(_Model):
     month: str
     timezone: str
     generated_at: datetime
-    funnel: Funnel
+    funnel: Funnel  # block-led prompts
+    warning_funnel: WarningFunnel = Field(default_factory=WarningFunnel)
     events: dict[str, int]
     revenue: list[CurrencyTotals]
     revenue_usd: Decimal
@@ -185,7 +215,10 @@ class MonthReport(_Model):
             "checkout_started": f.checkout_started, "purchase_completed": f.purchase_completed,
             "dismissed": f.dismissed, "show_rate": f.show_rate, "checkout_rate": f.checkout_rate,
             "purchase_rate": f.purchase_rate, "conversion_rate": f.conversion_rate,
-            "dismiss_rate": f.dismiss_rate, "orders": self.orders, "revenue_usd": self.revenue_usd,
+            "dismiss_rate": f.dismiss_rate, "thresholds_crossed": self.warning_funnel.thresholds_crossed,
+            "warning_purchases": self.warning_funnel.purchase_completed,
+            "warning_conversion_rate": self.warning_funnel.conversion_rate, "orders": self.orders,
+            "revenue_usd": self.revenue_usd,
             "average_order_value": self.average_order_value, "ai_cost": self.ai_cost,
             "profit": self.profit, "active_users": self.active_users,
             "paying_users": self.paying_users, "calls": self.calls,

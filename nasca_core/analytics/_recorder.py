@@ -142,6 +142,7 @@ class Analytics:
         """Record one conversion step (``amount`` in ``currency`` units, for purchases).
 
         Raises InvalidInputError, InvalidUserError, StoreError."""
+        # One store write: the store counts a warning's step in the warning funnel too.
         event = self._event(kind, user_id, prompt_id, amount, currency, at)
         self._ledger.store.sync.record_event(self._ledger.namespace, event)
 

@@ -146,7 +146,8 @@ class Plan(_Frozen):
     With ``stripe_price`` the tier follows that price: a subscription switched to another
     price (the Billing Portal) gets the plan of its new price, or none. ``trial_days``
     starts subscriptions with a free trial (a $0 checkout is then the plan's, not a
-    mismatch).
+    mismatch). ``anchor="subscription"`` runs the subscriber's monthly window from their
+    billing cycle's day and time (Stripe's ``billing_cycle_anchor``) instead of the 1st.
 
     Raises ConfigurationError for a bad id, price, interval or currency.
     """
@@ -159,6 +160,7 @@ class Plan(_Frozen):
     currency: str = "usd"
     name: str | None = Field(default=None, min_length=1, max_length=200)
     trial_days: int = Field(default=0, ge=0, le=730)  # Stripe's trial_period_days: may start at $0
+    anchor: Literal["calendar", "subscription"] = "calendar"
 
     @field_validator("id", mode="before")
     @classmethod

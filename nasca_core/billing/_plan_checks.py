@@ -22,6 +22,13 @@ def unpaid_since(sub: Mapping[str, Any]) -> int:
     return min(starts) if starts else 0
 
 
+def cycle_anchor(sub: Mapping[str, Any]) -> int:
+    """When the subscription's billing cycle is anchored (epoch s): ``billing_cycle_anchor``,
+    which a plan switch keeps unless it resets the cycle; else the start of its current
+    period (a short month's start has lost the anchor's day, so only as a fallback)."""
+    return _int(sub.get("billing_cycle_anchor")) or unpaid_since(sub) or _int(sub.get("created"))
+
+
 def plan_of(sub: Mapping[str, Any], md: Mapping[str, Any],
             plans: Mapping[str, Plan]) -> tuple[Plan, bool] | None:
     """The plan a subscription pays for, and whether its tier may be given: by the price it

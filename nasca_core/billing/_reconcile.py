@@ -51,6 +51,7 @@ from nasca_core.billing._webhook import (
     refund_of,
 )
 from nasca_core.billing._webhook_flow import (
+    apply_change,
     apply_grant,
     apply_refund,
     apply_review,
@@ -283,7 +284,7 @@ def _subscription(d: SubscriptionChange, status: str, now: float, now_ms: int, l
     if dry_run:  # the plan's tier when active, else none from this plan
         after = change.tier if change.active else (None if before == change.tier else before)
     else:
-        applied = yield from ask(StoreOp.apply_subscription(keys, change, now_ms))
+        applied = yield from apply_change(ledger, keys, change, now_ms)
         yield from remember_grace(ledger, d, grace, applied.status, now_ms)
         after = applied.tier
     if after == before:

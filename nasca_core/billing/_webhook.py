@@ -23,7 +23,14 @@ from nasca_core._errors import (
 from nasca_core._identity import check_user_id
 from nasca_core._money import MAX_OP_NANOS, to_nanos
 from nasca_core.billing._models import BillingPolicy, CreditPack, Plan, ReviewOrder, from_minor
-from nasca_core.billing._plan_checks import id_of, plan_by_price, plan_mismatch, plan_of, unpaid_since
+from nasca_core.billing._plan_checks import (
+    cycle_anchor,
+    id_of,
+    plan_by_price,
+    plan_mismatch,
+    plan_of,
+    unpaid_since,
+)
 from nasca_core.stores import Lot, SubChange
 
 # A subscription keeps its plan's tier while it is paid for; a payment that failed
@@ -302,7 +309,7 @@ def _subscription(event: Mapping[str, Any], sub: Mapping[str, Any], namespace: s
     active = priced and not deleted and status in ACTIVE_STATUSES
     started = _int(sub.get("created")) or _int(sub.get("start_date")) or int(event["created"])
     change = SubChange(str(sub_id), int(event["created"]), str(event["id"]), active, plan.tier,
-                       started, deleted)
+                       started, deleted, anchor=cycle_anchor(sub) if plan.anchor == "subscription" else 0)
     if since is not None:  # the flow may start the grace earlier (never later): active can only end
         change = in_grace(change, since, catalog.policy)
     if change.active:
@@ -314,7 +321,7 @@ def in_grace(change: SubChange, since: int, policy: BillingPolicy) -> SubChange:
     """A failing subscription's change: active while its grace, begun at ``since``, lasts."""
     active = change.event_created < since + policy.past_due_grace_days * 86_400
     return SubChange(change.sub_id, change.event_created, change.event_id, active, change.tier,
-                     change.sub_created, change.final)
+                     change.sub_created, change.final, anchor=change.anchor)
 
 
 def _invoice(inv: Mapping[str, Any], namespace: str, catalog: Catalog) -> Decision:

@@ -29,8 +29,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from nasca_core._errors import UnknownPackError, UnknownPlanError, WebhookError
+from nasca_core._errors import StoreError, UnknownPackError, UnknownPlanError, WebhookError
 from nasca_core._money import to_usd
+from nasca_core._windows import carried_months, cycle_end, cycle_window
 from nasca_core.billing._models import BillingPolicy, WebhookAction, WebhookResult
 from nasca_core.billing._refunds import (
     INDEX_TTL_MS,
@@ -57,7 +58,7 @@ from nasca_core.billing._webhook import (
     in_grace,
     verify_and_parse,
 )
-from nasca_core.stores import SubChange
+from nasca_core.stores import SubChange, SubscriptionResult, UserKeys
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -153,7 +154,7 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
             return _result(event, "ignored", detail="no nasca_user_id metadata and an unknown customer")
         change, grace = yield from with_grace(ledger, d, policy, now_ms)
         change = yield from held(ledger, change, now_ms)
-        applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(user, now), change, now_ms))
+        applied = yield from apply_change(ledger, ledger.user_keys(user, now), change, now_ms)
         yield from remember_grace(ledger, d, grace, applied.status, now_ms)
         if d.customer and change.active:
             yield from _remember_customer(ledger, user, d.customer, now_ms, subscriber=True)
@@ -192,6 +193,36 @@ def remember_grace(ledger: Nasca, d: SubscriptionChange, grace: int | None, stat
     if grace is not None and status in (1, 2):
         key = billing_key(ledger, "grace", d.change.sub_id)
         yield from ask(StoreOp.put_marker(key, str(grace), None, now_ms))
+
+
+def apply_change(ledger: Nasca, keys: UserKeys, change: SubChange, now_ms: int) -> Flow[SubscriptionResult]:
+    """The store's subscription step, given the billing-cycle window in force now under the
+    user's anchor spec (the timezone's math, which Lua lacks), so the step keeps that window,
+    ending it on a boundary of the new cycle (``cycle_end``), or, with none in force, the keys
+    of the calendar month whose spend the new cycle's first window takes on; read again and
+    retried while another step changed the spec in between."""
+    cut_for = change.anchor or 0  # the step's next anchor, as the flow expects it
+    for _ in range(_CYCLE_TRIES if change.anchor is not None else 1):
+        if change.anchor is not None:
+            seen = (yield from ask(StoreOp.snapshot(keys, now_ms))).anchor
+            at = max(change.event_created, now_ms // 1000)  # a late delivery acts on today's window
+            start, end = cycle_window(at, ledger.tz, seen)
+            carry = ("", "")
+            if end:  # the window in force ends on the new cycle's boundary: never a short one
+                end = cycle_end(start, end, at, cut_for, ledger.tz)
+            elif cut_for:
+                old, new = carried_months(now_ms / 1000, ledger.tz, cut_for)
+                carry = keys.month_of(old), keys.month_of(new)
+            change = replace(change, seen=seen, window=(start, end), carry=carry, cut_for=cut_for)
+        applied = yield from ask(StoreOp.apply_subscription(keys, change, now_ms))
+        if applied.status == -4:  # another subscription's anchor (or none) comes next
+            cut_for = applied.anchor
+        elif applied.status != -3:
+            return applied
+    raise StoreError("the user's anchor spec changed under five subscription steps in a row")
+
+
+_CYCLE_TRIES = 5
 
 
 def held(ledger: Nasca, change: SubChange, now_ms: int) -> Flow[SubChange]:

@@ -1,11 +1,11 @@
 """The dashboard's user pages: search, and one user's windows, month, credit lots and
-purchases, with the set-tier and grant-credits forms.
+purchases, with the set-tier, grant-credits, boost and own-limits forms.
 
-Both forms are checked like every dashboard form (session or hook, same origin, CSRF).
-Each change is audited twice: an analytics event ("tier_set", "credits_granted": counted
-in the month's ``events``) and an INFO line on the ``nasca.audit`` logger saying who, from
-where, and what. The store keeps no per-call history, so the page shows the month's totals
-(``Usage.month_*``) rather than recent calls.
+Every form is checked like every dashboard form (session or hook, same origin, CSRF).
+Each change is audited twice: an analytics event ("tier_set", "credits_granted",
+"boost_granted", "limits_set": counted in the month's ``events``) and an INFO line on the
+``nasca.audit`` logger saying who, from where, and what. The store keeps no per-call
+history, so the page shows the month's totals (``Usage.month_*``) rather than recent calls.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from nasca_core._config import Tier
 from nasca_core._display import money
 from nasca_core._errors import ConfigurationError, InvalidInputError, NascaError, StoreError
 from nasca_core._identity import check_user_id
+from nasca_core._limits import parse_until
 from nasca_core._money import parse_amount
+from nasca_core._windows import WINDOWS
 from nasca_core.analytics import EventKind
 from nasca_core.billing import CreditLot
 from nasca_core.server._admin_forms import FormError, field, required
@@ -43,6 +46,12 @@ _NOTICES = {
     "tier_cleared": "Stored tier cleared: the user is back on the tier their calls name (or the default).",
     "credits_granted": "Credits granted: {detail}.",
     "credits_repeated": "Nothing granted: the key {detail} was used before (the lot below is that grant).",
+    "boost_granted": "Boost granted: {detail}. It applies from the user's next call and ends by itself.",
+    "boost_repeated": "Nothing granted: the boost {detail} was granted before (a repeated form).",
+    "boosts_ended": "Boosts ended: {detail}.",
+    "limits_set": "Own limits set: {detail}. They replace the tier's for this user.",
+    "limits_cleared": "Own limits cleared: the tier's limits apply again.",
+    "limits_tiers": "Those are the tier's limits: no own limits stored, the tier's apply.",
 }
 _MAX_RESULTS = 50
 
@@ -58,12 +67,14 @@ class UserRoutes:
             Route("/admin/user", self.user, methods=["GET"], name="admin_user"),
             Route("/admin/user/tier", self.set_tier, methods=["POST"], name="admin_user_tier"),
             Route("/admin/user/credits", self.grant, methods=["POST"], name="admin_user_credits"),
+            Route("/admin/user/boost", self.boost, methods=["POST"], name="admin_user_boost"),
+            Route("/admin/user/limits", self.own_limits, methods=["POST"], name="admin_user_limits"),
         ]
 
     def _urls(self, request: Request) -> dict[str, str]:
         return {name: self.ctx.path(request, name) for name in
                 ("admin", "admin_users", "admin_user", "admin_user_tier", "admin_user_credits",
-                 "admin_logout")}
+                 "admin_user_boost", "admin_user_limits", "admin_logout")}
 
     def _page(self, request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
         cookie = request.cookies.get(CSRF_COOKIE) or new_csrf_cookie()
@@ -121,7 +132,8 @@ class UserRoutes:
         try:
             usage = await nasca.aget_usage(user_id)
             lots = await nasca.billing.acredit_lots(user_id)
-            tiers = sorted((await nasca.live.acurrent()).tiers)
+            configured = (await nasca.live.acurrent()).tiers
+            tiers = sorted(configured)
         except StoreError:
             return self._store_down(request)
         now = self.ctx.now()
@@ -135,6 +147,8 @@ class UserRoutes:
             "user": user_id, "usage": usage, "windows": windows, "lots": lots, "purchases": purchases,
             "paid_total": _totals(purchases), "tiers": tiers, "notice": notice, "error": error,
             "grant_key": error.value("key") if error and error.form == "credits" else _new_key(now),
+            "boost_key": error.value("key") if error and error.form == "boost" else _new_key(now),
+            "windows_all": WINDOWS, "limits_form": _limits_form(usage.own_limits, configured.get(usage.tier)),
         }, status=400 if error else 200)
 
     # -- changing a user ---------------------------------------------------------------------
@@ -195,6 +209,81 @@ class UserRoutes:
         shown = f"{money(spend)} of AI spend" + (f" for {price(paid, currency)} paid" if paid else ", free")
         return self._back(request, user_id, "credits_granted", shown)
 
+    async def boost(self, request: Request) -> Response:
+        """Grant a boost (``action=grant``) or end the user's boosts (``action=end``)."""
+        form, refusal = await self.admin.guarded_form(request)
+        if refusal is not None:
+            return refusal
+        assert form is not None
+        user_id = field(form, "id") or ""
+        limits = self.ctx.nasca.limits
+        try:
+            check_user_id(user_id)
+            if field(form, "action") == "end":
+                await limits.aclear_boosts(user_id, field(form, "window"))  # type: ignore[arg-type]
+                done, detail = "boosts_ended", field(form, "window") or "all windows"
+            else:
+                amount = parse_amount(required(form, "amount"), what="amount", allow_zero=False)
+                until = parse_until(required(form, "until"))
+                b, new = await limits.agrant(user_id, required(form, "window"),  # type: ignore[arg-type]
+                                             amount=amount, until=until, id=required(form, "key"))
+                if not new:  # a double submit or a stale form: nothing to audit or count
+                    return self._back(request, user_id, "boost_repeated", b.id)
+                done = "boost_granted"
+                detail = f"+{money(b.amount)} {b.window} until {b.until:%b %d, %H:%M %Z}"
+        except (ConfigurationError, InvalidInputError) as exc:
+            return await self._user(request, user_id, error=FormError("boost", f"Not saved: {exc}", form))
+        except StoreError:
+            log.exception("nasca: dashboard could not change a boost")
+            return await self._user(request, user_id, error=FormError(
+                "boost", "Not saved: the store did not answer.", form))
+        self._audit(request, done, user_id, detail)
+        if done == "boost_granted":
+            await self._record("boost_granted", user_id)
+        return self._back(request, user_id, done, detail)
+
+    async def own_limits(self, request: Request) -> Response:
+        """Set the user's own limits (``action=set``) or clear them (``action=clear``)."""
+        form, refusal = await self.admin.guarded_form(request)
+        if refusal is not None:
+            return refusal
+        assert form is not None
+        user_id = field(form, "id") or ""
+        try:
+            check_user_id(user_id)
+            tier = None if field(form, "action") == "clear" else _limits_of(form)
+            same = tier is not None and await self._tiers_own(user_id, tier)
+            if same:
+                tier = None  # stored, they'd outlive the tier (a cancelled subscription's)
+            await self.ctx.nasca.aset_user_limits(user_id, tier)
+        except (ConfigurationError, InvalidInputError) as exc:
+            return await self._user(request, user_id, error=FormError("limits", f"Not saved: {exc}", form))
+        except StoreError:
+            log.exception("nasca: dashboard could not set a user's limits")
+            return await self._user(request, user_id, error=FormError(
+                "limits", "Not saved: the store did not answer.", form))
+        detail = "cleared" if tier is None else ", ".join(
+            f"{w} {money(v)}" for w in WINDOWS if (v := tier.limit(w)) is not None) or "no limits"
+        self._audit(request, "limits_set", user_id, detail)
+        await self._record("limits_set", user_id)
+        notice = "limits_tiers" if same else "limits_cleared" if tier is None else "limits_set"
+        return self._back(request, user_id, notice, detail)
+
+    async def _tiers_own(self, user_id: str, own: Tier) -> bool:
+        """Whether ``own`` are the limits of the user's tier (an in-flight cap left empty keeps
+        the tier's): then nothing is stored, so the user follows their tier's changes."""
+        name = (await self.ctx.nasca.aget_usage(user_id)).tier
+        tier = (await self.ctx.nasca.live.acurrent()).tiers.get(name)
+        mine, theirs = own.compiled(), (tier or Tier()).compiled()
+        return mine["l"] == theirs["l"] and mine["h"] == theirs["h"] and (
+            "max_in_flight" not in own.model_fields_set or mine["f"] == theirs["f"])
+
+    def _audit(self, request: Request, action: str, user_id: str, what: str) -> None:
+        who = request.state.nasca_who
+        audit.info("nasca audit: %s of %r (%s) by %s from %s", action, user_id, what, who,
+                   self.admin.client(request),
+                   extra={"nasca_action": action, "nasca_user": user_id, "nasca_what": what, "nasca_by": who})
+
     async def _record(self, kind: EventKind, user_id: str) -> None:
         try:
             await self.ctx.analytics.arecord(kind, user_id)
@@ -204,6 +293,31 @@ class UserRoutes:
     def _back(self, request: Request, user_id: str, notice: str, detail: str) -> Response:
         query = urlencode({"id": user_id, "notice": notice, "detail": detail})
         return RedirectResponse(f"{self.ctx.path(request, 'admin_user')}?{query}", status_code=303)
+
+
+def _limits_of(form: Any) -> Tier:
+    values = {w: parse_amount(v, what=f"{w} limit", allow_zero=False)
+              for w in WINDOWS if (v := field(form, w)) is not None}
+    hard = {w for w in WINDOWS if field(form, f"hard_{w}")}
+    cap = field(form, "max_in_flight")
+    if cap is not None and not (cap.isascii() and cap.isdigit() and len(cap) <= 7):  # "²".isdigit()
+        raise InvalidInputError(f"max in flight must be a whole number, got {cap[:20]!r}")
+    return Tier(**values, credits_cover=frozenset(w for w in WINDOWS if w not in hard),
+                **({"max_in_flight": int(cap)} if cap is not None else {}))
+
+
+def _limits_form(own: Tier | None, tier: Tier | None) -> dict[str, Any]:
+    """The own-limits form's values: the user's own limits, else their tier's; saved unchanged
+    (equal to the tier's), nothing is stored (``own_limits``); an in-flight cap only when the
+    own limits set one."""
+    base = own or tier or Tier()
+    hard = base.hard_windows()
+    cap = own.max_in_flight if own is not None and "max_in_flight" in own.model_fields_set else None
+    tier_cap = (tier or Tier()).max_in_flight
+    return {"values": {w: "" if (v := base.limit(w)) is None else str(v) for w in WINDOWS},
+            "hard": {w: hard[i] for i, w in enumerate(WINDOWS)},
+            "cap": "" if cap is None else str(cap),
+            "tier_cap": "no cap" if tier_cap is None else f"tier's: {tier_cap}"}
 
 
 def _new_key(now: float) -> str:

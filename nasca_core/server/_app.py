@@ -19,13 +19,16 @@ from nasca_core.server._connect import connect
 from nasca_core.server._context import Context
 from nasca_core.server._settings import ServerSettings
 from nasca_core.server._upgrade import UpgradeRoutes
+from nasca_core.server._v1 import V1Routes
+from nasca_core.server._v1_keys import ApiKeys
 from nasca_core.server._webhook import WebhookRoutes
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
 
 
-def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False) -> Starlette:
+def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False,
+               api_keys: ApiKeys | None = None) -> Starlette:
     """The Nasca web app, to run alone (``nasca serve``) or mount in yours:
     ``app.mount("/nasca", create_app(nasca, settings))`` with
     ``public_url="https://your.app/nasca"``. Routes:
@@ -39,6 +42,8 @@ def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False) -
                                    /admin/packs, /admin/plans, /admin/report.json)
         GET  /admin/users?q=       user search     GET /admin/user?id=   a user's page
         POST /admin/user/tier      set the tier    POST /admin/user/credits   grant credits
+        /v1/...                    the ledger API for remote clients, behind ``api_keys``
+                                   (``server/_v1.py``; none: every /v1 call is refused)
 
     Raises ConfigurationError.
     """
@@ -48,6 +53,7 @@ def create_app(nasca: Nasca, settings: ServerSettings, *, debug: bool = False) -
         *UpgradeRoutes(ctx).routes(),
         *WebhookRoutes(ctx).routes(),
         *AdminRoutes(ctx).routes(),
+        *V1Routes(nasca, api_keys or ApiKeys(()), settings.secrets).routes(),
         Route("/nasca.js", _overlay_script, methods=["GET"], name="nasca_js"),
         Route("/healthz", _health, methods=["GET"], name="health"),
         Route("/", _index, methods=["GET"], name="index"),

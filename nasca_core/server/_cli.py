@@ -60,13 +60,15 @@ def run_serve(args: argparse.Namespace) -> int:
             return _serve_demo(config, dict(os.environ), host, port)
         _check_durable(config.store, args.ephemeral)
         from nasca_core.server._app import create_app
+        from nasca_core.server._v1_keys import ApiKeys
 
         nasca = build_nasca(config, os.environ)
         settings = build_settings(config, os.environ, public_url=f"http://{host}:{port}")
-        app = create_app(nasca, settings)
+        app = create_app(nasca, settings, api_keys=ApiKeys.from_env(os.environ))
     except NascaError as exc:
         return _fail(exc)
-    print(f"Nasca on http://{host}:{port}  (dashboard: /admin, overlay script: /nasca.js)", flush=True)
+    print(f"Nasca on http://{host}:{port}  (dashboard: /admin, overlay script: /nasca.js, "
+          "ledger API: /v1 with NASCA_API_KEYS)", flush=True)
     _uvicorn(app, host, port)
     return 0
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 NAMESPACE = "demo"
 APP_NAME = "Acme Notes"
 TIERS = {
-    "free": Tier(daily="0.05", monthly="0.50"),
+    "free": Tier(daily="0.05", monthly="0.50", warn_at=(0.8,)),
     "pro": Tier(daily=3, monthly=20),
 }
 PACKS = [
@@ -80,7 +80,7 @@ class _Seeder:
             tin = self.rng.randint(600, 2500) * size
             tout = self.rng.randint(150, 600) * size
             try:
-                r = self.nasca.reserve(0, user=user)
+                r = self.nasca.reserve(_cost(tin, tout), user=user)  # the call's real estimate
             except NascaBlockedError as err:
                 self.seeded.prompts[user] = str(err.prompt_id)
                 return
@@ -104,6 +104,24 @@ class _Seeder:
         if complete:
             signed = self.stripe.complete_session(self.stripe.last_session_id, deliver=False)
             self.nasca.billing.handle_stripe_webhook(signed.payload, signed.signature)
+
+    def warned(self, user: str, buy: bool) -> None:
+        """Spend until a call is warned at 80%; the page is shown at the warning, then a purchase
+        before any block (``buy``), or "not now"."""
+        for _ in range(400):
+            tin, tout = self.rng.randint(600, 2500), self.rng.randint(150, 600)
+            cost = _cost(tin, tout)
+            r = self.nasca.reserve(cost, user=user)
+            self.nasca.settle(r, cost, tokens=(tin, tout))  # its threshold_crossed, on the worker
+            self.clock.now += self.rng.randint(20, 400)
+            if r.warning is not None:
+                self.nasca.thresholds.flush()  # recorded before the prompt it opened
+                self.analytics.record("prompt_shown", user, r.warning.prompt_id)
+                if buy:
+                    self.buy(user, "p5", r.warning.prompt_id)
+                else:
+                    self.analytics.record("dismissed", user, r.warning.prompt_id)
+                return
 
     def funnel(self, user: str, depth: int, item: str = "p10") -> None:
         """A block, then: 1 shown, 2 checkout abandoned, 3 purchase, 0 shown and dismissed."""
@@ -151,6 +169,8 @@ def seed(store: str, stripe: StripeServer, webhook_secret: str, now: float) -> S
     s.spend("dave", 4, 2)
     s.funnel("erin", 2)
     s.funnel("grace", 0)
+    s.warned("wendy", buy=True)  # warned at 80%: bought before any block
+    s.warned("walt", buy=False)
     s.clock.now = now - 60
     s.block(DEMO_USER)
     return s.seeded
@@ -177,7 +197,7 @@ select,input{font:inherit;padding:8px;border-radius:8px;border:1px solid #334155
 402 from its own API with <code>checkout_url</code> and opens it with <code>Nasca.open()</code>.</p>
 <div class="box">
 <label>User <select id="user"><option>carol</option><option>alice</option><option>dave</option>
-<option>newcomer</option></select></label>
+<option>wendy</option><option>newcomer</option></select></label>
 <button id="ask" type="button">Ask the assistant</button>
 </div>
 <div class="box" id="log"></div>
@@ -200,7 +220,12 @@ DEMO_JS = """(function () {
       .then(function (r) { return r.json().then(function (b) { return { status: r.status, body: b }; }); })
       .then(function (res) {
         if (res.status === 402) { say("Blocked: " + res.body.message); Nasca.open(res.body.checkout_url); }
-        else { say("Assistant: " + res.body.reply); }
+        else {
+          say("Assistant: " + res.body.reply);
+          var w = res.body.warning;  // a soft threshold: the page says "close to your limit"
+          if (w) { say("Warning: about " + w.percent + "% of the " + w.window + " allowance (projected)");
+            Nasca.open(w.checkout_url, { reason: "warning" }); }
+        }
       });
   });
 })();
@@ -223,14 +248,20 @@ def add_demo_routes(app: Starlette, nasca: Nasca) -> None:
     async def ask(request: Request) -> Response:
         form = await request.form()
         user = str(form.get("user") or DEMO_USER)
+        tin, tout = rng.randint(800, 2000), rng.randint(200, 500)
+        cost = _cost(tin, tout) * 3
         try:
-            r = await nasca.areserve(Decimal("0.01"), user=user)
+            r = await nasca.areserve(cost, user=user)  # the call's estimate: what it will cost
         except NascaBlockedError as err:
             return JSONResponse({"blocked": True, "message": err.upgrade_message,
                                  "checkout_url": err.checkout_url}, status_code=402)
-        tin, tout = rng.randint(800, 2000), rng.randint(200, 500)
-        await nasca.asettle(r, _cost(tin, tout) * 3, tokens=(tin, tout))
-        return JSONResponse({"reply": f"Here is a summary of your notes ({tin + tout} tokens)."})
+        await nasca.asettle(r, cost, tokens=(tin, tout))  # its threshold_crossed: the settle's own
+        body: dict[str, Any] = {"reply": f"Here is a summary of your notes ({tin + tout} tokens)."}
+        if r.warning is not None:  # the link carries the warning's prompt id: a warning-led funnel
+            links = app.state.links
+            body["warning"] = {"window": r.warning.window, "percent": int(r.warning.percent),
+                               "checkout_url": links.url(user, None, r.warning.prompt_id)}
+        return JSONResponse(body)
 
     routes: list[Any] = [Route("/demo", page), Route("/demo.js", script),
                          Route("/demo/ask", ask, methods=["POST"])]

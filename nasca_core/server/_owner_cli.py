@@ -1,6 +1,8 @@
 """The owner's everyday verbs: ``nasca user``, ``nasca credits``, ``nasca tiers``.
 
     nasca user show u_42 [--json]            nasca user set-tier u_42 pro | --clear
+    nasca user boost u_42 --window daily --amount 1 --until 7d [--id ticket-981]
+    nasca user unboost u_42 [--window daily]  nasca user limits u_42 --daily 2 --monthly 20 | --clear
     nasca user export u_42 [--json]          nasca user delete u_42 --yes
     nasca credits grant u_42 --spend 2 --paid 0 --key support-981
     nasca credits list u_42 [--json]
@@ -25,6 +27,7 @@ from typing import Any
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, NascaError
 from nasca_core._ledger import Nasca
+from nasca_core._limits import parse_until
 from nasca_core._windows import WINDOWS
 from nasca_core.privacy import UserData, UserExport
 from nasca_core.server._config import ServeConfig, build_nasca
@@ -87,10 +90,48 @@ def _user_show(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
         limit = getattr(usage, f"{w}_limit")
         if limit is not None:
             out[w] = f"${getattr(usage, f'{w}_spent')} of ${limit}, resets {getattr(usage, f'{w}_resets_at')}"
+            if crossed := getattr(usage, f"{w}_crossed"):  # Tier.warn_at marks reached
+                out[w] += ", past " + " and ".join(f"{f:.0%}" for f in crossed)
     out.update({"month_cost": usage.month_cost, "month_calls": usage.month_calls,
                 "in_flight": usage.in_flight, "credit_balance": usage.credit_balance,
                 "credit_balance_paid": f"{usage.credit_balance_display} {usage.credit_currency}"})
+    if usage.own_limits is not None:
+        out["own_limits"] = _limits_text(usage.own_limits)
+    for b in usage.boosts:
+        out[f"boost {b.id}"] = f"+${b.amount} {b.window} until {b.until}"
     return out
+
+
+def _limits_text(tier: Tier) -> str:
+    hard = tier.hard_windows()
+    return ", ".join(f"{w} ${tier.limit(w)}{' (hard)' if hard[i] else ''}" if tier.limit(w) is not None
+                     else f"{w} unlimited" for i, w in enumerate(WINDOWS))
+
+
+def _user_boost(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    until = parse_until(args.until)
+    b, new = nasca.limits.grant(args.user, args.window, amount=args.amount, until=until, id=args.id)
+    out = {"user": args.user, "boost": b.id, "window": b.window, "amount": b.amount, "until": b.until}
+    return out if new else {**out, "repeated": "granted before: nothing added"}
+
+
+def _user_unboost(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    nasca.limits.clear_boosts(args.user, args.window)
+    return {"user": args.user, "boosts_ended": args.window or "all"}
+
+
+def _user_limits(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
+    limits = {w: getattr(args, w) for w in WINDOWS if getattr(args, w) is not None}
+    if bool(limits or args.hard or args.max_in_flight is not None) == args.clear:
+        raise ConfigurationError("give the user's limits (--daily, --weekly, --monthly, ...), or --clear")
+    if args.clear:
+        nasca.set_user_limits(args.user, None)
+        return {"user": args.user, "own_limits": "cleared: the tier's apply"}
+    tier = Tier(**limits, credits_cover=frozenset(w for w in WINDOWS if w not in (args.hard or ())),
+                **({"max_in_flight": args.max_in_flight} if args.max_in_flight is not None else {}))
+    nasca.set_user_limits(args.user, tier)
+    return {"user": args.user, "own_limits": _limits_text(tier)}
+
 
 
 def _user_set_tier(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
@@ -197,9 +238,35 @@ def setup_user(parser: argparse.ArgumentParser) -> Runner:
     def user_only(p: argparse.ArgumentParser) -> None:
         p.add_argument("user")
 
+    def boost(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("--window", choices=WINDOWS, default="daily")
+        p.add_argument("--amount", type=Decimal, required=True, help="dollars added to the window's limit")
+        p.add_argument("--until", required=True, help="when it ends: 7d, 12h, 30m, or an ISO moment")
+        p.add_argument("--id", help="idempotency key: the same id boosts once")
+
+    def unboost(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        p.add_argument("--window", choices=WINDOWS, help="end only this window's boosts")
+
+    def limits(p: argparse.ArgumentParser) -> None:
+        p.add_argument("user")
+        for w in WINDOWS:
+            p.add_argument(f"--{w}", type=Decimal, help=f"the user's {w} limit in dollars (default: none)")
+        p.add_argument("--hard", action="append", choices=[w for w in WINDOWS if w != "monthly"],
+                       help="a window credits may not extend (repeatable)")
+        p.add_argument("--max-in-flight", type=int,
+                       help="calls the user may have in flight (default: the tier's cap)")
+        p.add_argument("--clear", action="store_true", help="remove the user's own limits")
+
     return _verbs(parser, [("show", "a user's spend per window, holds and credits", _user_show, show),
                            ("set-tier", "put a user on a tier (it beats the app's)", _user_set_tier,
                             set_tier),
+                           ("boost", "raise a user's allowance in one window for a while", _user_boost,
+                            boost),
+                           ("unboost", "end a user's boosts now", _user_unboost, unboost),
+                           ("limits", "give a user their own limits, replacing their tier's", _user_limits,
+                            limits),
                            ("export", "everything stored about a user (data-protection requests)",
                             _user_export, user_only),
                            ("delete", "delete everything stored about a user; the month's revenue "

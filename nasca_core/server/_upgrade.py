@@ -24,6 +24,7 @@ from nasca_core._errors import (
     StoreError,
     UnknownTierError,
 )
+from nasca_core._thresholds import WARNING_PROMPT
 from nasca_core._usage import Usage
 from nasca_core.analytics import EventKind
 from nasca_core.billing import CheckoutError, CreditLot, UnknownPackError, UnknownPlanError
@@ -149,6 +150,10 @@ class UpgradeRoutes:
             await self._record("prompt_shown", tok)
         parent = self._parent(request)
         urls = self._urls(request, token)
+        # Opened at a soft threshold (Nasca.open(url, {reason: "warning"}), or a warning's link):
+        # the page says the user is near a limit, not blocked, unless they are blocked by now.
+        warned = request.query_params.get("reason") == "warning" or (tok.prompt_id or "").startswith(
+            WARNING_PROMPT)
         config = {
             "parentOrigin": parent, "embedded": parent is not None,
             "ownOrigin": origin_of(str(request.base_url)),
@@ -157,12 +162,13 @@ class UpgradeRoutes:
             "returnUrl": self.ctx.settings.return_url,
         }
         return self.ctx.page(request, "upgrade.html", {
-            **self.view(usage, lots), "urls": urls, "config": config, "embedded": parent is not None,
+            **self.view(usage, lots, warned), "urls": urls, "config": config, "embedded": parent is not None,
         }, frameable=True)
 
-    def view(self, usage: Usage, lots: Sequence[CreditLot]) -> dict[str, Any]:
-        """What the page shows: the state (within the allowance, on credits, blocked), the
-        windows, both kinds of credits, and what is on offer (nothing without Stripe)."""
+    def view(self, usage: Usage, lots: Sequence[CreditLot], warned: bool = False) -> dict[str, Any]:
+        """What the page shows: the state (within the allowance, near a limit when ``warned``, on
+        credits, blocked), the windows, both kinds of credits, and what is on offer (nothing
+        without Stripe)."""
         spend = self.ctx.settings.spend_display
         billing = self.ctx.nasca.billing
         # The config was just read (aget_usage), so packs and plans need no store trip.
@@ -173,9 +179,10 @@ class UpgradeRoutes:
                     and not lot.revoked and not lot.expired), Decimal(0))
         credits_left = usage.credit_balance > 0
         over = [w.window for w in usage.windows if w.percent >= 100]
-        state = "blocked" if usage.blocked else "credits" if over and credits_left else "within"
+        state = "blocked" if usage.blocked else "credits" if over and credits_left else (
+            "warning" if warned and usage.windows else "within")
         return {
-            "usage": usage, "state": state, "block": self._block(usage),
+            "usage": usage, "state": state, "block": self._block(usage), "near": self._near(usage),
             "windows": self._windows(usage, credits_left, spend),
             "over": _WINDOW_NOUN[over[0]] if over else None,
             "credits": reader_money(usage.credit_balance_display, usage.credit_currency)
@@ -212,6 +219,14 @@ class UpgradeRoutes:
         return {"window": w, "label": _WINDOW_NOUN[w], "hard": w in usage.hard_windows,
                 "resets": f"{resets:%b %d at %H:%M %Z}",
                 "resets_in": _in(resets.timestamp() - self.ctx.now())}
+
+    def _near(self, usage: Usage) -> dict[str, Any] | None:
+        """The window closest to its limit: what a warning's page speaks of."""
+        w = max(usage.windows, key=lambda w: w.percent, default=None)
+        if w is None:
+            return None
+        return {"label": _WINDOW_NOUN[w.window], "percent": int(w.percent),
+                "resets_in": _in(w.resets_at.timestamp() - self.ctx.now())}
 
     def _tier_limits(self, tier: str, spend: SpendDisplay) -> str:
         t = self.ctx.nasca.live.current().tiers.get(tier)

@@ -21,9 +21,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 from nasca_core._identity import check_user_id
+
+# The analytics records live in _analytics_types; re-exported here for the stores.
+from nasca_core.stores._analytics_types import EVENT_KINDS as EVENT_KINDS
+from nasca_core.stores._analytics_types import LEDGER_FIELDS as LEDGER_FIELDS
+from nasca_core.stores._analytics_types import AnalyticsEvent as AnalyticsEvent
+from nasca_core.stores._analytics_types import EventKind as EventKind
+from nasca_core.stores._analytics_types import LedgerMonth as LedgerMonth
+from nasca_core.stores._analytics_types import MonthCounts as MonthCounts
+from nasca_core.stores._analytics_types import MonthRaw as MonthRaw
 
 KEY_LAYOUT = 2  # how UserKeys spells keys; recorded in the store (``layout_key``)
 
@@ -62,19 +71,34 @@ class UserKeys:
     def namespace(self) -> str:
         return self.meta.split(":{", 1)[0]
 
+    def month_of(self, month_id: str) -> str:
+        """The counter key of another monthly window of this user (as ``build`` names it)."""
+        return f"{self.meta}:m:{month_id}"
+
     @property
     def subscriptions(self) -> str:
         return f"{self.meta}:subs"  # billing's, on the user's slot like the meta hash it writes
 
 
 def month_owner(key: str, namespace: str, month: str) -> str | None:
-    """The user id in a ledger month key (``UserKeys.month``), or None when the key is not one."""
+    """The user id in a ledger month key (``UserKeys.month``) of calendar month ``month``
+    ("YYYYMM"), or of a billing-cycle month that starts in it ("YYYYMMDDhhmmss",
+    ``_windows.anchored_month``); None when the key is not one."""
     head, tail = f"{namespace}:{{", f":m:{month}"
+    if key[-8:].isdigit() and key[-9:-8].isdigit() and key[:-8].endswith(tail):
+        key = key[:-8]  # an anchored month: counted in the calendar month it starts in
     start = len(head) + 18  # the tag's 16 hex digits, then "}:"
     if not (key.startswith(head) and key.endswith(tail) and len(key) > start + len(tail)):
         return None
-    user = key[start:-len(tail)]
-    return user if key[len(head):start] == f"{user_tag(user)}}}:" else None
+    user, tag = key[start:-len(tail)], key[len(head):start]
+    if tag == f"{user_tag(user)}}}:":
+        return user
+    # The user's fallback allowance (``_fallback.Account``): its spend is the user's too.
+    own = user.removesuffix(FALLBACK_SUFFIX)
+    return own if own != user and tag == f"{user_tag(own)}}}:" else None
+
+
+FALLBACK_SUFFIX = ":fallback"  # ``_fallback.ACCOUNT_SUFFIX``: after the user's meta key
 
 
 def layout_key(namespace: str) -> str:
@@ -105,11 +129,15 @@ class ReserveOp:
     # The most the call may cost uncapped (``cap_output``; 0 = no cap asked): the reserve reads
     # the credits for ``ReserveResult.room`` when the allowance left is below it.
     ceiling: int = 0
+    # The user's billing-cycle anchor spec the keys were named with (``_windows.anchored_month``;
+    # "" = calendar months): the store answers status -2 with its own when they differ.
+    anchor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
-    status: int  # 1 admitted, 0 blocked, 2 busy (the tier's in-flight cap), -1 the caller's config is stale
+    status: int  # 1 admitted, 0 blocked, 2 busy (the tier's in-flight cap), -1 the caller's config is
+    # stale, -2 the caller's anchor is (``anchor`` holds the stored one; nothing was written)
     tier: str
     window: int  # blocking window 1..3 (daily, weekly, monthly), 0 = none
     spent: tuple[int, int, int]
@@ -119,6 +147,21 @@ class ReserveResult:
     # (``_policy.room``; credits counted when read, always when below the op's ceiling);
     # -1 = no limit, or not known.
     room: int = -1
+    anchor: str = ""
+    # Admitted: what the store applied, as ``ReserveOp.tier_compiled`` (limits d, w, m, hard flags,
+    # in-flight cap; -1 = none): the tier's or the user's own limits, plus their boosts in force
+    # (``_effective``); None when the store did not say.
+    applied: tuple[int, ...] | None = None
+
+
+def stale_reply(op: ReserveOp, version: int, anchor: str | None) -> ReserveResult | None:
+    """The reserve's answer when the caller's config version or anchor spec is not the
+    store's (checked first, before anything is written), or None when both are current."""
+    if op.config_version != version:
+        return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
+    if (anchor or "") != op.anchor:
+        return ReserveResult(-2, "", 0, (0, 0, 0), 0, -1, anchor=anchor or "")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +178,15 @@ class SettleOp:
     marker_expiry_ms: int
     input_tokens: int = 0
     output_tokens: int = 0
+    # When the call was reserved (epoch ms; 0 = not known: the settle's now): a boost counts at
+    # the settle if it was in force then (``_effective``).
+    reserved_ms: int = 0
+
+    @property
+    def boosts_at(self) -> int:
+        # One ms before: the settle counts until >= the reserve's ms, so a boost cleared in
+        # that ms (its until set to it) after the reserve saw it still pays (``_effective``).
+        return (self.reserved_ms or self.now_ms) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +194,8 @@ class SettleResult:
     status: int  # 1 applied, 2 this hold was settled before (a retried settle)
     tier_part: int
     credit_part: int
-    spent: tuple[int, int, int]
+    spent: tuple[int, int, int]  # each window's counter after this call (the window it landed in)
+    limits: tuple[int, int, int] = (-1, -1, -1)  # the limits in force at the settle (-1 = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +246,25 @@ class Snapshot:
     # The tier the caller gave this month's last settled call (metadata, nasca.user(), tier=): the
     # tier the user's calls run on, under a stored tier (which get_usage resolves over it).
     ran_tier: str | None = None
+    # The user's own limits (``set_user_limits``: compiled JSON as ``Tier.compiled``, None = none)
+    # and their boosts still in force at the snapshot's now.
+    override: str | None = None
+    boosts: tuple[StoredBoost, ...] = ()
+    anchor: str = ""  # the user's billing-cycle anchor spec ("" = calendar months)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBoost:
+    """More allowance for one user in one window (index 0 daily, 1 weekly, 2 monthly) until
+    ``until_ms``, kept in the user's meta record (``_effective``); an id added twice counts once."""
+
+    id: str
+    window: int
+    amount: int
+    until_ms: int
+
+
+MAX_BOOSTS = 32  # boosts in force at once per user: the reserve sums them on every call
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,66 +315,33 @@ class SubChange:
     # grace start + ``grace_s``.
     grace_from: int | None = None
     grace_s: int = 0
+    # The subscription's billing-cycle anchor (epoch s) when its plan anchors the monthly
+    # window (``Plan.anchor``), 0 when it doesn't, None to keep the record's (a checkout: the
+    # user's anchor spec is then left as it is).
+    anchor: int | None = None
+    # The user's anchor spec as the flow read it (None: leave the spec as it is) and the
+    # billing-cycle window in force then, (0, 0) when none (``_windows.cycle_window``). The step
+    # changes the spec only while it still holds ``seen``, else it writes nothing (status -3).
+    seen: str | None = None
+    window: tuple[int, int] = (0, 0)
+    # With no cycle window in force: the counter keys (``UserKeys.month``) of the calendar
+    # month now and of the first window of ``cut_for``'s cycle. When the step switches to that
+    # cycle at once ("0,0,N"), the second's spend is raised to the first's (a plan change
+    # mid-period keeps what was spent); ("", "") for none.
+    carry: tuple[str, str] = ("", "")
+    # The anchor ``window``'s end and ``carry`` were made for (``_windows.cycle_end``): when
+    # the step's new anchor is another, it writes nothing (status -4, with that anchor).
+    cut_for: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionResult:
-    status: int  # 1 applied, 0 stale (an older or post-deletion event), 2 this event was applied before
+    # 1 applied, 0 stale (an older or post-deletion event), 2 this event was applied before,
+    # -3 the anchor spec is no longer ``SubChange.seen`` (nothing written: read and retry),
+    # -4 the new anchor is not ``SubChange.cut_for`` (nothing written: retry made for ``anchor``)
+    status: int
     tier: str | None  # the user's stored tier now
-
-
-# -- analytics --------------------------------------------------------------------------
-EventKind = Literal["blocked", "prompt_shown", "checkout_started", "purchase_completed", "dismissed",
-                    "tier_set", "credits_granted"]  # the last two: the dashboard's audit trail
-EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
-
-
-@dataclass(frozen=True, slots=True)
-class AnalyticsEvent:
-    """One conversion step. ``amount_nanos`` is in billionths of ``currency`` (purchases)."""
-
-    kind: EventKind
-    user_id: str
-    month: str  # YYYYMM
-    prompt_id: str | None = None
-    amount_nanos: int = 0
-    currency: str = "usd"
-
-
-LEDGER_FIELDS = ("c", "k", "n", "ti", "to")  # the ledger's month hash fields, in LedgerMonth's order
-
-
-@dataclass
-class LedgerMonth:
-    """One user's month in the ledger: nanos of AI cost, of it paid by credits, calls, tokens."""
-
-    cost: int = 0
-    credit: int = 0
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-@dataclass
-class MonthCounts:
-    """A month's event counters (``e:<kind>``, ``r:<cur>`` revenue, ``o:<cur>`` orders) and
-    how many prompts reached each funnel step."""
-
-    counters: dict[str, int] = field(default_factory=dict)
-    steps: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class MonthRaw:
-    """What the store holds for one month, before any arithmetic."""
-
-    counters: dict[str, int] = field(default_factory=dict)
-    steps: dict[str, int] = field(default_factory=dict)
-    users: set[str] = field(default_factory=set)
-    user_blocked: dict[str, int] = field(default_factory=dict)
-    user_revenue: dict[tuple[str, str], int] = field(default_factory=dict)  # (currency, user)
-    user_orders: dict[str, int] = field(default_factory=dict)
-    ledger: dict[str, LedgerMonth] = field(default_factory=dict)
+    anchor: int = 0  # with -4: the anchor the step moves to
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +362,13 @@ class Store(Protocol):
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None: ...
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
+    # The user's own limits, replacing their tier's (compiled JSON, ``Tier.compiled``; None clears).
+    def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None: ...
+    # Add ``add`` (unless its id is there, in force or ended) or end the boosts of window ``clear``
+    # (3 = all) now, as ``_effective.changed``; answers (the boosts in force, whether ``add`` was
+    # added), or None when ``add`` would make more than MAX_BOOSTS (then nothing changed). Idempotent.
+    def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                      clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None: ...
     def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     # Raise what refunds and disputes took back of a lot (``Lot.taken``) to ``target`` nanos,
     # never above what is left to take; ``restore``: lower it to ``target`` too, giving back
@@ -347,7 +393,9 @@ class Store(Protocol):
     # billing: markers (ttl None = kept), subscriptions
     def get_marker(self, key: str, now_ms: int) -> str | None: ...
     def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
-    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    # Set ``key`` if it is not set; True when it was. With a ``token``, also True when the key holds
+    # that token: a claim retried after its reply was lost is still its claimant's (thresholds).
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool: ...
     # a keyed set of texts (one Redis hash): set or (value None) delete one entry, read all
     def put_entry(self, key: str, name: str, value: str | None) -> None: ...
     def entries(self, key: str) -> dict[str, str]: ...
@@ -369,6 +417,9 @@ class AsyncStore(Protocol):
     async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None: ...
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot: ...
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None: ...
+    async def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None: ...
+    async def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                            clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None: ...
     async def grant(self, keys: UserKeys, lot: Lot) -> bool: ...
     async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
                         floor: int = 0) -> int: ...
@@ -382,7 +433,7 @@ class AsyncStore(Protocol):
     # billing
     async def get_marker(self, key: str, now_ms: int) -> str | None: ...
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
-    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool: ...
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool: ...
     async def put_entry(self, key: str, name: str, value: str | None) -> None: ...
     async def entries(self, key: str) -> dict[str, str]: ...
     async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]: ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nasca_core.stores._base import SubChange
+from nasca_core.stores._base import SubChange, UserKeys
 
 
 def taken_to(taken: int, remaining: int, granted: int, revoked: bool, target: int, restore: bool,
@@ -40,8 +40,54 @@ def subscription_step(subs: Mapping[str, Mapping[str, Any]],
     ended = bool(change.grace_from) and change.event_created >= began + change.grace_s
     record = {"e": change.event_created, "i": change.event_id, "a": change.active and not ended,
               "t": change.tier, "c": change.sub_created, "d": change.final, **({"g": began} if began else {})}
+    anchor = (int(old.get("n", 0)) if old is not None else 0) if change.anchor is None else change.anchor
+    if anchor:
+        record["n"] = anchor
     active = [(s["c"], sub_id, s["t"]) for sub_id, s in {**subs, change.sub_id: record}.items() if s["a"]]
     return 1, record, max(active)[2] if active else None
+
+
+def new_anchor(subs: Mapping[str, Mapping[str, Any]], spec: str, change: SubChange) -> int | None:
+    """The anchor a subscription step moves the spec to (``subs``: the records after it), None
+    when the spec stays: what takes over at the end of the window in force becomes the anchor
+    of the subscription the tier comes from (0: calendar months). A checkout (anchor None)
+    leaves the spec as it is."""
+    if change.anchor is None or change.seen is None:
+        return None
+    active = [(s["c"], sub_id, int(s.get("n", 0))) for sub_id, s in subs.items() if s["a"]]
+    new = max(active)[2] if active else 0
+    if new == (int(spec.rpartition(",")[2]) if spec else 0) or not (new or change.window[1]):
+        return None
+    return new
+
+
+def anchor_spec(spec: str, change: SubChange, new: int | None) -> str:
+    """The user's anchor spec (``_windows.month_span``) after a step moving it to ``new``
+    (``new_anchor``). The window in force, and what was spent in it, is never replaced
+    mid-period: it ends on a boundary of the new cycle (``change.window``, made for it, see
+    ``_windows.cycle_end``). Only when no billing-cycle window is in force (calendar months)
+    does the new cycle start at once ("0,0,N"), its first window taking on the calendar
+    month's spend (``change.carry``)."""
+    if new is None:
+        return spec
+    start, end = change.window
+    return f"{start},{end},{new}" if end else f"0,0,{new}"
+
+
+def recut(change: SubChange, new: int | None) -> bool:
+    """The window's end and the carried keys were made for another anchor than ``new``: the
+    step writes nothing (status -4) and the flow makes them again for ``new``."""
+    return new is not None and new != change.cut_for
+
+
+def carried(change: SubChange, new: int | None) -> bool:
+    """The step switches to a cycle at once: the calendar month's spend goes along."""
+    return new is not None and not change.window[1] and bool(change.carry[0])
+
+
+def stale_spec(spec: str, change: SubChange) -> bool:
+    """The flow read another spec than the stored one: the step writes nothing (status -3)."""
+    return change.anchor is not None and change.seen is not None and change.seen != spec
 
 
 # -- the memory store's records (plain dicts, under its lock) -------------------------------
@@ -56,18 +102,43 @@ def revoke_lot(lot: dict[str, Any] | None, target: int, restore: bool, floor: in
     return int(new - taken)
 
 
-def apply_to(subs: dict[str, dict[str, Any]], meta: dict[str, Any],
-             change: SubChange) -> tuple[int, str | None]:
-    """``apply_subscription`` on a user's subscription records and meta hash: (status, tier)."""
+def apply_to(data: dict[str, Any], expiry: dict[str, int], keys: UserKeys, change: SubChange,
+             now_ms: int) -> tuple[int, str | None, int]:
+    """``apply_subscription`` on the memory store's dicts: (status, tier, anchor with -4)."""
+    subs: dict[str, dict[str, Any]] = data.setdefault(keys.subscriptions, {})
+    meta: dict[str, Any] = data.setdefault(keys.meta, {})
     status, record, best = subscription_step(subs, change)
-    if record is None:
-        return status, meta.get("tier")
+    if record is None or stale_spec(meta.get("an", ""), change):
+        return (status if record is None else -3), meta.get("tier"), 0
+    new = new_anchor({**subs, change.sub_id: record}, meta.get("an", ""), change)
+    if recut(change, new):
+        return -4, meta.get("tier"), int(new or 0)
     subs[change.sub_id] = record
+    if carried(change, new):
+        _carry(data, expiry, change.carry, now_ms)
+    if spec := anchor_spec(meta.get("an", ""), change, new):
+        meta["an"] = spec
+    else:
+        meta.pop("an", None)
     if best is None:
         meta.pop("tier", None)
     else:
         meta["tier"] = best
-    return 1, best
+    return 1, best, 0
+
+
+def _carry(data: dict[str, Any], expiry: dict[str, int], carry: tuple[str, str], now_ms: int) -> None:
+    def live(key: str) -> dict[str, int] | None:
+        return data.get(key) if expiry.get(key, now_ms + 1) > now_ms else None
+
+    old_key, new_key = carry
+    if not (old := live(old_key)) or not old.get("s"):
+        return
+    if (new := live(new_key)) is None:
+        new = data[new_key] = {"s": 0, "c": 0, "k": 0, "n": 0, "ti": 0, "to": 0}
+        if old_key in expiry:  # a counter outlives its window: the calendar month's is long enough
+            expiry[new_key] = expiry[old_key]
+    new["s"] = max(new["s"], old["s"])  # raised, not added: safe to run twice
 
 
 def put_entry(entries: dict[str, str], name: str, value: str | None) -> None:

@@ -40,6 +40,8 @@ class MemoryAnalytics:
                 m.user_blocked[event.user_id] += 1
             elif event.prompt_id:
                 m.steps.setdefault(event.kind, set()).add(event.prompt_id)
+                if (led := event.warning_step) is not None:
+                    m.steps.setdefault(led, set()).add(event.prompt_id)
             if event.kind == "purchase_completed":
                 m.counters[f"r:{event.currency}"] += event.amount_nanos
                 m.counters[f"o:{event.currency}"] += 1

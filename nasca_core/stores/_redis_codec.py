@@ -30,6 +30,7 @@ from typing import Any
 from nasca_core.stores._base import (
     EVENT_KINDS,
     LEDGER_FIELDS,
+    MAX_BOOSTS,
     AnalyticsEvent,
     LedgerMonth,
     Lot,
@@ -40,12 +41,14 @@ from nasca_core.stores._base import (
     SettleOp,
     SettleResult,
     Snapshot,
+    StoredBoost,
     StoredConfig,
     SubChange,
     SubscriptionResult,
     UserKeys,
     month_owner,
 )
+from nasca_core.stores._effective import ENDED_KEEP_MS, MAX_ENDED, in_force
 
 Command = tuple[str | int, ...]
 ANALYTICS_TTL_MS = 400 * 86_400_000  # as long as the ledger keeps its month counters
@@ -68,14 +71,17 @@ def reserve_args(op: ReserveOp, check_version: bool) -> tuple[list[str], list[An
         keys.append(config_keys(k.namespace)[1])
     args = [op.now_ms, f"{op.hold_id}:{op.estimate}", op.estimate, op.hold_expiry_ms,
             1 if op.strict else 0, op.tier, op.tiers_json,
-            op.config_version if check_version else "", *op.tier_compiled, *op.owed, op.ceiling]
+            op.config_version if check_version else "", *op.tier_compiled, *op.owed, op.ceiling, op.anchor]
     return keys, args
 
 
 def reserve_result(raw: Sequence[Any]) -> ReserveResult:
+    if int(raw[0]) == -2:  # a stale anchor: the stored spec comes where the tier would
+        return ReserveResult(-2, "", 0, (0, 0, 0), 0, -1, anchor=text(raw[1]))
     return ReserveResult(int(raw[0]), text(raw[1]), int(raw[2]),
                          (int(raw[3]), int(raw[4]), int(raw[5])), int(raw[6]), int(raw[7]),
-                         int(raw[8]) if len(raw) > 8 else -1)
+                         int(raw[8]) if len(raw) > 8 else -1,
+                         applied=tuple(int(v) for v in raw[9:16]) if len(raw) > 15 else None)
 
 
 STALE = ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
@@ -85,11 +91,14 @@ def settle_args(op: SettleOp) -> tuple[list[str], list[Any]]:
     k = op.keys
     return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled, k.held],
             [op.now_ms, op.hold_id, op.estimate, op.cost, op.tier, op.tiers_json,
-             *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, *op.tier_compiled])
+             *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, op.boosts_at,
+             *op.tier_compiled])
 
 
 def settle_result(raw: Sequence[Any]) -> SettleResult:
-    return SettleResult(int(raw[0]), int(raw[1]), int(raw[2]), (int(raw[3]), int(raw[4]), int(raw[5])))
+    limits = (int(raw[6]), int(raw[7]), int(raw[8])) if len(raw) > 8 else (-1, -1, -1)
+    spent = (int(raw[3]), int(raw[4]), int(raw[5]))
+    return SettleResult(int(raw[0]), int(raw[1]), int(raw[2]), spent, limits)
 
 
 def release_args(keys: UserKeys, hold_id: str, estimate: int) -> tuple[list[str], list[Any]]:
@@ -100,12 +109,28 @@ def snapshot_keys(k: UserKeys) -> list[str]:
     return [k.meta, k.holds, k.day, k.week, k.month, k.credits, k.held]
 
 
-def snapshot_result(raw: Sequence[Any]) -> Snapshot:
+def snapshot_result(raw: Sequence[Any], now_ms: int) -> Snapshot:
     lots = tuple(sorted((Lot.from_json_dict(d) for d in json.loads(text(raw[8]))), key=lambda lot: lot.seq))
     tier = text(raw[0])
     return Snapshot(tier or None, int(raw[1]), (int(raw[2]), int(raw[3]), int(raw[4])),
                     int(raw[5]), int(raw[6]), int(raw[7]), lots, int(raw[9]), int(raw[10]),
-                    text(raw[11]) or None)
+                    text(raw[11]) or None, text(raw[12]) or None, in_force(text(raw[13]) or None, now_ms),
+                    text(raw[14]) if len(raw) > 14 else "")
+
+
+def user_limits_command(keys: UserKeys, compiled: str | None) -> Command:
+    return ("HDEL", keys.meta, "lim") if compiled is None else ("HSET", keys.meta, "lim", compiled)
+
+
+def boosts_args(keys: UserKeys, now_ms: int, add: StoredBoost | None,
+                clear: int | None) -> tuple[list[str], list[Any]]:
+    return [keys.meta], [now_ms, add.id if add else "", add.window if add else 0, add.amount if add else 0,
+                         add.until_ms if add else 0, "" if clear is None else clear, MAX_BOOSTS,
+                         ENDED_KEEP_MS, MAX_ENDED]
+
+
+def boosts_result(raw: Sequence[Any], now_ms: int) -> tuple[tuple[StoredBoost, ...], bool] | None:
+    return (in_force(text(raw[1]), now_ms), int(raw[2]) == 1) if int(raw[0]) == 1 else None
 
 
 def grant_args(keys: UserKeys, lot: Lot) -> tuple[list[str], list[Any]]:
@@ -157,13 +182,14 @@ def tally_result(raw: Sequence[Any], now_ms: int) -> tuple[int, int]:
 
 
 def subscription_args(keys: UserKeys, c: SubChange) -> tuple[list[str], list[Any]]:
-    return ([keys.subscriptions, keys.meta],
+    return ([keys.subscriptions, keys.meta, *(c.carry if c.carry[0] else ())],
             [c.sub_id, c.event_created, c.event_id, int(c.active), c.tier, c.sub_created, int(c.final),
-             "" if c.grace_from is None else c.grace_from, c.grace_s])
+             "" if c.grace_from is None else c.grace_from, c.grace_s, "" if c.anchor is None else c.anchor,
+             int(c.seen is not None), c.seen or "", *c.window, c.cut_for])
 
 
 def subscription_result(raw: Sequence[Any]) -> SubscriptionResult:
-    return SubscriptionResult(int(raw[0]), text(raw[1]) or None)
+    return SubscriptionResult(int(raw[0]), text(raw[1]) or None, int(raw[2]) if len(raw) > 2 else 0)
 
 
 # -- analytics -----------------------------------------------------------------------------
@@ -196,8 +222,9 @@ def event_commands(keys: MonthKeys, event: AnalyticsEvent) -> list[Command]:
         cmds.append(("HINCRBY", keys.user_blocked, event.user_id, 1))
         touched.append(keys.user_blocked)
     elif event.prompt_id:
-        cmds.append(("SADD", keys.steps[event.kind], event.prompt_id))
-        touched.append(keys.steps[event.kind])
+        for kind in (event.kind, event.warning_step) if event.warning_step else (event.kind,):
+            cmds.append(("SADD", keys.steps[kind], event.prompt_id))
+            touched.append(keys.steps[kind])
     if event.kind == "purchase_completed":
         cur = event.currency
         cmds += [("HINCRBY", keys.counters, f"r:{cur}", event.amount_nanos),
@@ -244,7 +271,7 @@ def month_raw(keys: MonthKeys, results: Sequence[Any]) -> MonthRaw:
 
 def ledger_pattern(namespace: str, month: str) -> str:
     """The SCAN pattern of every user's ledger month hash (glob characters escaped)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", namespace) + ":{*}:*:m:" + month
+    return re.sub(r"([*?\[\]\\])", r"\\\1", namespace) + ":{*}:*:m:" + month + "*"  # anchored too
 
 
 def ledger_batches(found: Sequence[Any], namespace: str, month: str) -> Iterator[list[Command]]:
@@ -258,7 +285,7 @@ def add_ledger_rows(raw: MonthRaw, batch: Sequence[Command], rows: Sequence[Sequ
                     namespace: str, month: str) -> None:
     for cmd, row in zip(batch, rows, strict=True):
         c, k, n, ti, to = (0 if v is None else int(v) for v in row)
-        raw.ledger[str(month_owner(str(cmd[1]), namespace, month))] = LedgerMonth(c, k, n, ti, to)
+        raw.add_ledger(str(month_owner(str(cmd[1]), namespace, month)), LedgerMonth(c, k, n, ti, to))
 
 
 def totals_commands(all_keys: Sequence[MonthKeys]) -> list[Command]:

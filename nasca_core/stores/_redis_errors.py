@@ -15,12 +15,14 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def translate(exc: BaseException, tier: str = "") -> BaseException:
-    """The Nasca error for a redis-py error: StoreError when Redis can't be reached,
-    UnknownTierError when a script found no such tier; any other error as it is."""
+    """The Nasca error for a redis-py error: StoreError when Redis can't be reached or refuses
+    a command or script, UnknownTierError when a script found no such tier; any other error as it is."""
     if isinstance(exc, ResponseError) and "NASCA unknown tier" in str(exc):
         return UnknownTierError(tier)
     if isinstance(exc, _UNAVAILABLE):
         return StoreError(f"Redis unavailable: {exc}")
+    if isinstance(exc, ResponseError):  # a script error, WRONGTYPE, OOM...: typed, as other stores
+        return StoreError(f"Redis refused the command: {str(exc)[:300]}")
     return exc
 
 

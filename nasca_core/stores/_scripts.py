@@ -7,7 +7,7 @@ from functools import cache
 from importlib.resources import files
 
 NAMES = ("reserve", "settle", "release", "snapshot", "grant", "revoke_to", "load_config", "save_config",
-         "subscription", "tally", "samples")
+         "subscription", "tally", "samples", "boosts", "claim")
 
 
 @cache

@@ -7,7 +7,15 @@ import json
 import sqlite3
 
 from nasca_core.stores._base import SubChange, SubscriptionResult, UserKeys
-from nasca_core.stores._billing_rules import subscription_step, taken_to
+from nasca_core.stores._billing_rules import (
+    anchor_spec,
+    carried,
+    new_anchor,
+    recut,
+    stale_spec,
+    subscription_step,
+    taken_to,
+)
 
 # tally(): add to a counter row, or start a new window once the row's has ended
 _TALLY = ("INSERT INTO counter VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
@@ -44,14 +52,27 @@ def tally(c: sqlite3.Connection, key: str, add: int, window_ms: int, now_ms: int
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def apply_subscription(c: sqlite3.Connection, keys: UserKeys, change: SubChange) -> SubscriptionResult:
+# The new window's key holds now: it can't have expired, so its counts are kept as they are.
+_CARRY = ("INSERT INTO month (key, s, expires) SELECT ?, s, expires FROM month WHERE key = ? AND expires > ? "
+          "AND s > 0 ON CONFLICT (key) DO UPDATE SET s = max(month.s, excluded.s)")
+
+
+def apply_subscription(c: sqlite3.Connection, keys: UserKeys, change: SubChange,
+                       now_ms: int) -> SubscriptionResult:
     subs = {sub_id: json.loads(body) for sub_id, body in
             c.execute("SELECT sub_id, body FROM sub WHERE user = ?", (keys.meta,))}
     status, record, best = subscription_step(subs, change)
-    if record is None:
-        meta = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
-        return SubscriptionResult(status, meta[0] if meta else None)
+    row = c.execute("SELECT tier, an FROM meta WHERE user = ?", (keys.meta,)).fetchone()
+    stored = (row[1] if row else None) or ""
+    if record is None or stale_spec(stored, change):
+        return SubscriptionResult(status if record is None else -3, row[0] if row else None)
+    new = new_anchor({**subs, change.sub_id: record}, stored, change)
+    if recut(change, new):
+        return SubscriptionResult(-4, row[0] if row else None, int(new or 0))
     c.execute("INSERT OR REPLACE INTO sub VALUES (?, ?, ?)", (keys.meta, change.sub_id, json.dumps(record)))
-    c.execute("INSERT INTO meta (user, tier) VALUES (?, ?) ON CONFLICT (user) DO UPDATE "
-              "SET tier = excluded.tier", (keys.meta, best))
+    if carried(change, new):  # raised, not added: safe to run twice; it expires with the old one
+        c.execute(_CARRY, (change.carry[1], change.carry[0], now_ms))
+    spec = anchor_spec(stored, change, new)
+    c.execute("INSERT INTO meta (user, tier, an) VALUES (?, ?, ?) ON CONFLICT (user) DO UPDATE "
+              "SET tier = excluded.tier, an = excluded.an", (keys.meta, best, spec or None))
     return SubscriptionResult(1, best)

@@ -10,7 +10,9 @@ key of its ``UserKeys`` (which holds the namespace and the user's tag).
                                                  credits), n (calls), ti / tout (tokens)
     hold      live holds                  (user, member "<hold id>:<estimate>") -> amount, expires
     settled   settled hold ids            (user, hold id) -> expires  (dedupes retried settles)
-    meta      stored tier, lot sequence   user -> tier, lotseq
+    meta      stored tier, lot sequence   user -> tier, lotseq, lim / bo (the user's own limits and
+              and boosts                          boosts, JSON: ``_effective``), an (the billing-cycle
+                                                 anchor spec: ``_windows.anchored_month``)
     lot       credit lots                 (user, lot id) -> seq, amounts, expiry, revoked, taken, floor
     config / config_version               the owner-editable config and its version
     marker    billing's keyed texts       key -> value, expires
@@ -54,8 +56,8 @@ CREATE INDEX IF NOT EXISTS hold_expires ON hold (expires);
 CREATE TABLE IF NOT EXISTS settled (user TEXT NOT NULL, hold_id TEXT NOT NULL, expires INTEGER NOT NULL,
   PRIMARY KEY (user, hold_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS settled_expires ON settled (expires);
-CREATE TABLE IF NOT EXISTS meta (user TEXT PRIMARY KEY, tier TEXT, lotseq INTEGER NOT NULL DEFAULT 0)
-  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (user TEXT PRIMARY KEY, tier TEXT, lotseq INTEGER NOT NULL DEFAULT 0,
+  lim TEXT, bo TEXT, an TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lot (user TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
   pack TEXT NOT NULL, paid INTEGER NOT NULL, currency TEXT NOT NULL, granted INTEGER NOT NULL,
   remaining INTEGER NOT NULL, expires INTEGER NOT NULL, created INTEGER NOT NULL,
@@ -195,18 +197,24 @@ def _add_missing(conn: sqlite3.Connection) -> None:
             name for name in ADDED if name not in present))
 
 
+_COLUMNS = (("lot", "taken", "INTEGER NOT NULL DEFAULT 0"), ("lot", "floor", "INTEGER NOT NULL DEFAULT 0"),
+            ("meta", "lim", "TEXT"), ("meta", "bo", "TEXT"), ("meta", "an", "TEXT"))
+
+
 def _add_taken(conn: sqlite3.Connection) -> None:
-    # lot.taken and lot.floor came after layout 1 shipped; an older Nasca ignores them. Checked
-    # again under the write lock: two processes opening an old file at once add each once.
-    def missing() -> list[str]:
-        have = {col[1] for col in conn.execute("PRAGMA table_info(lot)")}
-        return [name for name in ("taken", "floor") if name not in have]
+    # lot.taken, lot.floor, meta.lim, meta.bo and meta.an came after layout 1 shipped; an older Nasca
+    # ignores them. Checked again under the write lock: two processes opening an old file at
+    # once add each once.
+    def missing() -> list[tuple[str, str, str]]:
+        have = {(table, col[1]) for table in ("lot", "meta")
+                for col in conn.execute(f"PRAGMA table_info({table})")}
+        return [c for c in _COLUMNS if c[:2] not in have]
 
     if missing():
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for name in missing():
-                conn.execute(f"ALTER TABLE lot ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            for table, name, kind in missing():
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -218,15 +226,18 @@ def _add_taken(conn: sqlite3.Connection) -> None:
 RESERVE_VIEW = (  # ?1 namespace, ?2 user, ?3 now, ?4 day, ?5 week, ?6 month, ?7 hold member
     "SELECT (SELECT version FROM config_version WHERE namespace = ?1), "
     "(SELECT tier FROM meta WHERE user = ?2), "
+    "(SELECT lim FROM meta WHERE user = ?2), (SELECT bo FROM meta WHERE user = ?2), "
     "(SELECT COALESCE(SUM(amount), 0) FROM hold WHERE user = ?2 AND expires > ?3), "
     "(SELECT COUNT(*) FROM hold WHERE user = ?2 AND expires > ?3), "
     "(SELECT value FROM counter WHERE key = ?4 AND expires > ?3), "
     "(SELECT value FROM counter WHERE key = ?5 AND expires > ?3), "
     "(SELECT s FROM month WHERE key = ?6 AND expires > ?3), "
-    "(SELECT 1 FROM hold WHERE user = ?2 AND member = ?7 AND expires > ?3)")
+    "(SELECT 1 FROM hold WHERE user = ?2 AND member = ?7 AND expires > ?3), "
+    "(SELECT an FROM meta WHERE user = ?2)")
 SETTLE_VIEW = (  # ?1 user, ?2 hold id, ?3 now, ?4 day, ?5 week, ?6 month
     "SELECT (SELECT 1 FROM settled WHERE user = ?1 AND hold_id = ?2 AND expires > ?3), "
     "(SELECT tier FROM meta WHERE user = ?1), "
+    "(SELECT lim FROM meta WHERE user = ?1), (SELECT bo FROM meta WHERE user = ?1), "
     "(SELECT value FROM counter WHERE key = ?4 AND expires > ?3), "
     "(SELECT value FROM counter WHERE key = ?5 AND expires > ?3), "
     "(SELECT s FROM month WHERE key = ?6 AND expires > ?3)")

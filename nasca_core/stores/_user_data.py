@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasca_core._identity import DELETED_USER
-from nasca_core.stores._base import LEDGER_FIELDS, UserKeys, UserRecords, user_tag
+from nasca_core.stores._base import FALLBACK_SUFFIX, LEDGER_FIELDS, UserKeys, UserRecords, user_tag
 from nasca_core.stores._scripts import source
 
 DELETED = DELETED_USER
@@ -54,11 +54,13 @@ def fold(namespace: str, suffix: str, month: dict[str, Any]) -> tuple[str, dict[
     """Where a forgotten user's month (``m:YYYYMM``) is added, and what: its AI cost, credit
     part, calls and tokens (``LEDGER_FIELDS``), kept for the owner's monthly totals under
     the ``DELETED`` pseudo-user. None for any other record."""
-    if not re.fullmatch(r"m:[0-9]{6}", suffix):
+    # A billing-cycle month counts where it starts; the fallback allowance's month is the user's too.
+    found = re.fullmatch(rf"(?:{FALLBACK_SUFFIX[1:]}:)?(m:[0-9]{{6}})(?:[0-9]{{8}})?", suffix)
+    if found is None:
         return None
     fields = {f: int(month.get(f) or 0) for f in LEDGER_FIELDS}
     deleted = f"{namespace}:{{{user_tag(DELETED)}}}:{DELETED}"  # UserKeys refuses the id: no call reaches it
-    return f"{deleted}:{suffix}", {f: v for f, v in fields.items() if v}
+    return f"{deleted}:{found[1]}", {f: v for f, v in fields.items() if v}
 
 
 def billing_prefix(namespace: str) -> str:

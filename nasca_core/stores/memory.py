@@ -10,8 +10,6 @@ the process that names it.
 
 from __future__ import annotations
 
-import heapq
-import json
 import threading
 import uuid
 from collections.abc import Sequence
@@ -23,6 +21,7 @@ from nasca_core.stores import _billing_rules as rules
 from nasca_core.stores._base import (
     BATCH_MARKER_MS,
     LEDGER_FIELDS,
+    MAX_BOOSTS,
     AnalyticsEvent,
     LedgerMonth,
     Lot,
@@ -35,15 +34,19 @@ from nasca_core.stores._base import (
     SettleOp,
     SettleResult,
     Snapshot,
+    StoredBoost,
     StoredConfig,
     SubChange,
     SubscriptionResult,
     UserKeys,
     UserRecords,
     month_owner,
+    stale_reply,
     store_id_key,
 )
+from nasca_core.stores._effective import Limits, changed, encode, in_force, resolve
 from nasca_core.stores._memory_analytics import MemoryAnalytics
+from nasca_core.stores._memory_holds import Holds as _Holds
 from nasca_core.stores._user_data import memory_user_data
 
 _SWEEP_EVERY = 10_000
@@ -128,25 +131,20 @@ class MemoryStore:
         live.sort(key=lambda lot: lot["q"])
         return live
 
-    def _resolve(
-        self, keys: UserKeys, tier: str, compiled: tuple[int, ...], tiers_json: str
-    ) -> tuple[str, Any, Any, int]:
-        meta = self._data.get(keys.meta)
-        stored = meta.get("tier") if meta else None
-        if stored is not None and stored != tier:
-            tiers = _decode_tiers(tiers_json)
-            if stored in tiers:
-                t = tiers[stored]
-                return stored, t["l"], t["h"], t.get("f", -1)
-        return tier, compiled[:3], compiled[3:6], compiled[6] if len(compiled) > 6 else -1
+    def _resolve(self, keys: UserKeys, tier: str, compiled: tuple[int, ...], tiers_json: str,
+                 now_ms: int) -> Limits:
+        meta = self._data.get(keys.meta) or {}
+        return resolve(meta.get("tier"), meta.get("lim"), meta.get("bo"), tier, compiled, tiers_json, now_ms)
 
     # -- the contract ------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
         with self._lock:
-            if op.config_version != self._config_version.get(op.keys.namespace, 0):
-                return ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
+            if (stale := stale_reply(op, self._config_version.get(op.keys.namespace, 0),
+                                     (self._data.get(op.keys.meta) or {}).get("an"))) is not None:
+                return stale
             self._sweep(op.now_ms)
-            name, limits, hard, cap = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
+            name, limits, hard, cap = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json,
+                                                     op.now_ms)
             holds = self._holds(op.keys.holds, op.now_ms)
             spent, held, in_flight = _policy.own_view(self._spent(op.keys, op.now_ms), holds.total if holds
                                                       else 0, len(holds.live) if holds else 0, op.owed)
@@ -154,7 +152,8 @@ class MemoryStore:
             def lots() -> int: return sum(lot["r"] for lot in self._live_lots(op.keys, op.now_ms))
             if holds and member in holds.live:  # a retried reserve holds once, its room as the first
                 left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling, lots)
-                return ReserveResult(1, name, 0, spent, held, credits, left)
+                return ReserveResult(1, name, 0, spent, held, credits, left,
+                                     applied=(*limits, *hard, cap))
             if _policy.over_cap(in_flight, cap):
                 return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
@@ -169,7 +168,8 @@ class MemoryStore:
             holds.add(member, op.estimate, op.hold_expiry_ms)
             self._expire(op.keys.holds, max(self._expiry.get(op.keys.holds, 0), op.hold_expiry_ms))
             left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
-            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left)
+            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left,
+                                 applied=(*limits, *hard, cap))
 
     def settle(self, op: SettleOp) -> SettleResult:
         with self._lock:
@@ -177,7 +177,8 @@ class MemoryStore:
             if op.hold_id in settled:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             self._drop_hold(op.keys.holds, f"{op.hold_id}:{op.estimate}")
-            _, limits, hard, _ = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json)
+            _, limits, hard, _ = self._resolve(op.keys, op.tier, op.tier_compiled, op.tiers_json,
+                                               op.boosts_at)
             keys, now_ms, ttls = op.keys, op.now_ms, op.ttls_ms
             stored = (self._data.get(keys.meta) or {}).get("tier")
             day, week = self._get(keys.day, now_ms) or 0, self._get(keys.week, now_ms) or 0
@@ -208,7 +209,8 @@ class MemoryStore:
             expiry[keys.month] = now_ms + ttls[2]
             settled[op.hold_id] = op.marker_expiry_ms
             self._expire(op.keys.settled, op.marker_expiry_ms)
-            return SettleResult(1, op.cost - credit_part, credit_part, (d, w, month["s"]))
+            return SettleResult(1, op.cost - credit_part, credit_part, (d, w, month["s"]),
+                                (limits[0], limits[1], limits[2]))
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self._lock:
@@ -222,16 +224,33 @@ class MemoryStore:
             lots = tuple(_lot_from_dict(lot) for lot in self._live_lots(keys, now_ms))
             return Snapshot(meta.get("tier"), holds.total if holds else 0, self._spent(keys, now_ms),
                             month.get("c", 0), month.get("k", 0), month.get("n", 0), lots,
-                            month.get("ti", 0), month.get("to", 0), month.get("r") or None)
+                            month.get("ti", 0), month.get("to", 0), month.get("r") or None,
+                            meta.get("lim"), in_force(meta.get("bo"), now_ms), meta.get("an", ""))
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         with self._lock:
-            if tier is not None:
-                self._data.setdefault(keys.meta, {})["tier"] = tier
-            elif (meta := self._data.get(keys.meta)) is not None:
-                meta.pop("tier", None)
-                if not meta:
-                    self._forget(keys.meta)
+            self._put_meta(keys, "tier", tier)
+
+    def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        with self._lock:
+            self._put_meta(keys, "lim", compiled)
+
+    def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                      clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        with self._lock:  # the rules of lua/boosts.lua
+            made = changed((self._data.get(keys.meta) or {}).get("bo"), now_ms, add, clear, MAX_BOOSTS)
+            if made is not None:
+                self._put_meta(keys, "bo", encode(made[0]))
+                return tuple(b for b in made[0] if b.until_ms > now_ms), made[1]
+            return None
+
+    def _put_meta(self, keys: UserKeys, name: str, value: str | None) -> None:  # caller holds the lock
+        if value is not None:
+            self._data.setdefault(keys.meta, {})[name] = value
+        elif (meta := self._data.get(keys.meta)) is not None:
+            meta.pop(name, None)
+            if not meta:
+                self._forget(keys.meta)
 
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
         with self._lock:
@@ -305,12 +324,12 @@ class MemoryStore:
             else:
                 self._expiry.pop(key, None)
 
-    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
         with self._lock:
             self._sweep(now_ms)
-            if self._get(key, now_ms) is not None:
-                return False
-            self._data[key] = "1"
+            if (held := self._get(key, now_ms)) is not None:
+                return token is not None and held == token
+            self._data[key] = "1" if token is None else token
             self._expire(key, now_ms + ttl_ms)
             return True
 
@@ -329,9 +348,7 @@ class MemoryStore:
 
     def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
         with self._lock:  # the rules of lua/subscription.lua
-            meta: dict[str, Any] = self._data.setdefault(keys.meta, {})
-            return SubscriptionResult(*rules.apply_to(self._data.setdefault(keys.subscriptions, {}), meta,
-                                                      change))
+            return SubscriptionResult(*rules.apply_to(self._data, self._expiry, keys, change, now_ms))
 
     # -- analytics -------------------------------------------------------------------------
     def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
@@ -343,7 +360,7 @@ class MemoryStore:
             for key, value in self._data.items():
                 user = month_owner(key, namespace, month)
                 if user is not None and self._expiry.get(key, now_ms + 1) > now_ms:
-                    raw.ledger[user] = LedgerMonth(*(value.get(f, 0) for f in LEDGER_FIELDS))
+                    raw.add_ledger(user, LedgerMonth(*(value.get(f, 0) for f in LEDGER_FIELDS)))
         return raw
 
     def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
@@ -373,6 +390,13 @@ class AsyncMemoryStore:
 
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         self.sync.set_user_tier(keys, tier)
+
+    async def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        self.sync.set_user_limits(keys, compiled)
+
+    async def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                            clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        return self.sync.change_boosts(keys, now_ms, add, clear)
 
     async def grant(self, keys: UserKeys, lot: Lot) -> bool:
         return self.sync.grant(keys, lot)
@@ -408,8 +432,8 @@ class AsyncMemoryStore:
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
         self.sync.put_marker(key, value, ttl_ms, now_ms)
 
-    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
-        return self.sync.claim_marker(key, ttl_ms, now_ms)
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
+        return self.sync.claim_marker(key, ttl_ms, now_ms, token)
 
     async def put_entry(self, key: str, name: str, value: str | None) -> None:
         self.sync.put_entry(key, name, value)
@@ -448,51 +472,6 @@ def named_memory_store(name: str) -> MemoryStore:
         return _named.setdefault(name, MemoryStore())
 
 
-class _Holds:
-    """In-flight holds: expiry per member, a heap to expire them in O(log n), and their sum,
-    so a reserve costs the same with 1 or 10,000 calls in flight (as in the Lua scripts)."""
-
-    __slots__ = ("heap", "live", "total")
-
-    def __init__(self) -> None:
-        self.live: dict[str, tuple[int, int]] = {}  # member -> (expiry ms, amount)
-        self.heap: list[tuple[int, str]] = []
-        self.total = 0
-
-    def add(self, member: str, amount: int, expiry_ms: int) -> None:
-        if member in self.live:
-            return
-        self.live[member] = (expiry_ms, amount)
-        heapq.heappush(self.heap, (expiry_ms, member))
-        self.total += amount
-
-    def drop(self, member: str) -> None:
-        entry = self.live.pop(member, None)
-        if entry is not None:
-            self.total -= entry[1]
-
-    def purge(self, now_ms: int) -> None:
-        heap = self.heap
-        while heap and heap[0][0] <= now_ms:
-            expiry, member = heapq.heappop(heap)
-            entry = self.live.get(member)
-            if entry is not None and entry[0] == expiry:
-                del self.live[member]
-                self.total -= entry[1]
-
-
 def _lot_from_dict(d: dict[str, Any]) -> Lot:
     return replace(Lot.from_json_dict(d), seq=int(d.get("q", 0)))
 
-
-_tier_cache: dict[str, dict[str, Any]] = {}
-
-
-def _decode_tiers(text: str) -> dict[str, Any]:
-    # The same JSON text comes on every call until the config changes: decode it once.
-    tiers = _tier_cache.get(text)
-    if tiers is None:
-        if len(_tier_cache) > 64:
-            _tier_cache.clear()
-        tiers = _tier_cache[text] = json.loads(text)
-    return tiers

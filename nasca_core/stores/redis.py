@@ -36,6 +36,7 @@ from nasca_core.stores._base import (
     SettleOp,
     SettleResult,
     Snapshot,
+    StoredBoost,
     StoredConfig,
     SubChange,
     SubscriptionResult,
@@ -49,6 +50,8 @@ from nasca_core.stores._redis_codec import (
     Command,
     MonthKeys,
     add_ledger_rows,
+    boosts_args,
+    boosts_result,
     claim_marker_command,
     config_keys,
     config_result,
@@ -77,6 +80,7 @@ from nasca_core.stores._redis_codec import (
     text,
     totals_commands,
     totals_result,
+    user_limits_command,
 )
 from nasca_core.stores._redis_conns import AsyncConns, Conns
 from nasca_core.stores._redis_errors import REDIS_ERRORS, redis_errors
@@ -158,7 +162,14 @@ class RedisStore:
         self._run("release", *release_args(keys, hold_id, estimate))
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
-        return snapshot_result(self._run("snapshot", snapshot_keys(keys), [now_ms]))
+        return snapshot_result(self._run("snapshot", snapshot_keys(keys), [now_ms]), now_ms)
+
+    def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        self._command(*user_limits_command(keys, compiled))
+
+    def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                      clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        return boosts_result(self._run("boosts", *boosts_args(keys, now_ms, add, clear)), now_ms)
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         if tier is None:
@@ -227,8 +238,9 @@ class RedisStore:
     def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
         self._command(*put_marker_command(key, value, ttl_ms))
 
-    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
-        return bool(self._command(*claim_marker_command(key, ttl_ms)))
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
+        return bool(self._run("claim", [key], [token, ttl_ms]) if token is not None else
+                    self._command(*claim_marker_command(key, ttl_ms)))
 
     def put_entry(self, key: str, name: str, value: str | None) -> None:
         self._command(*entry_command(key, name, value))
@@ -360,7 +372,14 @@ class AsyncRedisStore:
         await self._run("release", *release_args(keys, hold_id, estimate))
 
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
-        return snapshot_result(await self._run("snapshot", snapshot_keys(keys), [now_ms]))
+        return snapshot_result(await self._run("snapshot", snapshot_keys(keys), [now_ms]), now_ms)
+
+    async def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        await self._command(*user_limits_command(keys, compiled))
+
+    async def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                            clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        return boosts_result(await self._run("boosts", *boosts_args(keys, now_ms, add, clear)), now_ms)
 
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         if tier is None:
@@ -430,8 +449,9 @@ class AsyncRedisStore:
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
         await self._command(*put_marker_command(key, value, ttl_ms))
 
-    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
-        return bool(await self._command(*claim_marker_command(key, ttl_ms)))
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
+        return bool(await self._run("claim", [key], [token, ttl_ms]) if token is not None else
+                    await self._command(*claim_marker_command(key, ttl_ms)))
 
     async def put_entry(self, key: str, name: str, value: str | None) -> None:
         await self._command(*entry_command(key, name, value))

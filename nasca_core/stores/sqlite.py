@@ -11,21 +11,20 @@ under a lock, so threads queue in Python instead of in SQLite's sleeping busy ha
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from nasca_core import _policy
+from nasca_core.stores import _sqlite_analytics as analytics
 from nasca_core.stores import _sqlite_billing as billing
 from nasca_core.stores import _sqlite_schema as schema
 from nasca_core.stores._base import (
     AnalyticsEvent,
-    LedgerMonth,
     Lot,
     MonthCounts,
     MonthRaw,
@@ -36,23 +35,23 @@ from nasca_core.stores._base import (
     SettleOp,
     SettleResult,
     Snapshot,
+    StoredBoost,
     StoredConfig,
     SubChange,
     SubscriptionResult,
     UserKeys,
     UserRecords,
-    month_owner,
+    stale_reply,
 )
+from nasca_core.stores._effective import in_force, resolve
 from nasca_core.stores._samples import ran_tier, record_tier, sqlite_add
+from nasca_core.stores._sqlite_meta import change_boosts, put_meta
 from nasca_core.stores._sqlite_schema import LOT_COLUMNS, SWEEP, connect, errors, lot_of
 from nasca_core.stores._user_data import sqlite_user_data
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _SWEEP_EVERY = 5_000  # writes between deletes of expired rows
-_STALE = ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
-
-
 class SqliteStore:
     """A store on a SQLite file (created on first use)."""
 
@@ -63,7 +62,6 @@ class SqliteStore:
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = connect(path, timeout)
         self._writes = 0
-        self._tiers: tuple[str, dict[str, Any]] = ("", {})
         _open_stores.add(self)
 
     # -- transactions ------------------------------------------------------------------
@@ -101,20 +99,6 @@ class SqliteStore:
                 conn.execute("COMMIT")
 
     # -- shared reads (inside a transaction) -------------------------------------------
-    def _decode_tiers(self, text: str) -> dict[str, Any]:
-        if self._tiers[0] != text:
-            self._tiers = (text, json.loads(text))
-        return self._tiers[1]
-
-    def _tier(self, stored: str | None, tier: str, compiled: Sequence[int],
-              tiers_json: str) -> tuple[str, Sequence[int], Sequence[int], int]:
-        if stored is not None and stored != tier:
-            tiers = self._decode_tiers(tiers_json)
-            if stored in tiers:
-                t = tiers[stored]
-                return stored, t["l"], t["h"], t.get("f", -1)
-        return tier, compiled[:3], compiled[3:6], compiled[6] if len(compiled) > 6 else -1
-
     @staticmethod
     def _spent(c: sqlite3.Connection, keys: UserKeys, now_ms: int) -> tuple[int, int, int]:
         q = "SELECT value FROM counter WHERE key = ? AND expires > ?"
@@ -142,16 +126,17 @@ class SqliteStore:
         with self._write(now) as c:
             # Expired holds are not counted, and the sweep deletes them (a per-user delete would
             # scan the user's rows on every call).
-            version, stored, held, in_flight, d, w, m, retried = c.execute(schema.RESERVE_VIEW, (
+            version, stored, lim, bo, held, in_flight, d, w, m, retried, an = c.execute(schema.RESERVE_VIEW, (
                 keys.namespace, keys.meta, now, keys.day, keys.week, keys.month, member)).fetchone()
-            if op.config_version != (version or 0):
-                return _STALE
-            name, limits, hard, cap = self._tier(stored, op.tier, op.tier_compiled, op.tiers_json)
+            if (stale := stale_reply(op, version or 0, an)) is not None:
+                return stale
+            name, limits, hard, cap = resolve(stored, lim, bo, op.tier, op.tier_compiled, op.tiers_json, now)
             spent, held, in_flight = _policy.own_view((d or 0, w or 0, m or 0), held, in_flight, op.owed)
             def lots() -> int: return sum(lot.remaining for lot in self._live_lots(c, keys, now))
             if retried:  # a retried reserve holds once, its room as the first
                 left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling, lots)
-                return ReserveResult(1, name, 0, spent, held, credits, left)
+                return ReserveResult(1, name, 0, spent, held, credits, left,
+                                     applied=(*limits, *hard, cap))
             if _policy.over_cap(in_flight, cap):
                 return ReserveResult(2, name, 0, spent, held, -1)
             credits = -1
@@ -164,18 +149,20 @@ class SqliteStore:
             c.execute("INSERT OR REPLACE INTO hold VALUES (?, ?, ?, ?)",
                       (keys.meta, member, op.estimate, op.hold_expiry_ms))
             left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
-            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left)
+            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left,
+                                 applied=(*limits, *hard, cap))
 
     def settle(self, op: SettleOp) -> SettleResult:
         keys, now, ttls = op.keys, op.now_ms, op.ttls_ms
         with self._write(now) as c:
-            done, stored, d, w, m = c.execute(schema.SETTLE_VIEW, (
+            done, stored, lim, bo, d, w, m = c.execute(schema.SETTLE_VIEW, (
                 keys.meta, op.hold_id, now, keys.day, keys.week, keys.month)).fetchone()
             if done:
                 return SettleResult(2, 0, 0, (0, 0, 0))
             c.execute("DELETE FROM hold WHERE user = ? AND member = ?",
                       (keys.meta, f"{op.hold_id}:{op.estimate}"))
-            _, limits, hard, _ = self._tier(stored, op.tier, op.tier_compiled, op.tiers_json)
+            _, limits, hard, _ = resolve(stored, lim, bo, op.tier, op.tier_compiled, op.tiers_json,
+                                         op.boosts_at)
             spent = (d or 0, w or 0, m or 0)
             tier_part, credit_part = _policy.split(op.cost, limits, hard, spent, 1 << 62)
             if op.cost > tier_part:
@@ -204,7 +191,8 @@ class SqliteStore:
             c.execute("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
                       (keys.meta, op.hold_id, op.marker_expiry_ms))
             record_tier(c, keys, op.tier, now + ttls[2])
-            return SettleResult(1, op.cost - credit_part, credit_part, (d, w, m))
+            return SettleResult(1, op.cost - credit_part, credit_part, (d, w, m),
+                                (limits[0], limits[1], limits[2]))
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self._write() as c:
@@ -212,18 +200,27 @@ class SqliteStore:
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         with self._read() as c:
-            meta = c.execute("SELECT tier FROM meta WHERE user = ?", (keys.meta,)).fetchone()
+            meta = c.execute("SELECT tier, lim, bo, an FROM meta WHERE user = ?", (keys.meta,)).fetchone()
             month = c.execute("SELECT c, k, n, ti, tout FROM month WHERE key = ? AND expires > ?",
                               (keys.month, now_ms)).fetchone() or (0, 0, 0, 0, 0)
             return Snapshot(meta[0] if meta else None, self._held(c, keys, now_ms)[0],
                             self._spent(c, keys, now_ms), month[0], month[1], month[2],
                             tuple(self._live_lots(c, keys, now_ms)), month[3], month[4],
-                            ran_tier(c, keys, now_ms))
+                            ran_tier(c, keys, now_ms), meta[1] if meta else None,
+                            in_force(meta[2] if meta else None, now_ms), (meta[3] if meta else None) or "")
 
     def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         with self._write() as c:
-            c.execute("INSERT INTO meta (user, tier) VALUES (?, ?) ON CONFLICT (user) DO UPDATE "
-                      "SET tier = excluded.tier", (keys.meta, tier))
+            put_meta(c, keys, "tier", tier)
+
+    def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        with self._write() as c:
+            put_meta(c, keys, "lim", compiled)
+
+    def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                      clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        with self._write() as c:
+            return change_boosts(c, keys, now_ms, add, clear)
 
     def grant(self, keys: UserKeys, lot: Lot) -> bool:
         with self._write() as c:
@@ -303,12 +300,12 @@ class SqliteStore:
             c.execute("INSERT OR REPLACE INTO marker VALUES (?, ?, ?)",
                       (key, value, now_ms + ttl_ms if ttl_ms else 0))
 
-    def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
+    def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
         with self._write(now_ms) as c:
-            if c.execute("SELECT 1 FROM marker WHERE key = ? AND (expires = 0 OR expires > ?)",
-                         (key, now_ms)).fetchone():
-                return False
-            c.execute("INSERT OR REPLACE INTO marker VALUES (?, '1', ?)", (key, now_ms + ttl_ms))
+            if held := c.execute("SELECT value FROM marker WHERE key = ? AND (expires = 0 OR expires > ?)",
+                                 (key, now_ms)).fetchone():
+                return token is not None and held[0] == token
+            c.execute("INSERT OR REPLACE INTO marker VALUES (?, ?, ?)", (key, token or "1", now_ms + ttl_ms))
             return True
 
     def put_entry(self, key: str, name: str, value: str | None) -> None:
@@ -325,67 +322,20 @@ class SqliteStore:
 
     def apply_subscription(self, keys: UserKeys, change: SubChange, now_ms: int) -> SubscriptionResult:
         with self._write(now_ms) as c:  # the rules of lua/subscription.lua
-            return billing.apply_subscription(c, keys, change)
+            return billing.apply_subscription(c, keys, change, now_ms)
 
     # -- analytics -------------------------------------------------------------------------
     def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
-        ns, month, user = namespace, event.month, event.user_id
-        count = ("INSERT INTO an_count VALUES (?, ?, ?, ?) ON CONFLICT (namespace, month, name) "
-                 "DO UPDATE SET value = value + excluded.value")
         with self._write() as c:
-            c.execute(count, (ns, month, f"e:{event.kind}", 1))
-            blocked = 1 if event.kind == "blocked" else 0
-            orders = 1 if event.kind == "purchase_completed" else 0
-            c.execute("INSERT INTO an_user VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, month, user) "
-                      "DO UPDATE SET blocked = blocked + excluded.blocked, orders = orders + excluded.orders",
-                      (ns, month, user, blocked, orders))
-            if not blocked and event.prompt_id:
-                c.execute("INSERT OR IGNORE INTO an_step VALUES (?, ?, ?, ?)",
-                          (ns, month, event.kind, event.prompt_id))
-            if orders:
-                c.execute(count, (ns, month, f"r:{event.currency}", event.amount_nanos))
-                c.execute(count, (ns, month, f"o:{event.currency}", 1))
-                c.execute("INSERT INTO an_revenue VALUES (?, ?, ?, ?, ?) ON CONFLICT "
-                          "(namespace, month, currency, user) DO UPDATE SET value = value + excluded.value",
-                          (ns, month, event.currency, user, event.amount_nanos))
-
-    @staticmethod
-    def _counts(c: sqlite3.Connection, namespace: str, month: str) -> MonthCounts:
-        counters = dict(c.execute("SELECT name, value FROM an_count WHERE namespace = ? AND month = ?",
-                                  (namespace, month)))
-        steps = dict(c.execute("SELECT kind, COUNT(*) FROM an_step WHERE namespace = ? AND month = ? "
-                               "GROUP BY kind", (namespace, month)))
-        return MonthCounts(counters, steps)
+            analytics.record_event(c, namespace, event)
 
     def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
         with self._read() as c:
-            counts = self._counts(c, namespace, month)
-            raw = MonthRaw(counters=counts.counters, steps=counts.steps)
-            where = (namespace, month)
-            for user, blocked, orders in c.execute(
-                    "SELECT user, blocked, orders FROM an_user WHERE namespace = ? AND month = ?", where):
-                raw.users.add(user)
-                if blocked:
-                    raw.user_blocked[user] = blocked
-                if orders:
-                    raw.user_orders[user] = orders
-            for cur, user, value in c.execute(
-                    "SELECT currency, user, value FROM an_revenue WHERE namespace = ? AND month = ?", where):
-                raw.user_revenue[(cur, user)] = value
-            # Every user's month row: keys run "<namespace>:{<user>}:m:<month>", so a range of
-            # the primary key holds the namespace's users (a report's scan, never a call's path).
-            head = f"{namespace}:{{"
-            for key, *values in c.execute(
-                    "SELECT key, c, k, n, ti, tout FROM month WHERE key >= ? AND key < ? AND expires > ?",
-                    (head, head[:-1] + chr(ord("{") + 1), now_ms)):
-                owner = month_owner(key, namespace, month)
-                if owner is not None:
-                    raw.ledger[owner] = LedgerMonth(*values)
-            return raw
+            return analytics.read_month(c, namespace, month, now_ms)
 
     def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
         with self._read() as c:
-            return [self._counts(c, namespace, month) for month in months]
+            return [analytics.counts(c, namespace, month) for month in months]
 
     def close(self) -> None:
         with self._lock:
@@ -415,6 +365,13 @@ class AsyncSqliteStore:
 
     async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         return await self._run(self.sync.snapshot, keys, now_ms)
+
+    async def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
+        await self._run(self.sync.set_user_limits, keys, compiled)
+
+    async def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
+                            clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
+        return await self._run(self.sync.change_boosts, keys, now_ms, add, clear)
 
     async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
         await self._run(self.sync.set_user_tier, keys, tier)
@@ -453,8 +410,8 @@ class AsyncSqliteStore:
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
         await self._run(self.sync.put_marker, key, value, ttl_ms, now_ms)
 
-    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int) -> bool:
-        return await self._run(self.sync.claim_marker, key, ttl_ms, now_ms)
+    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
+        return await self._run(self.sync.claim_marker, key, ttl_ms, now_ms, token)
 
     async def put_entry(self, key: str, name: str, value: str | None) -> None:
         await self._run(self.sync.put_entry, key, name, value)

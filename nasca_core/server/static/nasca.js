@@ -2,6 +2,7 @@
  *
  *   <script src="https://your.app/nasca/nasca.js"></script>
  *   Nasca.open(err.checkout_url, { onEvent: function (type, detail) { ... } });
+ *   Nasca.open(warningUrl, { reason: "warning" });   // at a soft threshold: "near your limit"
  *
  * Events (to onEvent, and as CustomEvents on window): "nasca:checkout_started",
  * "nasca:purchased" (the confirmation stays until the user closes it; closeOnPurchase: true
@@ -35,6 +36,7 @@
     }
     close("replaced");
     target.searchParams.set("parent", location.origin);
+    if (options && options.reason === "warning") { target.searchParams.set("reason", "warning"); }
     var narrow = window.matchMedia("(max-width: 600px)").matches;
     var backdrop = document.createElement("div");
     backdrop.setAttribute("data-nasca-overlay", "");

@@ -82,22 +82,42 @@ local function balance_of(lots)
   return b
 end
 
-local function resolve_tier(meta, requested, cfg_json, base)
-  -- A tier stored for the user (set_user_tier, a subscription) beats the caller's. The
-  -- caller's tier comes pre-compiled in ARGV[base .. base+6] (limits d, w, m; hard d, w, m;
-  -- in-flight cap, -1 = none),
-  -- so the tiers JSON is decoded only for users with a stored tier. The third value is the
-  -- stored tier (false = none).
-  local name = redis.call('HGET', meta, 'tier')
+local function resolve_tier(meta, requested, cfg_json, base, now)
+  -- As nasca_core/stores/_effective.resolve. A tier stored for the user (set_user_tier, a
+  -- subscription) beats the caller's. The caller's tier comes pre-compiled in ARGV[base ..
+  -- base+6] (limits d, w, m; hard d, w, m; in-flight cap, -1 = none), so the tiers JSON is
+  -- decoded only for users with a stored tier. Then the user's own limits ('lim', compiled
+  -- JSON) replace the tier's limits, hard flags and cap, and each boost in force ('bo': JSON
+  -- [[id, window 0..2, nanos, until ms]], until > now) adds to its window's limit when it has
+  -- one; a settle passes its call's reserve time as now (a boost that admitted a call pays for it). The same HMGET reads all three. The third value is the stored tier (false = none),
+  -- the fourth the user's billing-cycle anchor spec ('' = none: the reserve's stale check).
+  local got = redis.call('HMGET', meta, 'tier', 'lim', 'bo', 'an')
+  local name, out, tier = got[1], requested, nil
   if name and name ~= requested then
     local cfg = cjson.decode(cfg_json)
     if cfg[name] then
-      cfg[name].f = cfg[name].f or -1
-      return name, cfg[name], name
+      out, tier = name, cfg[name]
+      tier.f = tier.f or -1
     end
   end
-  local a = tonumber
-  return requested, {l = {a(ARGV[base]), a(ARGV[base + 1]), a(ARGV[base + 2])},
-                     h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])},
-                     f = a(ARGV[base + 6] or '-1')}, name
+  if not tier then
+    local a = tonumber
+    tier = {l = {a(ARGV[base]), a(ARGV[base + 1]), a(ARGV[base + 2])},
+            h = {a(ARGV[base + 3]), a(ARGV[base + 4]), a(ARGV[base + 5])},
+            f = a(ARGV[base + 6] or '-1')}
+  end
+  if got[2] then
+    local o = cjson.decode(got[2])
+    tier.l, tier.h, tier.f = o.l, o.h, o.f or tier.f  -- no 'f': the tier's cap
+  end
+  if got[3] then
+    local boosts = cjson.decode(got[3])
+    for k = 1, #boosts do
+      local b = boosts[k]
+      local w = b[2] + 1
+      -- Capped at _money.MAX_NANOS (2^53): above it a double is no longer exact.
+      if b[4] > now and tier.l[w] ~= -1 then tier.l[w] = math.min(tier.l[w] + b[3], 9007199254740992) end
+    end
+  end
+  return out, tier, name, got[4] or ''
 end

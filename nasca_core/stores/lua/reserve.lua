@@ -8,18 +8,24 @@
 --       in-flight cap (-1 = none), 16..18 this process's deferred settles of the user: count,
 --       their holds' nanos, their costs' nanos (counted as spend, not as holds in flight),
 --       19 the call's uncapped ceiling nanos (cap_output; 0 = none): credits are read for the room
---       when the allowance left is below it
+--       when the allowance left is below it, 20 the user's anchor spec the caller named the keys
+--       with ('' = calendar months; _windows.anchored_month)
 -- Safe to run twice: a hold id already held is admitted again without holding twice.
--- Returns {status (1 admitted, 0 blocked, 2 busy: the in-flight cap, -1 stale config), tier, blocking window (0 = none),
+-- Returns {status (1 admitted, 0 blocked, 2 busy: the in-flight cap, -1 stale config, -2 stale
+--          anchor: then the second value is the stored spec), tier, blocking window (0 = none),
 --          spent d, spent w, spent m, held (incl. this hold when admitted), credit balance (-1 = not read),
---          room: what the user may spend beside the other holds, as _policy.room (-1 = no limit / blocked)}
+--          room: what the user may spend beside the other holds, as _policy.room (-1 = no limit / blocked),
+--          admitted only: what was applied, as ARGV[9..15] (the user's own limits and boosts counted)}
 if KEYS[8] and ARGV[8] ~= '' and (redis.call('GET', KEYS[8]) or '0') ~= ARGV[8] then
   return {-1, '', 0, 0, 0, 0, 0, -1}
 end
 local now = tonumber(ARGV[1])
 local est = tonumber(ARGV[3])
 local strict = ARGV[5] == '1'
-local name, tier = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9)
+local name, tier, _, anchor = resolve_tier(KEYS[1], ARGV[6], ARGV[7], 9, now)
+-- Before anything is written (held_total below purges expired holds): keys named from a
+-- stale anchor are the wrong month's.
+if anchor ~= (ARGV[20] or '') then return {-2, anchor, 0, 0, 0, 0, 0, -1} end
 local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local owed_n, owed_held, owed_cost = tonumber(ARGV[16] or '0'), tonumber(ARGV[17] or '0'), tonumber(ARGV[18] or '0')
@@ -52,7 +58,8 @@ end
 if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   held = held - est
   local left, credits = room_of(-1)
-  return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left}
+  return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left,
+          tier.l[1], tier.l[2], tier.l[3], tier.h[1], tier.h[2], tier.h[3], tier.f}
 end
 -- The in-flight cap: held_total has just purged the expired holds, so ZCARD counts live ones.
 if tier.f >= 0 and redis.call('ZCARD', KEYS[2]) - owed_n >= tier.f then
@@ -82,4 +89,5 @@ end
 add_hold(KEYS[2], KEYS[7], ARGV[2], ARGV[3], tonumber(ARGV[4]), now)
 local left
 left, credits = room_of(credits)
-return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left}
+return {1, name, 0, spent[1], spent[2], spent[3], held + est, credits, left,
+          tier.l[1], tier.l[2], tier.l[3], tier.h[1], tier.h[2], tier.h[3], tier.f}

@@ -5,10 +5,13 @@
 -- ARGV: 1 now ms, 2 hold id, 3 hold estimate nanos, 4 real cost nanos, 5 requested tier,
 --       6 tiers JSON, 7 day TTL ms, 8 week TTL ms, 9 month TTL ms, 10 settled-marker expiry ms,
 --       11 input tokens, 12 output tokens (counted on the month hash for reports),
---       13..19 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
+--       13 one ms before the call was reserved, epoch ms (a boost whose until is later counts:
+--       _effective, SettleOp.boosts_at),
+--       14..20 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
 --       in-flight cap (unused here)
 -- Returns {status (1 applied, 2 already settled), tier-funded nanos (cost - credit-funded), credit-funded nanos,
---          spent d, spent w, spent m}
+--          spent d, spent w, spent m (each window's counter after this call, in the window it
+--          landed in), limit d, w, m in force (-1 = none; 0s and -1s when already settled)}
 -- A hold that expired (or never reached the store) is still charged: spend is never dropped.
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
@@ -17,7 +20,7 @@ local seen = redis.call('ZSCORE', KEYS[7], id)
 if seen and tonumber(seen) > now then return {2, 0, 0, 0, 0, 0} end
 drop_hold(KEYS[2], KEYS[8], id .. ':' .. ARGV[3])
 local cost = tonumber(ARGV[4])
-local _, tier, stored = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 13)
+local _, tier, stored = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 14, tonumber(ARGV[13]))
 local limits, hard = tier.l, tier.h
 -- One read of each counter: whether it exists yet decides whether its expiry is set below.
 local raw_d, raw_w = redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])
@@ -71,4 +74,4 @@ local marker = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 redis.call('ZADD', KEYS[7], marker, id)
 if redis.call('PTTL', KEYS[7]) < marker - now then redis.call('PEXPIRE', KEYS[7], 2 * (marker - now)) end
-return {1, cost - credit_part, credit_part, d, w, m}
+return {1, cost - credit_part, credit_part, d, w, m, limits[1], limits[2], limits[3]}
