@@ -215,3 +215,28 @@ async def test_aclose_does_not_block_the_event_loop() -> None:
         assert len(r.requests) == 1 and ticks >= 10  # the slow delivery ran while the loop ticked
     finally:
         r.close()
+
+
+def test_nasca_serve_posts_crossings_to_the_owners_url_with_the_secret_from_the_environment(
+        receiver: Receiver) -> None:
+    from nasca_core.server import ServeConfig, build_nasca
+
+    config = ServeConfig.parse({"store": "memory://", "threshold_webhook_url": receiver.url,
+                                "tiers": {"free": {"daily": 1, "warn_at": [0.8]}}})
+    n = build_nasca(config, {"NASCA_THRESHOLD_WEBHOOK_SECRET": SECRET})
+    n.set_price(MODEL, {"input": 1000, "output": 1000})
+    assert n.thresholds.webhook is not None
+    n.thresholds.webhook.backoff = (0.05, 0.1, 0.2)
+    for _ in range(40):
+        n.start_call(MODEL, prompt_tokens=10, max_tokens=10, user="u1").finish(
+            TokenUsage(input_tokens=10, output_tokens=10))
+    assert n.thresholds.flush() and n.thresholds.webhook.flush(10)
+    headers, body, status = receiver.requests[-1]
+    assert status == 200
+    verify_owner_webhook(body, headers["Nasca-Signature"], SECRET)
+    assert json.loads(body)["data"]["user_id"] == "u1"
+    n.close()
+    with pytest.raises(ConfigurationError):  # a URL without the secret in the environment
+        build_nasca(config, {})
+    with pytest.raises(ConfigurationError, match="secret"):  # the secret never goes in the file
+        ServeConfig.parse({"store": "memory://", "threshold_webhook_secret": SECRET})

@@ -55,8 +55,9 @@ ENV_SECRET = "NASCA_SECRET"
 ENV_ADMIN_TOKEN = "NASCA_ADMIN_TOKEN"
 ENV_STRIPE_KEY = "STRIPE_API_KEY"
 ENV_WEBHOOK_SECRET = "STRIPE_WEBHOOK_SECRET"
+ENV_THRESHOLD_SECRET = "NASCA_THRESHOLD_WEBHOOK_SECRET"  # signs the owner's threshold webhook
 _SECRET_KEYS = {"secret", "admin_token", "api_key", "webhook_secret", "stripe_webhook_secret",
-                "previous_secrets"}
+                "previous_secrets", "threshold_webhook_secret"}
 
 
 class _Section(BaseModel):
@@ -96,6 +97,7 @@ class ServeConfig(_Section):
     packs: dict[str, dict[str, Any]] = {}
     plans: dict[str, dict[str, Any]] = {}
     billing: dict[str, Any] = {}  # a BillingPolicy: on_amount_mismatch, on_partial_refund, ...
+    threshold_webhook_url: str | None = None  # Tier.warn_at crossings posted to the owner
     stripe: StripeSection = StripeSection()
     server: ServerSection = ServerSection()
 
@@ -134,7 +136,8 @@ def _refuse_secrets(data: Mapping[str, Any], source: str, where: str = "") -> No
         if key in _SECRET_KEYS:
             raise ConfigurationError(
                 f"{source}: {where}{key} looks like a secret: put secrets in environment variables "
-                f"({ENV_SECRET}, {ENV_ADMIN_TOKEN}, {ENV_STRIPE_KEY}, {ENV_WEBHOOK_SECRET}), not in the file")
+                f"({ENV_SECRET}, {ENV_ADMIN_TOKEN}, {ENV_STRIPE_KEY}, {ENV_WEBHOOK_SECRET}, "
+                f"{ENV_THRESHOLD_SECRET}), not in the file")
         if isinstance(value, Mapping) and key in ("server", "stripe"):
             _refuse_secrets(value, source, f"[{key}] ")
 
@@ -152,7 +155,9 @@ def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = Non
     nasca = Nasca(config.store if store is None else store, tiers=tiers, default_tier=default,
                   namespace=config.namespace, timezone=config.timezone,
                   packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
-                  webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None)
+                  webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None,
+                  threshold_webhook_url=config.threshold_webhook_url,
+                  threshold_webhook_secret=env.get(ENV_THRESHOLD_SECRET) or None)
     nasca.billing.policy = policy
     return nasca
 
