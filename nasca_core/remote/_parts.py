@@ -24,21 +24,15 @@ if TYPE_CHECKING:
 
 
 class OnTheServer:
-    """What the server does for a remote client's calls: it calibrates their estimates and
-    warns at its tiers' thresholds when it admits them. The client's LLMCall reports to
-    ``nasca.calibration`` and ``nasca.thresholds``; here those reports are no-ops (any
-    arguments: the server's side decides what they carry)."""
+    """What the server does for a remote client's calls: it calibrates their estimates (and
+    fires threshold crossings where their settles land). The client's LLMCall reports to
+    ``nasca.calibration``; here those reports are no-ops (any arguments: the server's side
+    decides what they carry)."""
 
     def view(self, model: str) -> ModelStats | None:
         return None
 
     def observe(self, *_: object, **__: object) -> None:
-        return None
-
-    def settled(self, *_: object, **__: object) -> None:
-        return None
-
-    async def asettled(self, *_: object, **__: object) -> None:
         return None
 
 
