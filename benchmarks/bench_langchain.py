@@ -67,7 +67,24 @@ class FakeChat(BaseChatModel):
 
 
 class NoOp(BaseCallbackHandler):
-    """Handles nothing: what LangChain charges for dispatching to one handler."""
+    """Handles nothing: what LangChain charges for dispatching to one handler. Like
+    UsageMetadataCallbackHandler, it lacks on_chat_model_start, so LangChain raises
+    NotImplementedError and retries the event as on_llm_start with the prompt as text."""
+
+
+class Floor(BaseCallbackHandler):
+    """The least a blocking handler costs: NascaCallbackHandler's shape (raise_error, inline,
+    chains ignored, on_chat_model_start and on_llm_end), doing nothing in them."""
+
+    raise_error = True
+    run_inline = True
+    ignore_chain = ignore_agent = ignore_retriever = ignore_retry = ignore_custom_event = True
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
+        pass
 
 
 def make_nasca(store: str) -> Nasca:
@@ -95,6 +112,7 @@ def main() -> None:
         p50 = interleaved({
             "no handler": invoke(),
             "do-nothing handler": invoke(NoOp()),
+            "floor: Nasca's shape, no work": invoke(Floor()),
             "UsageMetadataCallbackHandler": invoke(UsageMetadataCallbackHandler()),
             "Nasca, memory store": invoke(NascaCallbackHandler(mem)),
             "Nasca, Redis store": invoke(NascaCallbackHandler(red)),
@@ -137,6 +155,10 @@ def report(p50: dict[str, float], steps: dict[str, float], async_rows: dict[str,
     print(f"  {label:58s}{glue:7.1f} µs")
     print(f"  {'=> LangChain dispatching to one handler (do-nothing row)':58s}"
           f"{over['do-nothing handler']:7.1f} µs")
+    floor = over["floor: Nasca's shape, no work"]
+    print(f"  {'=> LangChain dispatching to a handler of our shape (floor row)':58s}{floor:7.1f} µs"
+          f"  = {floor / umch:.2f}× UMCH: the ≤ 2× goal leaves {2 * umch - floor:.1f} µs for "
+          "estimate, reserve, usage, price and settle")
     print("\nasync ainvoke, memory store: overhead per call over no handler")
     for name, v in async_rows.items():
         print(f"  {name:58s}{v:7.1f} µs")

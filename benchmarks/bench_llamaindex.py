@@ -2,6 +2,7 @@
 store and with Redis.
 
     .venv/bin/python benchmarks/bench_llamaindex.py [--redis-url redis://...] [--calls 2000]
+    .venv/bin/python benchmarks/bench_llamaindex.py --breakdown   # where the memory overhead goes
 
 Without --redis-url a throwaway redis-server is started on a free loopback port (and
 stopped at the end). Each figure is the mean time per call in the best of several
@@ -98,6 +99,49 @@ def run(stores: dict[str, str | None], calls: int, rounds: int) -> dict[str, dic
     return {label: {n: min(v) for n, v in per.items()} for label, per in samples.items()}
 
 
+class _CoreLimiter:
+    """A plain rate limiter that runs the core's start_call + finish, as the integration's
+    gate and events do, but with none of the integration's code around it."""
+
+    def __init__(self, nasca: Nasca) -> None:
+        self.nasca = nasca
+
+    def acquire(self, num_tokens: int = 0) -> None:
+        call = self.nasca.start_call("unknown", prompt=PROMPT, max_tokens=8)
+        call.add_text("text " * 8)
+        call.finish(None)
+
+
+def breakdown(calls: int, rounds: int) -> None:
+    """Split the memory store's overhead on ``complete``: the core's start_call + finish in a
+    loop of its own, the same pair run inside each MockLLM call (no integration: CPU caches
+    are shared with LlamaIndex's code), and the whole integration."""
+    nasca = Nasca("memory://breakdown", tiers={"big": Tier(monthly=10**6)}, default_tier="big",
+                  model_aliases={"unknown": "gpt-4o-mini"})
+    plain, inside, guarded = MockLLM(max_tokens=8), MockLLM(max_tokens=8), MockLLM(max_tokens=8)
+    inside.rate_limiter = _CoreLimiter(nasca)
+    nasca_llamaindex.guard_llm(guarded, nasca)
+    fns: dict[str, Callable[[], Any]] = {
+        "none": lambda: plain.complete(PROMPT), "core pair alone": lambda: inside.rate_limiter.acquire(),
+        "core pair inside the call": lambda: inside.complete(PROMPT),
+        "integration": lambda: guarded.complete(PROMPT)}
+    best = dict.fromkeys(fns, float("inf"))
+    with nasca.user("bench_user"):
+        for r in range(rounds + 1):
+            for name, fn in fns.items():
+                t = timed(fn, calls if r else min(calls, 200))
+                best[name] = min(best[name], t) if r else best[name]
+    nasca_llamaindex.unguard(guarded)
+    nasca.close()
+    base = best["none"]
+    print(f"complete, memory store, best of {rounds} rounds of {calls}: us per call")
+    print(f"  core start_call + finish, alone:            {best['core pair alone']:7.1f}")
+    print(f"  the same pair inside the MockLLM call:      {best['core pair inside the call'] - base:7.1f}")
+    print(f"  the integration's overhead:                 {best['integration'] - base:7.1f}")
+    print(f"  of which the integration's own code:        "
+          f"{best['integration'] - best['core pair inside the call']:7.1f}")
+
+
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
     if url:
@@ -136,7 +180,12 @@ def main() -> None:
     parser.add_argument("--redis-url", help="an existing Redis (default: start one)")
     parser.add_argument("--calls", type=int, default=1000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="split the memory-store overhead of complete into core and integration")
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args.calls, args.rounds)
+        return
 
     with redis_server(args.redis_url) as url:
         stores = {"none": None, "memory": f"memory://bench{uuid.uuid4().hex}", "redis": url}

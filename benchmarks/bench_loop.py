@@ -49,8 +49,10 @@ class AsyncFakeChat(FakeChat):
         return ChatResult(generations=[ChatGeneration(message=REPLY)])
 
 
-async def _lag_of(model: AsyncFakeChat, handler: Any, batches: int) -> tuple[float, int]:
-    """Total ticker lag (µs) while ``batches`` x CONCURRENT ainvokes run; and how many calls."""
+async def _lag_of(model: AsyncFakeChat, handler: Any, batches: int) -> tuple[float, int, float, float]:
+    """Total ticker lag (µs) while ``batches`` x CONCURRENT ainvokes run, how many calls, the
+    loop thread's own CPU time and the process's (µs: what other processes on the machine
+    can't inflate; the process's includes the background sender's thread)."""
     lag = 0.0
     stop = asyncio.Event()
 
@@ -64,16 +66,19 @@ async def _lag_of(model: AsyncFakeChat, handler: Any, batches: int) -> tuple[flo
 
     tick = asyncio.create_task(ticker())
     await asyncio.sleep(0)
-    calls = 0
+    calls, cpu0, proc0 = 0, time.thread_time(), time.process_time()
     for _ in range(batches):
         config = [{"callbacks": [handler] if handler else [],
                    "metadata": {"nasca_user_id": f"loop-{uuid.uuid4().hex[:8]}-{i}"}}
                   for i in range(CONCURRENT)]
         await asyncio.gather(*(model.ainvoke(PROMPT, config=c) for c in config))  # type: ignore[arg-type]
         calls += CONCURRENT
+    while handler is not None and len(handler.nasca.deferred):  # the sender's work counts in the round
+        await asyncio.sleep(0.001)
+    cpu, proc = time.thread_time() - cpu0, time.process_time() - proc0
     stop.set()
     await tick
-    return lag * 1e6, calls
+    return lag * 1e6, calls, cpu * 1e6, proc * 1e6
 
 
 async def run(url: str, rounds: int, batches: int) -> dict[str, list[float]]:
@@ -90,17 +95,22 @@ async def run(url: str, rounds: int, batches: int) -> dict[str, list[float]]:
         await _lag_of(model, handler, 1)
     lags: dict[str, list[float]] = {k: [] for k in configs}
     wall: dict[str, list[float]] = {k: [] for k in configs}
+    cpus: dict[str, list[float]] = {k: [] for k in configs}
+    procs: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(rounds):
         for name, handler in configs.items():
             t0 = time.perf_counter()
-            lag, calls = await _lag_of(model, handler, batches)
+            lag, calls, cpu, proc = await _lag_of(model, handler, batches)
             wall[name].append((time.perf_counter() - t0) * 1e6 / calls)
             lags[name].append(lag / calls)
+            cpus[name].append(cpu / calls)
+            procs[name].append(proc / calls)
     await red.aflush()
     await red.aclose()
     await awaited.aclose()
     await mem.aclose()
-    return {**{f"lag {k}": v for k, v in lags.items()}, **{f"wall {k}": v for k, v in wall.items()}}
+    return {**{f"lag {k}": v for k, v in lags.items()}, **{f"wall {k}": v for k, v in wall.items()},
+            **{f"cpu {k}": v for k, v in cpus.items()}, **{f"proc {k}": v for k, v in procs.items()}}
 
 
 def main() -> None:
@@ -115,13 +125,20 @@ def main() -> None:
     base = med["lag no handler"]
     print(f"\n{CONCURRENT} concurrent ainvokes, {args.rounds} interleaved rounds of {args.batches} "
           "batches; medians per call\n")
-    print(f"{'configuration':24s}{'ticker lag µs':>15s}{'blocked µs':>12s}{'wall µs':>10s}")
+    cpu_base, proc_base = med["cpu no handler"], med["proc no handler"]
+    print(f"{'configuration':24s}{'ticker lag µs':>15s}{'blocked µs':>12s}{'wall µs':>10s}"
+          f"{'loop CPU +µs':>14s}{'process CPU +µs':>17s}")
     for name in ("no handler", "Nasca, memory store", "Nasca, Redis store", ROW_AWAITED):
         lag = med[f"lag {name}"]
-        print(f"{name:24s}{lag:15.1f}{lag - base:12.1f}{med[f'wall {name}']:10.1f}")
+        print(f"{name:24s}{lag:15.1f}{lag - base:12.1f}{med[f'wall {name}']:10.1f}"
+              f"{med[f'cpu {name}'] - cpu_base:14.1f}{med[f'proc {name}'] - proc_base:17.1f}")
     m, r = med["lag Nasca, memory store"] - base, med["lag Nasca, Redis store"] - base
     print(f"\nblocked time per ainvoke, Redis / memory = {r / m if m > 0 else float('inf'):.2f}× "
           f"(goal: equal, 1.0×; Redis - memory = {r - m:.1f} µs per call)")
+    mc, rc = med["cpu Nasca, memory store"] - cpu_base, med["cpu Nasca, Redis store"] - cpu_base
+    pm, pr = med["proc Nasca, memory store"] - proc_base, med["proc Nasca, Redis store"] - proc_base
+    print(f"CPU per ainvoke, Redis / memory: the loop thread's {rc / mc if mc > 0 else float('inf'):.2f}×, "
+          f"the process's {pr / pm if pm > 0 else float('inf'):.2f}× (the sender's thread too: its GIL time)")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,11 @@ class BusyWait:
         pause = min(self._pause, left)
         self._pause = min(self._pause * 2, _MAX_PAUSE)
         return pause
+
+
+_NO_WAIT = BusyWait(0.0)  # stateless: its next() is always None
+
+
+def busy_wait_for(seconds: float) -> BusyWait:
+    """The pauses of one reserve waiting up to ``seconds``; one shared object when there is no wait."""
+    return BusyWait(seconds) if seconds > 0 else _NO_WAIT

@@ -41,7 +41,7 @@ log = logging.getLogger("nasca")
 
 MIN_CALLS = 8  # observations before a model's estimates change
 LOCAL_STEP = 8  # observations folded into this process's view at once (one sort per 8 calls)
-BATCH = 16  # observations per background write
+BATCH = 16  # observations per background write: below KEEP, so a write keeps the other processes' samples
 KEEP = 32  # recent observations the statistics are computed from
 QUANTILE = 0.9
 _PPM = 1_000_000
@@ -157,13 +157,15 @@ class Calibration:
         if counted <= 0 or reported < 0 or output < 0:
             return
         obs = (counted, reported, output)
-        with self._lock:
-            fresh = self._fresh.setdefault(model, [])
+        with self._lock:  # get, not setdefault: that makes a new list per call
+            if (fresh := self._fresh.get(model)) is None:
+                fresh = self._fresh[model] = []
             fresh.append(obs)
             if len(fresh) >= LOCAL_STEP:
                 self._views[model] = merge(self._views.get(model), fresh)
                 del self._fresh[model]
-            pending = self._pending.setdefault(model, [])
+            if (pending := self._pending.get(model)) is None:
+                pending = self._pending[model] = []
             pending.append(obs)
             full = len(pending) >= BATCH and model not in self._scheduled
             if full:

@@ -23,6 +23,7 @@ from nasca_core import _observe
 from nasca_core._calibration import ModelStats
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, UnknownModelError, UsageParseError
+from nasca_core._money import MAX_OP_NANOS, check_nanos
 from nasca_core._types import Charge, Reservation
 from nasca_core.pricing import (
     Pricer,
@@ -32,13 +33,14 @@ from nasca_core.pricing import (
     count_tokens,
     estimate_cost_nanos,
 )
+from nasca_core.pricing._usage import MAX_TOKENS
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
     from nasca_core._thresholds import ThresholdWarning
 
 
-_PENDING = Charge(0, 0, 0)
+_IN_FLIGHT = Charge(0, 0, 0)  # marks a call whose first finish is in its store round trip
 # The most output tokens a model writes (and accepts as max_tokens), for calls sent without
 # max_tokens (Anthropic's Messages API requires one): the cap is sent unless the room pays
 # for this much. Longest prefix wins; a model not listed is taken to write up to
@@ -63,16 +65,26 @@ class LLMCall:
     """A reserved model call. Ending it twice is harmless: the first end wins (frameworks
     may report both an error and an end for one call)."""
 
-    __slots__ = ("_charge", "_lock", "counter", "model", "nasca", "prompt_tokens", "reservation")
+    __slots__ = ("_charge", "_counter", "_lock", "model", "nasca", "prompt_tokens", "reservation")
 
     def __init__(self, nasca: Nasca, reservation: Reservation, model: str, prompt_tokens: int) -> None:
         self.nasca = nasca
         self.reservation = reservation
         self.model = model
         self.prompt_tokens = prompt_tokens
-        self.counter = StreamTextCounter(counting_model(nasca.pricer, model))
+        self._counter: StreamTextCounter | None = None  # made on first use: most calls report usage
         self._charge: Charge | None = None
         self._lock = threading.Lock()
+
+    @property
+    def counter(self) -> StreamTextCounter:
+        """The streamed text, counted only if the provider reports no usage."""
+        counter = self._counter
+        if counter is None:  # made once under the lock: two threads' first texts both kept
+            with self._lock:
+                if (counter := self._counter) is None:
+                    counter = self._counter = StreamTextCounter(counting_model(self.nasca.pricer, self.model))
+        return counter
 
     @property
     def user_id(self) -> str:
@@ -89,7 +101,7 @@ class LLMCall:
 
     @property
     def charge(self) -> Charge | None:
-        return self._charge
+        return None if self._charge is None else self._finished()
 
     def output_cap(self, max_tokens: int | None) -> int | None:
         """The ``max_tokens`` to send so the call can't spend past what the user had left at
@@ -108,7 +120,8 @@ class LLMCall:
 
     def add_text(self, text: str | None) -> None:
         """Record a streamed text delta (counted only if the provider reports no usage)."""
-        self.counter.add(text)
+        if text:
+            self.counter.add(text)
 
     def _usage(self, usage: TokenUsage | None) -> TokenUsage:
         if usage is None:
@@ -131,8 +144,14 @@ class LLMCall:
         with self._lock:
             if self._charge is not None:
                 return False
-            self._charge = _PENDING  # until the store answers
+            self._charge = _IN_FLIGHT  # until the store answers
             return True
+
+    def _finished(self) -> Charge:
+        # A second finish while the first is in flight: the cost is not known yet, only that
+        # the call is being charged (a fresh object: the marker is never handed out).
+        assert self._charge is not None
+        return Charge(0, 0, 0, pending=True) if self._charge is _IN_FLIGHT else self._charge
 
     def finish(self, usage: TokenUsage | None = None) -> Charge:
         """Charge the call: ``usage`` as the provider reported it, else prompt + streamed text.
@@ -140,8 +159,7 @@ class LLMCall:
         Raises UnknownModelError (under "block") or UsageParseError (``usage`` is not a
         TokenUsage) before anything is written."""
         if not self._claim():
-            assert self._charge is not None
-            return self._charge
+            return self._finished()
         try:  # nothing is written, and the call can be finished again, if this raises
             u = self._usage(usage)
             cost = self.nasca.pricer.cost(self.model, u)
@@ -159,8 +177,7 @@ class LLMCall:
     async def afinish(self, usage: TokenUsage | None = None) -> Charge:
         """Async twin of finish()."""
         if not self._claim():
-            assert self._charge is not None
-            return self._charge
+            return self._finished()
         try:  # nothing is written, and the call can be finished again, if this raises
             u = self._usage(usage)
             cost = self.nasca.pricer.cost(self.model, u)
@@ -232,9 +249,13 @@ def estimate_call(
     output = (tier.default_output_tokens if tier is not None else None) or default_output_tokens
     held_prompt, held_output = prompt_tokens, max_tokens
     if calibration is not None and calibration.warm:
+        if max_tokens is not None and not (type(max_tokens) is int and 0 <= max_tokens <= MAX_TOKENS):
+            estimate_cost_nanos(pricer, model, 0, max_tokens)  # refused as when cold, not held as p90
         held_prompt = calibration.prompt_hold(prompt_tokens)
         held_output = calibration.output_hold(max_tokens, strict)
     estimate = estimate_cost_nanos(pricer, model, held_prompt, held_output, output)
+    if estimate > MAX_OP_NANOS:  # what reserve(nanos=...) refuses, refused before any store
+        check_nanos(estimate, what="the call's estimate")
     if not capped:  # no room asked for: the reserve never reads credits for one
         return prompt_tokens, estimate, 0
     # The most the call may cost uncapped: the reserve reads the user's credits for the room

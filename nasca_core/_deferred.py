@@ -30,11 +30,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from nasca_core._errors import StoreError
-from nasca_core._journal import Journal, encode, refuse
+from nasca_core._journal import Journal, encode, refuse, set_aside
 from nasca_core._journal_home import journal_home, locate
 from nasca_core._sender import QUEUE_LIMIT, Sender
 from nasca_core._turns import aread_turn, read_turn, seen
@@ -45,6 +45,7 @@ log = logging.getLogger("nasca")
 
 MAX_PENDING = 100_000  # settles one process keeps waiting for the store
 WRITE_WAIT_S = 1.0  # a flush waits this long for reads of the next settle's user (one round trip each)
+BATCH = 32  # settles per store call: Redis runs a batch's scripts back to back, other clients wait
 
 
 class DeferredSettles:
@@ -62,7 +63,7 @@ class DeferredSettles:
         self._queue: deque[SettleOp] = deque()
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)  # reads of a user and its settles take turns
-        self._sending: str | None = None  # the user (meta key) whose settle is on its way
+        self._sending: dict[str, int] = {}  # users (meta key) whose settles are on their way: how many
         self._reading: dict[str, int] = {}  # users whose snapshot is being read
         self._wanted: str | None = None  # the user whose settle waits for reads: new ones wait
         self.closed = False  # close() ran: settles go on the caller's path from now on
@@ -143,8 +144,7 @@ class DeferredSettles:
         """Async twin of reserve()."""
         if op.keys.meta not in self._owed:
             return await self._store.for_loop().reserve(op)
-        if not (entry := await aread_turn(self._turn, partial(self._begin_read, op.keys.meta),
-                                                force=False)):
+        if not (entry := await aread_turn(self._turn, partial(self._begin_read, op.keys.meta), force=False)):
             if entry is not None:
                 self._end_read(op.keys.meta)
             return await self._store.for_loop().reserve(op)
@@ -157,7 +157,7 @@ class DeferredSettles:
     def _begin_read(self, meta: str, force: bool = False) -> list[int] | None:
         # Under the lock. None while a settle of the user is on its way to the store (it may
         # or may not be in what the store answers) or waits for reads to end.
-        if not force and meta in (self._sending, self._wanted):
+        if not force and (meta in self._sending or meta == self._wanted):
             return None
         self._reading[meta] = self._reading.get(meta, 0) + 1
         return list(self._owed.get(meta, ()))
@@ -265,22 +265,25 @@ class DeferredSettles:
             return False
 
     def flush(self) -> int:
-        """Retry the queued settles in order; returns how many went through."""
+        """Retry the queued settles in order, ``BATCH`` per ``Store.settle_many``; returns how many landed."""
         landed = self._landed
         with self._flush_lock:
             done = 0
-            # Take before trying, put back on failure: nothing is applied (or dropped) twice.
-            # A retry of a settle the store did apply is a no-op there.
-            while isinstance(op := self._take(), SettleOp):
-                ok = False
+            # Take before trying, put back (in order) what did not land, failed or unsent: nothing
+            # is applied (or dropped) twice. A retry of a settle the store did apply is a no-op there.
+            while ops := self._take(limit=BATCH):
+                results: Sequence[object] = ()
                 try:
-                    self.on_landed(op, self._store.sync.settle(op))
-                    ok = True
+                    results = self._store.sync.settle_many(ops)
+                    for op, result in zip(ops, results, strict=False):
+                        isinstance(result, Exception) or self.on_landed(op, result)
                 except StoreError:
                     break
-                finally:  # any other error too: the settle waits, never half-sent
-                    self._landing(op, ok)
-                done += 1
+                finally:  # any other error too: the settles wait, never half-sent
+                    took = self._landing(ops, results)
+                done += took
+                if took < len(ops):
+                    break
             self._flushed(done)
         return self._landed - landed
 
@@ -291,22 +294,21 @@ class DeferredSettles:
             await asyncio.sleep(0.001)
         try:
             done, deadline = 0, time.monotonic() + WRITE_WAIT_S
-            while (op := self._take(block=False)) is not None:
-                if op is False:  # a read of the user on this loop must be let finish
+            while (ops := self._take(block=False)) != []:
+                if ops is None:  # a read of the user on this loop must be let finish
                     if time.monotonic() > deadline:
                         self._unwant()
                         break
                     await asyncio.sleep(0.0005)
                     continue
-                assert isinstance(op, SettleOp)
-                ok = False
+                results: list[object] = []
                 try:
-                    self.on_landed(op, await self._store.for_loop().settle(op))
-                    ok = True
+                    results.append(await self._store.for_loop().settle(ops[0]))
+                    self.on_landed(ops[0], results[0])
                 except StoreError:
                     break
                 finally:
-                    self._landing(op, ok)
+                    self._landing(ops, results)
                 done, deadline = done + 1, time.monotonic() + WRITE_WAIT_S
             self._flushed(done)
         finally:
@@ -334,11 +336,12 @@ class DeferredSettles:
             self._owed.clear()
             self._sent.clear()
             self._reading.clear()
-            self._sending = None
+            self._sending = {}
             self._in_flight = self._nanos = 0
 
-    def _take(self, block: bool = True) -> SettleOp | bool | None:
-        # False (not blocking): the head's user is being read; try again in a moment.
+    def _take(self, block: bool = True, limit: int = 1) -> list[SettleOp] | None:
+        # None (not blocking): the head's user is being read; try again in a moment. Else up to
+        # ``limit`` from the head, stopping at a settle whose user is being read (order kept).
         expired: list[SettleOp] = []
         with self._lock:
             self._forked()
@@ -350,41 +353,34 @@ class DeferredSettles:
                 self._owe(stale, -1)
                 self._sent.discard(stale.hold_id)
                 expired.append(stale)
-            op: SettleOp | bool | None = None
+            batch: list[SettleOp] = []
+            ops: list[SettleOp] | None = batch
             deadline = time.monotonic() + WRITE_WAIT_S
             while self._queue and self._reading.get(meta := self._queue[0].keys.meta):
                 self._wanted = meta  # new reads of the user wait: readers can't starve the sender
                 if not block:
-                    op = False
+                    ops = None
                     break
                 if (left := deadline - time.monotonic()) <= 0:
                     # Its read may be suspended on the loop this flush blocks: the next flush sends.
-                    op = self._wanted = None
+                    self._wanted = None
                     self._turn.notify_all()
                     break
                 self._turn.wait(min(left, 0.1))  # a read of that user is under way: one round trip
             else:
                 self._wanted = None
-                if self._queue:  # owed until it lands: no read sees it as a hold meanwhile
-                    self._in_flight += 1
-                    op = self._queue.popleft()
-                    self._sending = op.keys.meta
+                queue, sending = self._queue, self._sending
+                # Owed until they land: no read sees them as holds meanwhile.
+                while queue and len(batch) < limit and not self._reading.get(queue[0].keys.meta):
+                    batch.append(op := queue.popleft())
+                    sending[op.keys.meta] = sending.get(op.keys.meta, 0) + 1
+                self._in_flight += len(batch)
         if expired:
             self._set_aside(expired)
-        return op
+        return ops
 
     def _set_aside(self, ops: list[SettleOp]) -> None:
-        if self.journal is not None and self.journal.path is not None:
-            self._stats.deferred_refused += refuse(self.journal.path, ops)
-            try:
-                for op in ops:  # kept in the .refused file: no replay may apply them either
-                    self.journal.done(op.hold_id)
-            except OSError as err:
-                log.warning("nasca: could not mark set-aside settles in %s: %s", self.journal.path, err)
-        else:
-            self._stats.deferred_refused += len(ops)
-            log.error("nasca: %d deferred settles (%d nanos) waited longer than the store remembers "
-                      "settled holds and were not applied", len(ops), sum(op.cost for op in ops))
+        self._stats.deferred_refused += set_aside(self.journal, ops)
         self._count()
 
     def _unwant(self) -> None:
@@ -392,34 +388,39 @@ class DeferredSettles:
             self._wanted = None
             self._turn.notify_all()
 
-    def _landing(self, op: SettleOp, landed: bool) -> None:
-        if landed:
-            self._applied(op)
-        else:
-            self._put_back(op)
+    def _landing(self, ops: list[SettleOp], results: Sequence[object]) -> int:
+        ok = [i < len(results) and not isinstance(results[i], Exception) for i in range(len(ops))]
+        if any(ok):
+            self._applied([op for op, y in zip(ops, ok, strict=True) if y])
+        if not all(ok):
+            self._put_back([op for op, y in zip(ops, ok, strict=True) if not y])
+        return sum(ok)
 
-    def _put_back(self, op: SettleOp) -> None:
-        # The store refused the retry: that is a store error like any other (health checks
-        # count them), and the settle waits for the next flush.
+    def _sent_back(self, ops: list[SettleOp]) -> None:  # under the lock: no longer on their way
+        self._in_flight -= len(ops)
+        for op in ops:
+            if (left := self._sending.pop(op.keys.meta, 1) - 1) > 0:
+                self._sending[op.keys.meta] = left
+        self._turn.notify_all()
+
+    def _put_back(self, ops: list[SettleOp]) -> None:
+        # A store error like any other (health checks count them): they wait for the next flush.
         self._stats.store_errors += 1
         with self._lock:
-            self._in_flight -= 1
-            self._sending = None
-            self._turn.notify_all()
-            self._queue.appendleft(op)
+            self._sent_back(ops)
+            self._queue.extendleft(reversed(ops))
 
-    def _applied(self, op: SettleOp) -> None:
+    def _applied(self, ops: list[SettleOp]) -> None:
         with self._lock:
-            self._in_flight -= 1
-            self._sending = None
-            self._turn.notify_all()
-            self._landed += 1
-            self._owe(op, -1)
-            if op.hold_id in self._sent:
-                self._sent.discard(op.hold_id)
-                self._stats.settled += 1
-            else:
-                self._stats.deferred_retried += 1
+            self._sent_back(ops)
+            self._landed += len(ops)
+            for op in ops:
+                self._owe(op, -1)
+                if op.hold_id in self._sent:
+                    self._sent.discard(op.hold_id)
+                    self._stats.settled += 1
+                else:
+                    self._stats.deferred_retried += 1
             if self.journal is None:
                 return
             # Decided under the lock, written outside it: a send on the loop never waits for
@@ -429,7 +430,7 @@ class DeferredSettles:
             if nothing_left[0]:
                 self.journal.empty(nothing_left[1])  # nothing in the file is pending any more
             else:
-                self.journal.done(op.hold_id)
+                self.journal.done(*(op.hold_id for op in ops))
         except OSError as err:  # applied; a replay of it would be a no-op in the store
             log.warning("nasca: could not mark a deferred settle applied in %s: %s", self.journal.path, err)
 

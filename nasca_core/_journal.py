@@ -48,13 +48,16 @@ def journal_dir(state_dir: str | os.PathLike[str] | None, store_identity: str, n
     return Path(state_dir) / digest if state_dir is not None else default_state_dir() / digest
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # built once: a settle's line is written on the caller's path
+
+
 def encode(op: SettleOp) -> str:
     k = op.keys
-    return json.dumps({"s": {
+    return _JSON.encode({"s": {
         "k": [k.meta, k.holds, k.settled, k.day, k.week, k.month, k.credits, k.held], "t": op.now_ms,
         "h": op.hold_id, "e": op.estimate, "c": op.cost, "tr": op.tier, "tj": op.tiers_json,
-        "tc": list(op.tier_compiled), "ttl": list(op.ttls_ms), "mx": op.marker_expiry_ms,
-        "ti": op.input_tokens, "to": op.output_tokens, "rt": op.reserved_ms}}, separators=(",", ":")) + "\n"
+        "tc": op.tier_compiled, "ttl": op.ttls_ms, "mx": op.marker_expiry_ms,
+        "ti": op.input_tokens, "to": op.output_tokens, "rt": op.reserved_ms}}) + "\n"
 
 
 def decode(d: dict[str, Any]) -> SettleOp:
@@ -133,10 +136,10 @@ class Journal:
         if sync or (not lazy and time.monotonic() - self._synced > FSYNC_EVERY_S):
             self.sync()
 
-    def done(self, hold_id: str) -> None:
+    def done(self, *hold_ids: str) -> None:
         # Never synced by itself: a lost done-line replays a settle the store already took, a no-op.
         if self._fd is not None and self._pid == os.getpid():
-            self.append(json.dumps({"d": hold_id}) + "\n", lazy=True)
+            self.append("".join([_JSON.encode({"d": hold_id}) + "\n" for hold_id in hold_ids]), lazy=True)
 
     def sync(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
@@ -204,3 +207,18 @@ def refuse(orphan: Path, ops: list[SettleOp]) -> int:
               "holds, so replaying them could charge twice; they were not applied and are kept in %s",
               len(ops), sum(op.cost for op in ops), aside)
     return len(ops)
+
+
+def set_aside(journal: Journal | None, ops: list[SettleOp]) -> int:
+    """Keep queued settles too old to send safely beside ``journal`` (``refuse``), marked done
+    in it so no replay applies them either; returns how many."""
+    if journal is None or journal.path is None:
+        log.error("nasca: %d deferred settles (%d nanos) waited longer than the store remembers "
+                  "settled holds and were not applied", len(ops), sum(op.cost for op in ops))
+        return len(ops)
+    refused = refuse(journal.path, ops)
+    try:
+        journal.done(*(op.hold_id for op in ops))
+    except OSError as err:
+        log.warning("nasca: could not mark set-aside settles in %s: %s", journal.path, err)
+    return refused

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nasca_core import _identity
-from nasca_core._busy import BusyWait, check_busy_wait
+from nasca_core._busy import busy_wait_for, check_busy_wait
 from nasca_core._calibration import Calibration
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
@@ -212,7 +212,7 @@ class Nasca:
 
     def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                  account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
-        wait, stale = BusyWait(self.busy_wait), 0
+        wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
             op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil, account)
             try:
@@ -249,7 +249,7 @@ class Nasca:
 
     async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                         account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
-        wait, stale = BusyWait(self.busy_wait), 0
+        wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
             config = await self.live.acurrent()
             op = self._reserve_op(config, user_id, tier_name, amount, strict, ceil, account)
@@ -281,13 +281,12 @@ class Nasca:
                     strict: bool | None, ceil: int = 0, account: Account | None = None) -> ReserveOp:
         if tier not in snap.tiers and account is None:
             raise UnknownTierError(tier, list(snap.tiers))
-        now, anchor = self.now(), "" if account else self._windows.anchor(user_id)  # before the keys
-        now_ms, keys = int(now * 1000), on_account(self.user_keys(user_id, now), account)
-        return ReserveOp(keys=keys, now_ms=now_ms, hold_id=next_hold_id(),
-                         estimate=estimate, hold_expiry_ms=now_ms + self.hold_ttl_ms,
-                         strict=self.strict if strict is None else strict, tier=tier,
-                         tiers_json=snap.tiers_json, config_version=snap.version, anchor=anchor,
-                         tier_compiled=account.compiled if account else snap.compiled[tier], ceiling=ceil)
+        now, spec = self.now(), self._windows.anchor(user_id)  # before the keys
+        now_ms, keys = int(now * 1000), _keys(self.namespace, user_id, self._windows.spec_at(now, spec).ids)
+        return ReserveOp(on_account(keys, account), now_ms, next_hold_id(), estimate,  # by position: faster
+                         now_ms + self.hold_ttl_ms, self.strict if strict is None else strict, tier,
+                         snap.tiers_json, snap.version, account.compiled if account else snap.compiled[tier],
+                         (0, 0, 0), ceil, "" if account else spec)
 
     def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult, snap: Snapshot | None,
                  account: Account | None = None, checkout: bool = True) -> NascaBlockedError:
@@ -343,12 +342,10 @@ class Nasca:
         snap, now = self.live.current(), self.now()
         now_ms, ws = int(now * 1000), self._windows.spec_at(now, reservation.anchor)  # in any process
         keys = _keys(self.namespace, reservation.user_id, ws.ids)  # where the call ended: may be a new window
-        return SettleOp(keys=same_account(reservation.keys, keys),
-                        hold_id=reservation.hold_id, estimate=reservation.estimate_nanos, cost=amount,
-                        tier=reservation.tier, tiers_json=snap.tiers_json, now_ms=now_ms,
-                        tier_compiled=snap.compiled.get(reservation.tier, _NO_TIER),
-                        ttls_ms=ws.ttls_from(now), marker_expiry_ms=now_ms + _SETTLED_MARKER_MS,
-                        input_tokens=tokens[0], output_tokens=tokens[1], reserved_ms=reservation.reserved_ms)
+        return SettleOp(same_account(reservation.keys, keys), now_ms, reservation.hold_id,  # by position
+                        reservation.estimate_nanos, amount, reservation.tier, snap.tiers_json,
+                        snap.compiled.get(reservation.tier, _NO_TIER), ws.ttls_from(now),
+                        now_ms + _SETTLED_MARKER_MS, tokens[0], tokens[1], reservation.reserved_ms)
 
     flush = flush_deferred = to_deferred(DeferredSettles.flush)  # returns how many settles landed
     aflush = aflush_deferred = to_deferred(DeferredSettles.aflush)

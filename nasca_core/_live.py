@@ -37,6 +37,7 @@ class ConfigSnapshot:
     stored: StoredConfig = field(repr=False)  # sections "tier", "price", "pack", "plan"
     compiled: Mapping[str, tuple[int, ...]] = field(repr=False)  # limits d, w, m, hard flags, in-flight cap
     pricer: Pricer = field(repr=False)
+    warned: frozenset[str] = frozenset()  # the tiers with a warn_at: the others skip the threshold steps
 
 
 class LiveConfig:
@@ -218,6 +219,7 @@ class LiveConfig:
             tiers_json=json.dumps(compiled, separators=(",", ":")),
             compiled={name: (*c["l"], *c["h"], c["f"]) for name, c in compiled.items()},
             pricer=self._pricer(stored.sections.get("price", {})),
+            warned=frozenset(name for name, t in tiers.items() if t.warn_at),
         )
         self._snapshot = snap
         return snap

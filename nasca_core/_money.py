@@ -100,6 +100,7 @@ def check_nanos(nanos: int, *, what: str = "amount", maximum: int = MAX_OP_NANOS
     """Validate an amount already in nano-dollars. Raises InvalidAmountError."""
     if isinstance(nanos, bool) or not isinstance(nanos, int):
         raise InvalidAmountError(f"{what} in nano-dollars must be an int, got {nanos!r}")
+    nanos = int.__index__(nanos)  # a plain int: a subclass's own comparisons could lie
     if nanos < 0 or nanos > maximum:
         raise InvalidAmountError(f"{what} must be between 0 and {maximum} nano-dollars, got {nanos}")
     return nanos
@@ -111,6 +112,8 @@ def amount_arg(dollars: Amount | None, nanos: int | None, *, what: str, default:
     if nanos is not None:
         if dollars is not None:
             raise ConfigurationError(f"pass the {what} in dollars or nanos=, not both")
+        if type(nanos) is int and 0 <= nanos <= MAX_OP_NANOS:  # the common case, on every call
+            return nanos
         return check_nanos(nanos, what=what)
     if dollars is None:
         if default is None:

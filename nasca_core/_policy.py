@@ -57,10 +57,16 @@ def room(limits: Sequence[int], hard: Sequence[int], spent: Sequence[int], held:
     over the windows with a limit; NO_LIMIT when none has one. ``LLMCall.output_cap`` caps a call's
     output to it."""
     left = NO_LIMIT
-    for i in range(3):
-        if limits[i] != NO_LIMIT:
-            r = max(0, limits[i] - spent[i] - held + (credits if credits > 0 and not hard[i] else 0))
-            left = r if left == NO_LIMIT else min(left, r)
+    for i in (0, 1, 2):  # on every reserve: plain comparisons, not max/min calls
+        limit = limits[i]
+        if limit != NO_LIMIT:
+            r = limit - spent[i] - held
+            if credits > 0 and not hard[i]:
+                r += credits
+            if r < 0:
+                r = 0
+            if left == NO_LIMIT or r < left:
+                left = r
     return left
 
 
@@ -109,13 +115,17 @@ def split(
     excess; what neither covers stays on the tier (spend is never dropped).
     """
     room = None
-    for i in range(3):
-        if limits[i] != NO_LIMIT and not hard[i]:
-            left = max(0, limits[i] - spent[i])
-            room = left if room is None else min(room, left)
-    tier_part = cost if room is None else min(cost, room)
-    credit_part = min(cost - tier_part, credits)
-    return tier_part, credit_part
+    for i in (0, 1, 2):  # on every settle: plain comparisons, not max/min calls
+        limit = limits[i]
+        if limit != NO_LIMIT and not hard[i]:
+            left = limit - spent[i]
+            if left < 0:
+                left = 0
+            if room is None or left < room:
+                room = left
+    tier_part = cost if room is None or cost <= room else room
+    credit_part = cost - tier_part
+    return tier_part, credit_part if credit_part <= credits else credits
 
 
 def window_charges(cost: int, credit_part: int, limits: Sequence[int], hard: Sequence[int]) -> list[int]:

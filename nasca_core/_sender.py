@@ -1,7 +1,10 @@
 """The background sender: a daemon thread that applies settles off the caller's path.
 
 A model call's settle (``LLMCall.finish``) is journaled and queued (``DeferredSettles.send``)
-and returns at once; this thread applies the queue to the store in order. Until a settle
+and returns at once; this thread applies the queue to the store in order, in batches
+(``Store.settle_many``: one round trip for up to ``_deferred.BATCH`` settles on Redis, which
+costs the process's GIL far less than one each), waiting ``LINGER_S`` after it is woken so a
+burst of calls goes in one batch. Until a settle
 lands its hold stays in the store, so admission stays safe, and this process counts it at
 its real cost (``DeferredSettles.owed``). One thread per ledger, started on the first
 send (and again in a forked child, which starts with an empty queue); it holds the queue
@@ -29,6 +32,7 @@ QUEUE_LIMIT = 10_000  # settles the sender may be behind before callers settle s
 _IDLE_S = 1.0  # how often an idle thread checks that its ledger still exists
 EXIT_FLUSH_S = 5.0  # how long exit waits for the store to take what is queued
 _BACKOFF_S = (0.05, 5.0)  # retry delays while the store refuses settles: first, longest
+LINGER_S = 0.002  # a woken sender waits this long for more settles to batch (Store.settle_many)
 
 
 class Sender:
@@ -67,6 +71,8 @@ class Sender:
                 if self._deferred() is None:
                     return
                 continue
+            if woken and delay is None:
+                time.sleep(LINGER_S)  # the settles of a burst of calls go in one batch, not one each
             delay = self._round(delay)
 
     def _round(self, delay: float | None) -> float | None:

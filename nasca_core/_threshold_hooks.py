@@ -109,10 +109,10 @@ class Thresholds:
     def admitted(self, user_id: str, op: ReserveOp, result: ReserveResult) -> Reservation:
         """The Reservation of an admitted reserve, warned by its tier's ``warn_at``."""
         snap = self._ledger.live.current()
-        tier = snap.tiers.get(result.tier)
-        if tier is None or not tier.warn_at:  # the common case, on every call: nothing more to do
-            return Reservation(user_id, result.tier, op.hold_id, op.estimate, op.keys, room=result.room,
-                               anchor=op.anchor, reserved_ms=op.now_ms)
+        if result.tier not in snap.warned:  # the common case, on every call: nothing more to do
+            return Reservation(user_id, result.tier, op.hold_id, op.estimate, op.keys, False, result.room,
+                               None, op.now_ms, op.anchor)
+        tier = snap.tiers[result.tier]
         # What the store applied: the user's own limits and boosts, else the tier's.
         compiled = result.applied or snap.compiled.get(result.tier, (-1, -1, -1, 0, 0, 0))
         return admitted(user_id, op, result, compiled, tier.warn_at,
@@ -126,12 +126,12 @@ class Thresholds:
             self._replayed()
         if result.status == 1:
             try:  # cached per config version (the settle read it too)
-                tier = self._ledger.live.current().tiers.get(op.tier)
+                snap = self._ledger.live.current()
             except StoreError:  # the store went away since (a replay drained at close)
-                tier = None
-            if tier is not None and tier.warn_at:
+                snap = None
+            if snap is not None and op.tier in snap.warned:
                 # The limits the store applied (the user's own, boosts): every store's reply says.
-                for i, f, _ in reached_marks(result.limits, result.spent, tier.warn_at):
+                for i, f, _ in reached_marks(result.limits, result.spent, snap.tiers[op.tier].warn_at):
                     self._queue_mark(op, result, i, f, result.limits[i])
         return Charge(op.cost, result.tier_part, result.credit_part)
 

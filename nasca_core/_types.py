@@ -73,6 +73,8 @@ class count_store_errors:
             self.stats.store_errors += 1
 
 
+# Frozen although built on every call (~2 µs of a reserve+settle): callers hash them, share
+# them across threads and subclass them as frozen dataclasses (which a non-frozen base refuses).
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """A hold on a user's budget for one call: settle it with the real cost, or release it."""

@@ -46,7 +46,8 @@ class WindowSet:
         """Key TTLs relative to ``now``: relative, because the store's clock may differ."""
         now_ms = int(now * 1000)
         d, w, m = self.forget_at_ms
-        return max(1000, d - now_ms), max(1000, w - now_ms), max(1000, m - now_ms)
+        d, w, m = d - now_ms, w - now_ms, m - now_ms  # at least 1 s each (comparisons: on every settle)
+        return d if d > 1000 else 1000, w if w > 1000 else 1000, m if m > 1000 else 1000
 
 
 def load_zone(name: str) -> ZoneInfo:

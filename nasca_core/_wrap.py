@@ -363,7 +363,7 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
 
     falls = kind != "embeddings"  # an embeddings model has no cheaper chat model to fall back to
 
-    def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any, _Observer]:
+    def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], _Observer | None]:
         if helper and kind == "chat":
             # The helper streams by itself; ask for the usage chunk so the snapshot has usage.
             kwargs["stream_options"] = {**dict(kwargs.get("stream_options") or {}), "include_usage": True}
@@ -372,8 +372,9 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
         spec = {"model": kwargs.get("model"), "messages": messages, "max_tokens": cap,
                 "tools": kwargs.get("tools") or None, "user": user, "tier": tier, "ctx": ctx,
                 "cap_output": capped and kind != "embeddings"}
-        observer = _Observer(kind, hide, tools=spec["tools"], model=spec["model"])
-        return spec, method == "stream" or bool(kwargs.get("stream")), observer
+        # None: not streamed (most calls), so nothing reads a stream
+        streaming = method == "stream" or bool(kwargs.get("stream"))
+        return spec, _Observer(kind, hide, tools=spec["tools"], model=spec["model"]) if streaming else None
 
     def limit(call: LLMCall, spec: dict[str, Any], kwargs: dict[str, Any]) -> None:
         """Lower the request's cap: after the reserve, so whatever raises must release it."""
@@ -383,7 +384,7 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
     if helper:
         @functools.wraps(fn)
         def manager(*args: Any, **kwargs: Any) -> _Managed:
-            spec, _, _ = start(args, kwargs)
+            spec, _ = start(args, kwargs)
             model = spec.pop("model")
             if is_async:  # nothing is sent before __aenter__: reserve there, without blocking
 
@@ -412,16 +413,17 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
     if is_async:
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
-            spec, streaming, observer = start(args, kwargs)
+            spec, observer = start(args, kwargs)
             call, fell = await astart_with_fallback(nasca, spec.pop("model"), kwargs, fallback=falls, **spec)
-            observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
+            if observer is not None:
+                observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
             try:
                 limit(call, spec, kwargs)
                 result = await fn(**kwargs)
             except BaseException:
                 await call.afail()
                 raise
-            if streaming:
+            if observer is not None:
                 return mark(warned(_AsyncStream(result, call, observer), call), fell)
             usage = response_usage(kind, result, spec["tools"], call.model)
             if usage is None:
@@ -433,16 +435,17 @@ def wrap(nasca: Nasca, fn: Callable[..., Any], *, cap_output: bool | None = None
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        spec, streaming, observer = start(args, kwargs)
+        spec, observer = start(args, kwargs)
         call, fell = start_with_fallback(nasca, spec.pop("model"), kwargs, fallback=falls, **spec)
-        observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
+        if observer is not None:
+            observer.model = call.model  # the fallback's, when it fell back (Gemini's stream usage)
         try:
             limit(call, spec, kwargs)
             result = fn(**kwargs)
         except BaseException:
             call.fail()
             raise
-        if streaming:
+        if observer is not None:
             return mark(warned(_Stream(result, call, observer), call), fell)
         usage = response_usage(kind, result, spec["tools"], call.model)
         if usage is None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from hashlib import blake2b
 from typing import Any, Literal
@@ -30,7 +31,8 @@ def prompt_of(kind: Kind, kwargs: Mapping[str, Any]) -> tuple[list[dict[str, Any
         messages = [{"content": i} if isinstance(i, str) else {"content": " x" * len(i)} for i in items]
         return messages, 0
     if kind == "chat":
-        messages = [dict(m) if isinstance(m, Mapping) else {"content": str(m)}
+        # type() first: isinstance against the Mapping ABC costs more than the copy
+        messages = [dict(m) if type(m) is dict or isinstance(m, Mapping) else {"content": str(m)}
                     for m in kwargs.get("messages") or []]
         cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
     elif kind == "responses":
@@ -74,6 +76,7 @@ def field_of(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
+@functools.lru_cache(maxsize=4096)  # per call otherwise: a keyed BLAKE2b of the same few ids
 def user_hash(key: str, user_id: str) -> str:
     """A stable, opaque stand-in for ``user_id``, keyed by ``key`` (the app's secret
     ``user_hash_key``; without one, the namespace): what the provider sees by default, the

@@ -153,7 +153,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
     ) -> None:
         if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
                                messages=chat_messages(messages[0]))) is not None:
-            self._started(run_id, spec, lambda: self.nasca.start_call(**spec))
+            self._started(run_id, spec)
 
     async def _aon_chat_model_start(
         self,
@@ -184,7 +184,7 @@ class NascaCallbackHandler(BaseCallbackHandler):
         # LangChain sends one prompt per run
         if (spec := self._spec(run_id, parent_run_id, tags, metadata, serialized, kwargs,
                                prompt=prompts[0])) is not None:
-            self._started(run_id, spec, lambda: self.nasca.start_call(**spec))
+            self._started(run_id, spec)
 
     async def _aon_llm_start(
         self,
@@ -236,9 +236,9 @@ class NascaCallbackHandler(BaseCallbackHandler):
         return {"model": model, "messages": messages, "prompt": prompt, "tools": params.get("tools") or None,
                 "max_tokens": output_cap(params), "user": user, "tier": tier, "ctx": ctx}
 
-    def _started(self, run_id: UUID, spec: Mapping[str, Any], start: Callable[[], LLMCall]) -> None:
+    def _started(self, run_id: UUID, spec: dict[str, Any]) -> None:
         try:
-            call = start()
+            call = self.nasca.start_call(**spec)
         except InvalidUserError as exc:  # raised first, by resolving the user
             raise _no_user(exc, spec) from None
         with self._lock:
@@ -291,7 +291,8 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 run.call.fail()
             else:
                 run.call.finish(usage)
-                mark(run.call, _messages(response))
+                if run.call.warning is not None:
+                    mark(run.call, _messages(response))
 
     async def _aon_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None,
@@ -302,7 +303,8 @@ class NascaCallbackHandler(BaseCallbackHandler):
                 await run.call.afail()
             else:
                 await run.call.afinish(usage)
-                mark(run.call, _messages(response))
+                if run.call.warning is not None:
+                    mark(run.call, _messages(response))
 
     def _on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,

@@ -40,6 +40,8 @@ def usage_from_langchain(usage_metadata: object) -> TokenUsage:
 
     Raises UsageParseError.
     """
+    if type(usage_metadata) is dict and (plain := _plain(usage_metadata)) is not None:
+        return plain
     if not isinstance(usage_metadata, Mapping):
         raise UsageParseError(f"LangChain usage must be a mapping, got {type(usage_metadata)!r}")
     inp = _details(usage_metadata, "input_token_details")
@@ -66,6 +68,23 @@ def usage_from_langchain(usage_metadata: object) -> TokenUsage:
         )
     except UsageParseError as exc:
         raise UsageParseError(f"LangChain usage is inconsistent: {exc}") from None
+
+
+# Detail keys that, at 0, change nothing: a service-tier prefix would (it names the tier).
+_ZERO_OK = frozenset({"audio", "cache_read", "cache_creation", "reasoning", *_CACHE_WRITE_TTL})
+
+
+def _plain(usage: dict[str, Any]) -> TokenUsage | None:
+    """The common shape, read at once: counts and no detail that isn't 0 (None: read in full)."""
+    i, o = usage.get("input_tokens"), usage.get("output_tokens")
+    if type(i) is not int or type(o) is not int or i < 0 or o < 0:
+        return None
+    for key in ("input_token_details", "output_token_details"):
+        details = usage.get(key)
+        if details is not None and (type(details) is not dict or not all(
+                k in _ZERO_OK and type(v) is int and v == 0 for k, v in details.items())):
+            return None
+    return TokenUsage.of(i, o)
 
 
 def _details(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -120,8 +139,12 @@ def with_langchain_fees(usage: TokenUsage, message: object, llm_output: Mapping[
     meta = getattr(message, "response_metadata", None) or {}
     out = llm_output or {}
     content = getattr(message, "content", None)
-    blocks = [b for b in (content if isinstance(content, list) else ()) if isinstance(b, Mapping)]
     extra = getattr(message, "additional_kwargs", None) or {}
+    if type(content) is str and not extra.get("tool_outputs") and not meta.get("service_tier") \
+            and meta.get("model_provider") != "anthropic" and "container" not in meta \
+            and "container" not in out:
+        return usage  # the common shape, known without reading blocks: nothing billed beside the tokens
+    blocks = [b for b in (content if isinstance(content, list) else ()) if isinstance(b, Mapping)]
     blocks += [b for b in extra.get("tool_outputs") or () if isinstance(b, Mapping)]
     try:
         if meta.get("model_provider") == "anthropic" or "container" in meta or "container" in out:

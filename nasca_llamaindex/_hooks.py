@@ -81,8 +81,9 @@ class _Spans(BaseSpanHandler[SimpleSpan]):
                   result: Any = None, **kwargs: Any) -> None:
         on_span_exit(id_, result)
         _embed.embed_span_exit(id_)
-        token = _scope_tokens.get(id_)
-        if token is not None and isinstance(result, StreamingResponse | AsyncStreamingResponse):
+        if not _scope_tokens:  # no guarded engine's span is open (most spans): nothing to unscope
+            return
+        if id_ in _scope_tokens and isinstance(result, StreamingResponse | AsyncStreamingResponse):
             # A streaming engine calls its LLM only when the caller reads the stream, after
             # the engine's span closed: keep the engine's scope around each read.
             nasca = scoped_nasca.get()

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, ToolCallBlock
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, TextBlock, ToolCallBlock
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
@@ -203,9 +203,19 @@ def _tool_call_text(response: Any) -> str:
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
-        d: dict[str, Any] = {"role": str(m.role.value), "content": m.content or ""}
-        calls = [{"name": b.tool_name, "arguments": _json(b.tool_kwargs)}
-                 for b in m.blocks if isinstance(b, ToolCallBlock)]
+        blocks = m.blocks
+        calls: list[dict[str, Any]] = []
+        if len(blocks) == 1 and type(blocks[0]) is TextBlock:  # the common case, in one look
+            content = blocks[0].text
+        else:  # what ChatMessage.content joins, and the tool calls, in one pass
+            texts = []
+            for b in blocks:
+                if isinstance(b, TextBlock):
+                    texts.append(b.text)
+                elif isinstance(b, ToolCallBlock):
+                    calls.append({"name": b.tool_name, "arguments": _json(b.tool_kwargs)})
+            content = "\n".join(texts)
+        d: dict[str, Any] = {"role": str(m.role.value), "content": content}
         if calls:
             d["tool_calls"] = calls
         out.append(d)

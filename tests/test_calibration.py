@@ -214,3 +214,38 @@ def test_a_batch_whose_reply_was_lost_is_added_once_when_resent(make_nasca, monk
     n.calibration.close()
     stored = _stored(n)
     assert stored.n == 6 and len(stored.recent) == 6
+
+
+def test_processes_learn_from_each_other(make_nasca):
+    """Two processes on one model: a batch written is fewer than the list keeps, so each
+    process's next view holds the other's samples too (a batch of KEEP would replace them)."""
+    assert BATCH < KEEP
+    a = make_nasca(tiers={"t": Tier(monthly=100)}, default_tier="t")
+    b = make_nasca(tiers={"t": Tier(monthly=100)}, default_tier="t", namespace=a.namespace)
+    for _ in range(BATCH):
+        b.calibration.observe(MODEL, 100, 600, 10)
+    b.calibration.close()
+    for _ in range(BATCH):
+        a.calibration.observe(MODEL, 100, 200, 10)
+    a.calibration.close()
+    seen = a.calibration.view(MODEL)
+    assert seen is not None and seen.n == 2 * BATCH
+    assert {r for _, r, _ in seen.recent} == {200, 600}  # A's view holds B's samples
+
+
+def test_a_warm_model_refuses_a_huge_max_tokens_as_a_cold_one_does(make_nasca):
+    """The learned output (p90) is held instead of max_tokens, but a max_tokens no call can
+    ask for is still refused; the uncapped ceiling of a huge one (compared, never stored) is no error."""
+    from nasca_core import UsageParseError
+
+    n = make_nasca(tiers={"t": Tier(monthly=100)}, default_tier="t")
+    for _ in range(MIN_CALLS):
+        n.calibration.observe("gpt-4.1", 10, 10, 40)
+    assert n.calibration.view("gpt-4.1").warm
+    with pytest.raises(UsageParseError, match="implausibly large"):
+        n.start_call("gpt-4.1", prompt=PROMPT, max_tokens=10**30, user="u")
+    # within the bound, at $8/M its uncapped cost is above 2**63 nanos: held at the p90
+    call = n.start_call("gpt-4.1", prompt=PROMPT, max_tokens=2**52, user="u", cap_output=True)
+    assert call.reservation.estimate_nanos == estimate_cost_nanos(n.pricer, "gpt-4.1", call.prompt_tokens, 40)
+    call.fail()
+    n.calibration.close()

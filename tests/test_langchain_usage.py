@@ -102,3 +102,32 @@ def test_langchain_message_usage_metadata() -> None:
 def test_langchain_malformed(payload: Any) -> None:
     with pytest.raises(UsageParseError):
         usage_from_langchain(payload)
+
+
+# The common shapes are read at once; anything with a count or a tier prefix is read in full.
+@pytest.mark.parametrize(("usage", "expected"), [
+    ({"input_tokens": 25, "output_tokens": 8, "total_tokens": 33}, TokenUsage(25, 8)),
+    ({"input_tokens": 25, "output_tokens": 8, "input_token_details": {"audio": 0, "cache_read": 0},
+      "output_token_details": {"audio": 0, "reasoning": 0}}, TokenUsage(25, 8)),
+    ({"input_tokens": 25, "output_tokens": 8, "input_token_details": {"cache_read": 5}},
+     TokenUsage(25, 8, cache_read_tokens=5)),
+    ({"input_tokens": 25, "output_tokens": 8, "output_token_details": {"reasoning": 3}},
+     TokenUsage(25, 8, reasoning_tokens=3)),
+    # a tier-prefixed detail names the tier even at 0
+    ({"input_tokens": 25, "output_tokens": 8, "input_token_details": {"priority_cache_read": 0}},
+     TokenUsage(25, 8, service_tier="priority")),
+])
+def test_plain_and_detailed_usage_read_alike(usage: dict[str, Any], expected: TokenUsage) -> None:
+    assert usage_from_langchain(usage) == expected
+
+
+@pytest.mark.parametrize("usage", [
+    {"input_tokens": -1, "output_tokens": 8},
+    {"input_tokens": True, "output_tokens": 8},
+    {"input_tokens": 25},
+    {"input_tokens": 25, "output_tokens": 8, "input_token_details": {"cache_read": False}},
+    {"input_tokens": 25, "output_tokens": 8, "input_token_details": []},
+])
+def test_malformed_plain_looking_usage_is_refused(usage: dict[str, Any]) -> None:
+    with pytest.raises(UsageParseError):
+        usage_from_langchain(usage)

@@ -183,12 +183,12 @@ def test_busy_wait_is_checked():
 def test_own_deferred_settles_count_at_their_cost_not_as_holds(make_nasca):
     n = make_nasca(tiers={"t": Tier(daily="0.10", max_in_flight=2)}, default_tier="t")
     store = n.store.sync
-    real_settle = store.settle
+    real_settle, real_many = store.settle, store.settle_many
 
     def down(op):
         raise StoreError("down for a moment")
 
-    store.settle = down  # the store takes reserves but not settles: they are deferred
+    store.settle = store.settle_many = down  # the store takes reserves but not settles: they are deferred
     try:
         r1, r2 = n.reserve("0.04", user="u"), n.reserve("0.04", user="u")
         assert n.settle(r1, "0.01").deferred and n.settle(r2, "0.01").deferred
@@ -205,7 +205,7 @@ def test_own_deferred_settles_count_at_their_cost_not_as_holds(make_nasca):
             n.reserve("0.01", user="v")
         assert not isinstance(spent.value, NascaBusyError)
     finally:
-        store.settle = real_settle
+        store.settle, store.settle_many = real_settle, real_many
     assert n.flush_deferred() == 3
     u = n.get_usage("u")
     assert u.daily_spent == Decimal("0.02") and u.in_flight == Decimal("0.08")

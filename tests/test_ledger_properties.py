@@ -62,6 +62,8 @@ class Model:
         return sum(lot[0] for lot in self.lots.get(user, []))
 
     def windows(self, user: str, ids: tuple[str, str, str], now: float) -> list[tuple[str, int | None, bool]]:
+        # A boost counts while ``until`` is after ``now``: at a settle, ``now`` is 1 ms before its
+        # reserve (``SettleOp.boosts_at``), so a boost ending in the reserve's ms pays there too.
         names = ("daily", "weekly", "monthly")
         tier = self.own.get(user, self.tier)
         out = []
@@ -85,7 +87,8 @@ class Model:
                 worst = over if worst is None else max(worst, over)
         return worst is None or worst < self.credits(user)
 
-    def settle(self, user: str, ids: tuple[str, str, str], cost: int, now: float = 0.0) -> None:
+    def settle(self, user: str, ids: tuple[str, str, str], cost: int, reserved_at: float = 0.0) -> None:
+        now = reserved_at - 0.001  # the boosts in force at the call's reserve
         room = [max(0, limit - self.spent.get((user, wid), 0))
                 for wid, limit, hard in self.windows(user, ids, now) if limit is not None and not hard]
         tier_part = min([cost, *room])
@@ -120,14 +123,14 @@ def run(make_nasca, sequence) -> None:
                     n.settle(r, nanos=b)
                     model.settle(a, ids, b, clock.now)
                 else:
-                    reservations.append(r)
+                    reservations.append((r, clock.now))
                     model.holds[r.hold_id] = (a, b, clock.now + HOLD_TTL)
         elif kind in ("settle", "release") and reservations:
-            r = reservations.pop(a % len(reservations))
+            r, reserved_at = reservations.pop(a % len(reservations))
             model.holds.pop(r.hold_id, None)
             if kind == "settle":
                 n.settle(r, nanos=b)
-                model.settle(r.user_id, ids, b, clock.now)
+                model.settle(r.user_id, ids, b, reserved_at)
             else:
                 n.release(r)
         elif kind == "set_tier":
@@ -172,6 +175,9 @@ def run(make_nasca, sequence) -> None:
 # Credits paying past a coverable window while a hard window counts every cent.
 HARD_CAP_WITH_CREDITS = [("set_tier", 4, 0), ("grant", "a", 50_000_000),
                          ("spend", "a", 60_000_000), ("spend", "a", 30_000_000)]
+# A boost lapsing in the very ms of a reserve: that reserve doesn't count it, its settle does.
+BOOST_ENDING_AT_THE_RESERVE = [("set_tier", 0, 0), ("grant", "b", 10_000_000), ("limits", "b", 1),
+                               ("boost", "b", (0, 1, 1)), ("advance", 60, 0), ("spend", "b", 50_000_001)]
 
 
 sequences = st.tuples(st.integers(0, len(TIER_CHOICES) - 1), st.lists(ops, max_size=40)).map(
@@ -182,6 +188,7 @@ sequences = st.tuples(st.integers(0, len(TIER_CHOICES) - 1), st.lists(ops, max_s
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequences)
 @example(HARD_CAP_WITH_CREDITS)
+@example(BOOST_ENDING_AT_THE_RESERVE)
 def test_memory_store_agrees_with_reference_model(make_memory_nasca, sequence):
     run(make_memory_nasca, sequence)
 
@@ -191,6 +198,7 @@ def test_memory_store_agrees_with_reference_model(make_memory_nasca, sequence):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequences)
 @example(HARD_CAP_WITH_CREDITS)
+@example(BOOST_ENDING_AT_THE_RESERVE)
 def test_redis_store_agrees_with_reference_model(make_redis_nasca, sequence):
     run(make_redis_nasca, sequence)
 
@@ -237,6 +245,7 @@ def test_reference_model_sanity():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequences)
 @example(HARD_CAP_WITH_CREDITS)
+@example(BOOST_ENDING_AT_THE_RESERVE)
 def test_cluster_store_agrees_with_reference_model(make_cluster_nasca, sequence):
     run(make_cluster_nasca, sequence)
 
@@ -252,6 +261,7 @@ def make_cluster_nasca(cluster_url):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequences)
 @example(HARD_CAP_WITH_CREDITS)
+@example(BOOST_ENDING_AT_THE_RESERVE)
 def test_sqlite_store_agrees_with_reference_model(make_sqlite_nasca, sequence):
     run(make_sqlite_nasca, sequence)
 

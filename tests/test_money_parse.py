@@ -62,3 +62,22 @@ def test_every_entry_point_uses_it():
             call()
         assert time.perf_counter() - start < 0.01
     n.close()
+
+
+class _Lying(int):  # an int whose comparisons say it is in range, whatever it holds
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return False
+
+
+def test_an_int_subclass_whose_comparisons_lie_is_checked_as_its_value():
+    n = Nasca("memory://", tiers={"t": Tier(daily="0.01")}, default_tier="t", settle_in_background=False)
+    r = n.reserve(nanos=1, user="u")
+    with pytest.raises(InvalidAmountError):
+        n.settle(r, nanos=_Lying(-10**9))
+    with pytest.raises(InvalidAmountError):
+        n.reserve(nanos=_Lying(10**30), user="u")
+    assert n.get_usage("u").daily_spent == 0
+    assert type(n.settle(r, nanos=_Lying(7)).cost_nanos) is int  # a plain int reaches the store

@@ -110,13 +110,24 @@ def test_settles_land_in_the_order_they_were_made(tmp_path, redis_url):
     n = _nasca(redis_url, f"b{uuid.uuid4().hex[:8]}", tmp_path / "state")
     store = n.store.sync
     landed: list[str] = []
-    real = store.settle
+    real, real_many = store.settle, store.settle_many
+    batching = threading.local()  # a batch of one (or a reloaded script) calls ``settle`` itself
 
     def spy(op: Any) -> Any:
-        landed.append(op.hold_id)
+        if not getattr(batching, "on", False):
+            landed.append(op.hold_id)
         return real(op)
 
+    def spy_many(ops: Any) -> Any:  # the sender's batches
+        landed.extend(op.hold_id for op in ops)
+        batching.on = True
+        try:
+            return real_many(ops)
+        finally:
+            batching.on = False
+
     store.settle = spy  # type: ignore[method-assign]
+    store.settle_many = spy_many  # type: ignore[method-assign]
     with _Stalled(n):
         calls = [n.start_call(MODEL, prompt_tokens=10, max_tokens=10, user=f"u{i}") for i in range(4)]
         for call in calls:

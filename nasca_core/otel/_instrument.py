@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from time import perf_counter
 from types import TracebackType
@@ -29,6 +29,7 @@ from nasca_core.stores import (
     Store,
     UserKeys,
 )
+from nasca_core.stores._base import settle_each
 
 if TYPE_CHECKING:
     from nasca_core._calls import LLMCall
@@ -305,6 +306,11 @@ class _ObservedStore:
         t = self.telemetry
         with t.timed("nasca.settle", t.settle_duration, op.tier, _settle_span(op), op.hold_id) as timed:
             return _settled(timed, self.inner.settle(op))
+
+    def settle_many(self, ops: Sequence[SettleOp]) -> list[SettleResult]:
+        # One at a time, so each settle keeps its own span and duration (the batch's single
+        # round trip is given up while instrumented).
+        return settle_each(self.settle, ops)
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self.telemetry.timed("nasca.release", None, None, {"nasca.hold_id": hold_id}, hold_id):

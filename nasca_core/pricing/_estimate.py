@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from nasca_core._errors import InvalidInputError
 from nasca_core.pricing._pricer import Pricer
-from nasca_core.pricing._usage import TokenUsage
+from nasca_core.pricing._usage import MAX_TOKENS, TokenUsage
 
 logger = logging.getLogger("nasca.pricing")
 
@@ -263,14 +263,21 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], model: str | Non
     OpenAI chat prompts; an estimate elsewhere. Raises InvalidInputError on a non-mapping message.
     """
     total = REPLY_PRIMING_TOKENS
+    encoding = encoding_name_for(model)
     for message in messages:
         if not isinstance(message, Mapping):
             raise InvalidInputError(f"a message must be a mapping, got {type(message)!r}")
         total += TOKENS_PER_MESSAGE
-        role = message.get("role")
-        if isinstance(role, str):
+        role, content = message.get("role"), message.get("content")
+        # A chat resends its history: a short text's count is one dict lookup.
+        if type(role) is str and (known := _counts.get((encoding, role))) is not None:
+            total += known
+        elif isinstance(role, str):
             total += count_tokens(role, model)
-        total += _content_tokens(message.get("content"), model)
+        if type(content) is str and (known := _counts.get((encoding, content))) is not None:
+            total += known
+        else:
+            total += _content_tokens(content, model)
         name = message.get("name")
         if isinstance(name, str) and name:
             total += count_tokens(name, model) + TOKENS_PER_NAME
@@ -313,14 +320,19 @@ def estimate_cost_nanos(
     """Nano-dollars to reserve before a call: the prompt plus the expected output.
 
     The output is ``max_tokens`` when given (the most the call can cost), else
-    ``default_output_tokens``. Raises InvalidInputError for negative or non-int counts and
+    ``default_output_tokens``. Raises InvalidInputError for negative or non-int counts,
+    UsageParseError (an InvalidInputError) for counts above ``TokenUsage``'s bound, and
     UnknownModelError under the pricer's "block" policy.
     """
     output = max_tokens if max_tokens is not None else default_output_tokens
-    for what, value in (("prompt_tokens", prompt_tokens), ("output tokens", output)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidInputError(f"{what} must be a non-negative int, got {value!r}")
-    return pricer.cost(model, TokenUsage(input_tokens=prompt_tokens, output_tokens=output))
+    if type(prompt_tokens) is not int or type(output) is not int or not (
+            0 <= prompt_tokens <= MAX_TOKENS and 0 <= output <= MAX_TOKENS):
+        for what, value in (("prompt_tokens", prompt_tokens), ("output tokens", output)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(f"{what} must be a non-negative int, got {value!r}")
+        prompt_tokens, output = int(prompt_tokens), int(output)
+        TokenUsage(input_tokens=prompt_tokens, output_tokens=output)  # its bound, its error
+    return pricer.text_cost(model, prompt_tokens, output)
 
 
 class StreamTextCounter:
@@ -359,4 +371,4 @@ class StreamTextCounter:
 
     def usage(self, prompt_tokens: int) -> TokenUsage:
         """``TokenUsage`` of prompt plus streamed text. Raises UsageParseError on a bad count."""
-        return TokenUsage(input_tokens=prompt_tokens, output_tokens=self.count())
+        return TokenUsage.of(prompt_tokens, self.count())

@@ -86,6 +86,15 @@ class Pricer:
                 self._containers.popitem(last=False)
         return nanos
 
+    def text_cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
+        """``cost(model, TokenUsage(input_tokens, output_tokens))`` (a call's estimate, per call),
+        without building the usage. Raises UnknownModelError under the "block" policy."""
+        try:
+            priced = self._priced_as.get(model) or model
+            return self._table.text_cost_nanos(priced, input_tokens, output_tokens)
+        except UnknownModelError:  # the policy decides, and remembers a price_as answer
+            return self._cost(model, TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens))
+
     def _cost(self, model: str, usage: TokenUsage) -> int:
         known = self._priced_as.get(model)
         if known is not None:

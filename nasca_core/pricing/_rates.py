@@ -93,6 +93,16 @@ class Rates:
         )
         return (total + _HALF) // PER_MILLION  # round half up, once
 
+    def text_cost(self, input_tokens: int, output_tokens: int) -> int:
+        """``cost()`` of a usage with only input and output tokens (a call's estimate), without
+        building one: a TokenUsage costs more to make than to price."""
+        rates = self.base
+        for threshold, tier_rates in self.tiers:
+            if input_tokens > threshold:
+                rates = tier_rates
+                break
+        return (input_tokens * rates[0] + output_tokens * rates[6] + rates[13] + _HALF) // PER_MILLION
+
     @property
     def is_zero(self) -> bool:
         """True when input tokens would be free: no paid model bills input at $0."""
@@ -133,3 +143,6 @@ class TimedRates(Rates):
 
     def cost(self, u: TokenUsage) -> int:
         return self._at(time.time()).cost(u)
+
+    def text_cost(self, input_tokens: int, output_tokens: int) -> int:
+        return self._at(time.time()).text_cost(input_tokens, output_tokens)

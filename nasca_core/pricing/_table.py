@@ -305,6 +305,16 @@ class PriceTable:
             rates = entry.rates(usage.service_tier)
         return rates.cost(usage)
 
+    def text_cost_nanos(self, model: str, input_tokens: int, output_tokens: int) -> int:
+        """``cost_nanos`` of ``TokenUsage(input_tokens, output_tokens)``. Raises UnknownModelError."""
+        entry = self._cost_cache.get(model)
+        if entry is None:
+            entry = self._entry(model)
+        rates = entry.by_tier[None]
+        if rates.expires <= _time():
+            rates = entry.rates(None)
+        return rates.text_cost(input_tokens, output_tokens)
+
     def _entry(self, model: str) -> _Entry:
         canonical = self.normalize(model)
         if canonical is None:

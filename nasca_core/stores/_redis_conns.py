@@ -75,6 +75,41 @@ class Conns:
         self._free.append(conn)
         return reply
 
+    def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands written in one send, their replies read in order: each a reply or the
+        ``ResponseError`` it was. A connection lost midway ends the list early (those not
+        read may or may not have run); lost (or timed out) before any reply, its error is raised."""
+        if self._pid != os.getpid():
+            self._free, self._pid = deque(), os.getpid()
+        if self._pack is None:  # pragma: no cover - without hiredis: one at a time
+            return [self.call(*command) for command in commands]
+        packed = b"".join([self._pack(command) for command in commands])
+        try:
+            conn = self._free.pop()
+        except IndexError:
+            conn = self._client.connection_pool.make_connection()
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command((packed,))
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as err:  # a whole error reply was read: still in step
+                    replies.append(err)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            # The idle connections beside it are as old: those dropped together would each
+            # cost the settles after this a timeout. New ones are made on demand.
+            self.close()
+            if not replies:
+                raise
+            return replies
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._free.append(conn)
+        return replies
+
     def close(self) -> None:
         while self._free:
             self._free.pop().disconnect()

@@ -82,8 +82,9 @@ from nasca_core.stores._redis_codec import (
     totals_result,
     user_limits_command,
 )
-from nasca_core.stores._redis_conns import AsyncConns, Conns
+from nasca_core.stores._redis_conns import Conns
 from nasca_core.stores._redis_errors import REDIS_ERRORS, redis_errors
+from nasca_core.stores._redis_lean import async_conns, settle_batch
 from nasca_core.stores._redis_safety import acheck_durable, check_durable
 from nasca_core.stores._samples import redis_args as samples_args
 from nasca_core.stores._samples import redis_result as samples_result
@@ -157,6 +158,9 @@ class RedisStore:
     def settle(self, op: SettleOp) -> SettleResult:
         keys, args = settle_args(op)
         return settle_result(self._run("settle", keys, args, op.tier))
+
+    def settle_many(self, ops: Sequence[SettleOp]) -> list[SettleResult | Exception]:
+        return settle_batch(self._conns or self.client, self._scripts["settle"].sha, self.settle, ops)
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         self._run("release", *release_args(keys, hold_id, estimate))
@@ -294,7 +298,7 @@ class AsyncRedisStore:
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._loaded = False
         self._load_lock = asyncio.Lock()
-        self._conns = AsyncConns(client) if isinstance(client, redis.asyncio.Redis) else None
+        self._conns = async_conns(client)
         self._eval: Callable[..., Any] = self._conns.call if self._conns else client.execute_command
         self._layouts: set[str] = set()
 

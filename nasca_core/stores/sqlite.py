@@ -58,10 +58,11 @@ class SqliteStore:
     def __init__(self, path: str, *, timeout: float = 10.0) -> None:
         self.path = path
         self._timeout = timeout
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by settle_many's settles, in its transaction
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = connect(path, timeout)
         self._writes = 0
+        self._batch = False  # settle_many's transaction is open (under ``_lock``)
         _open_stores.add(self)
 
     # -- transactions ------------------------------------------------------------------
@@ -76,6 +77,9 @@ class SqliteStore:
     def _write(self, now_ms: int = 0) -> Iterator[sqlite3.Connection]:
         with self._lock, errors():
             conn = self._connection()
+            if self._batch:  # a settle of settle_many's batch: its one transaction
+                yield conn
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -193,6 +197,16 @@ class SqliteStore:
             record_tier(c, keys, op.tier, now + ttls[2])
             return SettleResult(1, op.cost - credit_part, credit_part, (d, w, m),
                                 (limits[0], limits[1], limits[2]))
+
+    def settle_many(self, ops: Sequence[SettleOp]) -> list[SettleResult]:
+        # One transaction: all land, or none. Flagged, not read from ``in_transaction``: a
+        # transaction left open by accident must fail the next BEGIN, not swallow later writes.
+        with self._write(ops[0].now_ms if ops else 0):
+            self._batch = True
+            try:
+                return [self.settle(op) for op in ops]
+            finally:
+                self._batch = False
 
     def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
         with self._write() as c:
@@ -446,7 +460,8 @@ def _after_fork() -> None:
     # A thread of the parent may have held a store's lock at the fork: the child's copy
     # would stay locked forever. The child also opens its own connection (``_connection``).
     for store in list(_open_stores):
-        store._lock = threading.Lock()
+        store._lock = threading.RLock()
+        store._batch = False  # the parent's batch, not the child's (whose connection is new)
 
 
 os.register_at_fork(after_in_child=_after_fork)
