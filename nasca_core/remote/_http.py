@@ -80,9 +80,11 @@ class Http:
             "base_url": base,
             "headers": {"Authorization": f"Bearer {api_key}"},
             "timeout": httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
-            "limits": httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            # Idle connections are dropped well before uvicorn's 5 s keep-alive closes them: a
+            # request sent as the server closes its connection fails with a ReadError, which can't
+            # be retried (it may have landed).
+            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                   keepalive_expiry=2.0),
         }
         self._down_until = 0.0  # time.monotonic() until which requests fail at once
         self._sync = httpx.Client(**self._options)
