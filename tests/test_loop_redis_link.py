@@ -127,9 +127,8 @@ async def test_a_timed_out_link_is_dropped_and_its_calls_answered(redis_server_f
     admin.close()
 
 
-def test_a_batch_of_settles_is_one_send(redis_url, monkeypatch):
-    n = ledger(redis_url)
-    n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded
+def _count_sends(monkeypatch: Any) -> list[int]:
+    """The size of each batch the store sends on its own connections, from now on."""
     sends: list[int] = []
     real = _redis_conns.Conns.call_many
 
@@ -138,6 +137,13 @@ def test_a_batch_of_settles_is_one_send(redis_url, monkeypatch):
         return real(self, commands)
 
     monkeypatch.setattr(_redis_conns.Conns, "call_many", spy)
+    return sends
+
+
+def test_a_batch_of_settles_is_one_send(redis_url, monkeypatch):
+    n = ledger(redis_url)
+    n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded
+    sends = _count_sends(monkeypatch)
     n.deferred.sender.wake = lambda: None  # type: ignore[union-attr,method-assign]  # queue only
     for i in range(40):
         call = n.start_call("gpt-4o-mini", prompt_tokens=10, max_tokens=10, user=f"u{i % 4}")
@@ -164,14 +170,7 @@ def test_the_sender_lands_a_burst_of_settles_in_few_sends(redis_url, monkeypatch
     goes to the store in batches, each settle once, none lost."""
     n = ledger(redis_url)
     n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded
-    sends: list[int] = []
-    real = _redis_conns.Conns.call_many
-
-    def spy(self: Any, commands: Any) -> Any:
-        sends.append(len(commands))
-        return real(self, commands)
-
-    monkeypatch.setattr(_redis_conns.Conns, "call_many", spy)
+    sends = _count_sends(monkeypatch)
     alone: list[int] = []  # a batch of one is a plain settle, whenever the sender catches one alone
     real_settle = RedisStore.settle
 
