@@ -6,8 +6,11 @@ Prints, from one run: a bare redis-py GET round trip (p50), reserve+settle on lo
 on a SQLite file (WAL) and on the memory store (p50, interleaved so each sees the same
 machine), Redis server time per LLM call (the two scripts, from ``INFO commandstats``, with
 daily and monthly limits, the in-flight cap and credits on) and the commands run inside them,
-the final spend of 200 concurrent callers on a $1 budget (default admission and strict), and
-Redis memory per active user-month.
+the final spend of 200 concurrent callers on a $1 budget (default admission and strict),
+Redis memory per active user-month, and budget leases off vs on (``--leases`` alone prints only
+those rows): reserve+settle on the caller's path (settle in the background, and on the path)
+on Redis, SQLite and memory, with the Redis server time per call with leases on. The lease rows
+use a tier with no in-flight cap (a capped tier never gets a lease).
 """
 
 from __future__ import annotations
@@ -38,6 +41,69 @@ def make(store: str, **kw: object) -> Nasca:
 def reserve_settle(n: Nasca) -> None:
     r = n.reserve(nanos=1000, user="bench-user")
     n.settle(r, nanos=900)
+
+
+def reserve_release(n: Nasca) -> None:
+    n.release(n.reserve(nanos=1000, user="bench-user"))
+
+
+def reserve_settle_bg(n: Nasca) -> None:
+    r = n.reserve(nanos=1000, user="bench-user")
+    n.settle(r, nanos=900, background=True)
+
+
+def leased(store: str, on: bool) -> Nasca:
+    return Nasca(store, tiers={"t": Tier(daily=10**5, monthly=10**6, max_in_flight=None)}, default_tier="t",
+                 namespace=f"lease{uuid.uuid4().hex[:6]}", leases=on)
+
+
+def print_lease_rows(url: str, sqlite_uri: str, n: int) -> None:
+    ledgers = {f"{name} {'on' if on else 'off'}": leased(store, on)
+               for name, store in (("redis", url), ("sqlite", sqlite_uri), ("memory", "memory://"))
+               for on in (False, True)}
+    fns: dict[str, object] = {}
+    for key, ledger in ledgers.items():
+        fns[f"{key} bg"] = lambda ledger=ledger: reserve_settle_bg(ledger)
+        fns[f"{key} path"] = lambda ledger=ledger: reserve_settle(ledger)
+        fns[f"{key} rr"] = lambda ledger=ledger: reserve_release(ledger)
+    p50 = interleaved(fns, n)  # type: ignore[arg-type]
+    print("budget leases, reserve+settle p50 µs on the caller's path (off → on):")
+    for name in ("redis", "sqlite", "memory"):
+        for how, label in (("bg", "settle in the background"), ("path", "settle on the path")):
+            off, on = p50[f"{name} off {how}"], p50[f"{name} on {how}"]
+            print(f"  {name:<7} {label:<26}{off:>9.1f} → {on:>7.1f}   ({on / off:.2f}×)")
+    off, on = p50["memory off rr"], p50["memory on rr"]
+    print(f"  memory  reserve+release (no settle){off:>9.1f} → {on:>7.1f}   ({on / off:.2f}×): "
+          "the lease's fast path, no store call")
+    leases = ledgers["redis on"].stats
+    print(f"  redis: {leases.leases} leases, {leases.leased} calls under one, {leases.lease_misses} misses")
+    for ledger in ledgers.values():
+        ledger.close()
+    us, cmds = lease_server_time(url)
+    verdict = "OK" if us <= 25 else "MISSED"
+    print(f"{'Redis server time per call, leases on':<40}{us:>8.1f} µs   ≤ 25 µs {verdict}"
+          f"   ({cmds:.1f} commands per call)")
+
+
+def lease_server_time(url: str, calls: int = 4000) -> tuple[float, float]:
+    """Redis server µs (and commands inside scripts) per reserve+settle with leases on, the
+    settles sent by the background sender (flushed before reading the stats)."""
+    n = leased(url, True)
+    for _ in range(200):
+        reserve_settle_bg(n)
+    n.flush()
+    client = redis.Redis.from_url(url)
+    client.config_resetstat()
+    for _ in range(calls):
+        reserve_settle_bg(n)
+    n.flush()
+    stats = client.info("commandstats")
+    client.close()
+    n.close()
+    us = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")) / calls
+    inner = sum(v["calls"] for k, v in stats.items()
+                if k not in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_config|resetstat"))
+    return us, inner / calls
 
 
 def server_time(url: str, calls: int = 2000) -> tuple[float, float, dict[str, float]]:
@@ -165,6 +231,7 @@ def main() -> None:
     ap.add_argument("--redis-url")
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("--server-only", action="store_true", help="print only the Redis server-time row")
+    ap.add_argument("--leases", action="store_true", help="print only the budget-lease rows")
     args = ap.parse_args()
     with redis_server(args.redis_url) as url, tempfile.TemporaryDirectory() as tmp:
         client = redis.Redis.from_url(url)
@@ -173,6 +240,9 @@ def main() -> None:
             print_server_time(url)
             return
         sqlite_uri = f"sqlite:///{tmp}/bench.db"
+        if args.leases:
+            print_lease_rows(url, sqlite_uri, args.n)
+            return
         on_redis, on_memory, on_sqlite = make(url), make("memory://"), make(sqlite_uri)
         p50 = interleaved({
             "bare GET": lambda: client.get("bench:k"),
@@ -209,6 +279,8 @@ def main() -> None:
         per_user = memory_per_user_month(url)
         print(f"Redis memory per active user-month (100 calls): {per_user:.0f} bytes   ≤ 1024 "
               f"{'OK' if per_user <= 1024 else 'MISSED'}")
+        print()
+        print_lease_rows(url, sqlite_uri, args.n)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from nasca_core._errors import StoreError
-from nasca_core._journal import Journal, encode, refuse, set_aside
+from nasca_core._fold import Fold, Send, Sends, plan, waiting, weight
+from nasca_core._journal import Journal, adopt, set_aside, sync_quietly, write, write_folds
 from nasca_core._journal_home import journal_home, locate
+from nasca_core._owed import Owed
 from nasca_core._sender import QUEUE_LIMIT, Sender
-from nasca_core._turns import aread_turn, read_turn, seen
+from nasca_core._turns import aread_turn, plus, read_turn, seen
 from nasca_core._types import Charge, LedgerStats
 from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, StoreHandle, UserKeys
 
@@ -46,6 +48,7 @@ log = logging.getLogger("nasca")
 MAX_PENDING = 100_000  # settles one process keeps waiting for the store
 WRITE_WAIT_S = 1.0  # a flush waits this long for reads of the next settle's user (one round trip each)
 BATCH = 32  # settles per store call: Redis runs a batch's scripts back to back, other clients wait
+FOLD_MAX = 1024  # queued settles one batch may take when a lease's fold into one (``_fold``)
 
 
 class DeferredSettles:
@@ -73,8 +76,14 @@ class DeferredSettles:
         self.early: list[tuple[SettleOp, object]] = []  # landed (op, SettleResult) before thresholds listened
         self.on_landed: Callable[..., object] = lambda op, result: self.early.append((op, result))
         self._in_flight = 0
-        self._nanos = 0  # what the queue holds, kept as it changes: a long outage stays O(1) a settle
-        self._owed: dict[str, list[int]] = {}  # user meta key -> [settles, holds, costs, tokens in, out]
+        self._owed = Owed()
+        self.leased: Callable[[str], tuple[int, int, int]] | None = None  # a user's lease holds, by meta
+        self._foldable: set[str] = set()  # handed to the sender, never tried: ``_fold`` may fold them
+        # Set by the ledger: called by the sender's thread each round and when it is idle
+        # (never under the queue's lock) with time.monotonic(); returns the seconds until it
+        # wants to be called again (None: whenever). Ends idle leases (``_leases``).
+        self.on_idle: Callable[[float], float | None] | None = None
+        self.stalled = False  # the last flush stopped at a settle the store (or the journal) refused
         self._pid = os.getpid()
         _all.add(self)
         self.journal: Journal | None = None
@@ -90,24 +99,22 @@ class DeferredSettles:
                                   weakref.WeakMethod(self._adopt_late))
 
     def __len__(self) -> int:
-        return len(self._queue) + self._in_flight  # a settle being sent has not landed yet
+        return len(self._queue) + self._in_flight  # none of them has landed
 
     def queued(self) -> int:
         return len(self._queue)
 
     def owed(self, meta: str) -> tuple[int, int, int]:
-        """This process's queued settles of one user (by ``UserKeys.meta``): how many, the
-        holds they still leave in the store, and what they cost. A reserve counts them at
-        their cost, never as calls in flight."""
-        entry = self._owed.get(meta)
-        return (entry[0], entry[1], entry[2]) if entry else (0, 0, 0)
+        """This process's queued settles of one user (by ``UserKeys.meta``): how many, the holds
+        they still leave in the store, and what they cost (a reserve's ``owed``)."""
+        return self._owed.of(meta)
 
     def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         """The store's snapshot of a user as this process sees it: its queued settles of the
         user counted at their cost (spent, the month's cost, calls and tokens), their holds
         taken out. No settle of the user lands during the read, so none counts twice.
         Raises StoreError."""
-        if keys.meta not in self._owed:
+        if keys.meta not in self._owed.users:
             return self._store.sync.snapshot(keys, now_ms)
         entry = read_turn(self._turn, partial(self._begin_read, keys.meta), force=True) or []
         try:
@@ -117,7 +124,7 @@ class DeferredSettles:
 
     async def asnapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
         """Async twin of snapshot(); waits for a landing settle without blocking the loop."""
-        if keys.meta not in self._owed:
+        if keys.meta not in self._owed.users:
             return await self._store.for_loop().snapshot(keys, now_ms)
         entry = await aread_turn(self._turn, partial(self._begin_read, keys.meta), force=True) or []
         try:
@@ -126,33 +133,34 @@ class DeferredSettles:
             self._end_read(keys.meta)
 
     def reserve(self, op: ReserveOp) -> ReserveResult:
-        """The store's reserve, counting this process's queued settles of the user at their
-        cost (``ReserveOp.owed``) read in the same turn, so none lands in between. Raises
-        StoreError."""
-        if op.keys.meta not in self._owed:  # a settle queued meanwhile counts as its hold: safe
+        """The store's reserve, counting this process's queued settles of the user at their cost and
+        its leases' free parts (``ReserveOp.owed``), read in one turn. Raises StoreError."""
+        if op.keys.meta not in self._owed.users and not op.owed[1]:  # queued meanwhile: as its hold, safe
             return self._store.sync.reserve(op)
-        if not (entry := read_turn(self._turn, partial(self._begin_read, op.keys.meta), force=False)):
-            if entry is not None:  # landed meanwhile: nothing owed any more
-                self._end_read(op.keys.meta)
-            return self._store.sync.reserve(op)
+        if (owed := read_turn(self._turn, partial(self._begin_reserve, op), force=False)) is None:
+            return self._store.sync.reserve(dataclasses.replace(op, owed=(0, 0, 0)))  # every hold counted
         try:
-            return self._store.sync.reserve(dataclasses.replace(op, owed=(entry[0], entry[1], entry[2])))
+            return self._store.sync.reserve(dataclasses.replace(op, owed=(owed[0], owed[1], owed[2])))
         finally:
             self._end_read(op.keys.meta)
 
     async def areserve(self, op: ReserveOp) -> ReserveResult:
         """Async twin of reserve()."""
-        if op.keys.meta not in self._owed:
+        if op.keys.meta not in self._owed.users and not op.owed[1]:
             return await self._store.for_loop().reserve(op)
-        if not (entry := await aread_turn(self._turn, partial(self._begin_read, op.keys.meta), force=False)):
-            if entry is not None:
-                self._end_read(op.keys.meta)
-            return await self._store.for_loop().reserve(op)
+        if (owed := await aread_turn(self._turn, partial(self._begin_reserve, op), force=False)) is None:
+            return await self._store.for_loop().reserve(dataclasses.replace(op, owed=(0, 0, 0)))
         try:
             return await self._store.for_loop().reserve(
-                dataclasses.replace(op, owed=(entry[0], entry[1], entry[2])))
+                dataclasses.replace(op, owed=(owed[0], owed[1], owed[2])))
         finally:
             self._end_read(op.keys.meta)
+
+    def _begin_reserve(self, op: ReserveOp, force: bool = False) -> list[int] | None:
+        # Under the lock, with the queue's owed: a lease's close queued in between would count twice.
+        lease = op.owed if self.leased is None else self.leased(op.keys.meta)
+        entry = self._begin_read(op.keys.meta, force)
+        return None if entry is None else list(plus(lease, entry) if entry else lease)
 
     def _begin_read(self, meta: str, force: bool = False) -> list[int] | None:
         # Under the lock. None while a settle of the user is on its way to the store (it may
@@ -160,7 +168,7 @@ class DeferredSettles:
         if not force and (meta in self._sending or meta == self._wanted):
             return None
         self._reading[meta] = self._reading.get(meta, 0) + 1
-        return list(self._owed.get(meta, ()))
+        return list(self._owed.users.get(meta, ()))
 
     def _end_read(self, meta: str) -> None:
         with self._turn:
@@ -192,9 +200,11 @@ class DeferredSettles:
                 return None  # acknowledged only once a kill can't lose it: the caller settles
             else:
                 full = False
-                self._queue.append(op)
                 self._sent.add(op.hold_id)
-                self._owe(op, 1)
+                if op.lease:
+                    self._foldable.add(op.hold_id)
+                self._queue.append(op)
+                self._owed.add(op, 1)
         if full:
             self._stats.settle_queue_full += 1
             log.warning("nasca: the background settle queue is full (%d); settling on the caller's path",
@@ -204,21 +214,10 @@ class DeferredSettles:
         self.sender.wake()
         return Charge(op.cost, 0, 0, pending=True)  # the store splits it as it lands
 
-    def _owe(self, op: SettleOp, sign: int) -> None:
-        entry = self._owed.setdefault(op.keys.meta, [0, 0, 0, 0, 0])
-        entry[0] += sign
-        entry[1] += sign * op.estimate
-        entry[2] += sign * op.cost
-        entry[3] += sign * op.input_tokens
-        entry[4] += sign * op.output_tokens
-        self._nanos += sign * op.cost
-        if entry[0] <= 0:
-            del self._owed[op.keys.meta]
-
     @property
     def nanos(self) -> int:
         """What the queued settles cost altogether."""
-        return self._nanos
+        return self._owed.nanos
 
     def defer(self, op: SettleOp, exc: StoreError) -> Charge:
         """Queue (and journal) a settle the store refused; the charge says it was deferred.
@@ -235,7 +234,7 @@ class DeferredSettles:
                     f"recorded: {exc}") from exc
             journaled = self._journal(op)
             self._queue.append(op)
-            self._owe(op, 1)
+            self._owed.add(op, 1)
             pending = len(self._queue)
         self._stats.store_errors += 1
         self._stats.deferred += 1
@@ -246,43 +245,32 @@ class DeferredSettles:
         return Charge(op.cost, op.cost, 0, deferred=True)
 
     def _journal(self, op: SettleOp, lazy: bool = False) -> bool:
-        if self.journal is None:
-            return False
-        try:
-            self.journal.append(encode(op), lazy=lazy)
-            return True
-        except OSError as err:
-            if lazy:  # a background settle: the caller settles it instead
-                log.warning("nasca: the settle journal in %s can't be written (%s): settling on the "
-                            "caller's path", self.journal.directory, err)
-                return False
-            # Raising would lose the charge for certain; in memory it is lost only if this
-            # process dies before the store comes back.
+        if (written := write(self.journal, op, lazy=lazy)) is None and not lazy:
             self._stats.deferred_unjournaled += 1
-            log.error("nasca: the deferred-settle journal in %s can't be written (%s): a settle of %d "
-                      "nanos for %s is kept in memory only", self.journal.directory, err, op.cost,
-                      op.keys.meta)
-            return False
+        return bool(written)
 
     def flush(self) -> int:
         """Retry the queued settles in order, ``BATCH`` per ``Store.settle_many``; returns how many landed."""
-        landed = self._landed
+        landed = self._landed  # a waiting flush reports the sender's too
         with self._flush_lock:
-            done = 0
+            done, self.stalled = 0, False
             # Take before trying, put back (in order) what did not land, failed or unsent: nothing
             # is applied (or dropped) twice. A retry of a settle the store did apply is a no-op there.
             while ops := self._take(limit=BATCH):
+                sends: list[Send] | None = None
                 results: Sequence[object] = ()
                 try:
-                    results = self._store.sync.settle_many(ops)
-                    for op, result in zip(ops, results, strict=False):
-                        isinstance(result, Exception) or self.on_landed(op, result)
+                    if (sends := self._fold(ops)) is not None:
+                        results = self._store.sync.settle_many([send.op for send in sends])
+                        for send, result in zip(sends, results, strict=False):
+                            isinstance(result, Exception) or self.on_landed(send.op, result)
                 except StoreError:
-                    break
+                    pass
                 finally:  # any other error too: the settles wait, never half-sent
-                    took = self._landing(ops, results)
+                    took = self._untouched(ops) if sends is None else self._landing(sends, results)
                 done += took
                 if took < len(ops):
+                    self.stalled = True
                     break
             self._flushed(done)
         return self._landed - landed
@@ -308,7 +296,7 @@ class DeferredSettles:
                 except StoreError:
                     break
                 finally:
-                    self._landing(ops, results)
+                    self._landing([Send(ops[0], ops)], results)
                 done, deadline = done + 1, time.monotonic() + WRITE_WAIT_S
             self._flushed(done)
         finally:
@@ -334,10 +322,10 @@ class DeferredSettles:
             self._pid = os.getpid()
             self._queue.clear()
             self._owed.clear()
-            self._sent.clear()
-            self._reading.clear()
+            for kept in (self._sent, self._foldable, self._reading):
+                kept.clear()
             self._sending = {}
-            self._in_flight = self._nanos = 0
+            self._in_flight = 0
 
     def _take(self, block: bool = True, limit: int = 1) -> list[SettleOp] | None:
         # None (not blocking): the head's user is being read; try again in a moment. Else up to
@@ -350,8 +338,9 @@ class DeferredSettles:
             now_ms = int(self._clock() * 1000)
             while self._queue and self._queue[0].marker_expiry_ms <= now_ms:
                 stale = self._queue.popleft()
-                self._owe(stale, -1)
+                self._owed.add(stale, -1)
                 self._sent.discard(stale.hold_id)
+                self._foldable.discard(stale.hold_id)
                 expired.append(stale)
             batch: list[SettleOp] = []
             ops: list[SettleOp] | None = batch
@@ -371,30 +360,42 @@ class DeferredSettles:
                 self._wanted = None
                 queue, sending = self._queue, self._sending
                 # Owed until they land: no read sees them as holds meanwhile.
-                while queue and len(batch) < limit and not self._reading.get(queue[0].keys.meta):
-                    batch.append(op := queue.popleft())
+                sends = Sends(self._foldable)  # a lease's settles count as one: they fold (``_fold``)
+                while queue and sends.n < limit and len(batch) < FOLD_MAX and not self._reading.get(
+                        queue[0].keys.meta):
+                    batch.append(op := sends.add(queue.popleft()))
                     sending[op.keys.meta] = sending.get(op.keys.meta, 0) + 1
                 self._in_flight += len(batch)
         if expired:
-            self._set_aside(expired)
+            self._stats.deferred_refused += set_aside(self.journal, expired)
+            self._count()
         return ops
-
-    def _set_aside(self, ops: list[SettleOp]) -> None:
-        self._stats.deferred_refused += set_aside(self.journal, ops)
-        self._count()
 
     def _unwant(self) -> None:
         with self._turn:
             self._wanted = None
             self._turn.notify_all()
 
-    def _landing(self, ops: list[SettleOp], results: Sequence[object]) -> int:
-        ok = [i < len(results) and not isinstance(results[i], Exception) for i in range(len(ops))]
-        if any(ok):
-            self._applied([op for op, y in zip(ops, ok, strict=True) if y])
+    def _fold(self, ops: list[SettleOp]) -> list[Send] | None:
+        # A lease's settles as one (``_fold``), each fold's line on disk before it is sent, so
+        # a replay applies it (not its settles) once; unfolded when the journal can't take it.
+        # None: its line may be in the file and nothing could give its settles back; nothing is sent.
+        return write_folds(self.journal, plan(ops, self._foldable))
+
+    def _untouched(self, ops: list[SettleOp]) -> int:
+        # Put back as they were taken, still foldable: the journal refused, not the store.
+        with self._lock:
+            self._sent_back(ops)
+            self._queue.extendleft(reversed(ops))
+        return 0
+
+    def _landing(self, sends: list[Send], results: Sequence[object]) -> int:
+        ok = [i < len(results) and not isinstance(results[i], Exception) for i in range(len(sends))]
+        if landed := [send for send, y in zip(sends, ok, strict=True) if y]:
+            self._applied(landed)
         if not all(ok):
-            self._put_back([op for op, y in zip(ops, ok, strict=True) if not y])
-        return sum(ok)
+            self._put_back([send for send, y in zip(sends, ok, strict=True) if not y])
+        return sum(len(send.items) for send in landed)
 
     def _sent_back(self, ops: list[SettleOp]) -> None:  # under the lock: no longer on their way
         self._in_flight -= len(ops)
@@ -403,20 +404,27 @@ class DeferredSettles:
                 self._sending[op.keys.meta] = left
         self._turn.notify_all()
 
-    def _put_back(self, ops: list[SettleOp]) -> None:
+    def _put_back(self, sends: list[Send]) -> None:
         # A store error like any other (health checks count them): they wait for the next flush.
+        # Tried, so never folded again: each may have landed under its own hold id. A fold
+        # goes back as itself (its line stands for its settles), to be retried as it was.
         self._stats.store_errors += 1
         with self._lock:
-            self._sent_back(ops)
-            self._queue.extendleft(reversed(ops))
+            self._sent_back(items := [op for send in sends for op in send.items])
+            self._foldable.difference_update(op.hold_id for op in items)
+            self._queue.extendleft(reversed([waiting(send, self._sent, self._owed) for send in sends]))
 
-    def _applied(self, ops: list[SettleOp]) -> None:
+    def _applied(self, sends: list[Send]) -> None:
         with self._lock:
-            self._sent_back(ops)
-            self._landed += len(ops)
+            self._sent_back(ops := [op for send in sends for op in send.items])
+            self._foldable.difference_update(op.hold_id for op in ops)
             for op in ops:
-                self._owe(op, -1)
-                if op.hold_id in self._sent:
+                self._landed += weight(op)
+                self._owed.add(op, -1)
+                if isinstance(op, Fold):  # a fold that went back once
+                    self._stats.settled += op.sent
+                    self._stats.deferred_retried += len(op.of) - op.sent
+                elif op.hold_id in self._sent:
                     self._sent.discard(op.hold_id)
                     self._stats.settled += 1
                 else:
@@ -430,16 +438,13 @@ class DeferredSettles:
             if nothing_left[0]:
                 self.journal.empty(nothing_left[1])  # nothing in the file is pending any more
             else:
-                self.journal.done(*(op.hold_id for op in ops))
+                self.journal.done(*(send.op.hold_id for send in sends))  # a fold's line: its settles
         except OSError as err:  # applied; a replay of it would be a no-op in the store
             log.warning("nasca: could not mark a deferred settle applied in %s: %s", self.journal.path, err)
 
     def _flushed(self, done: int) -> None:
-        if self._queue and self.journal is not None:  # the store refused: what waits is synced
-            try:
-                self.journal.sync()
-            except OSError as err:
-                log.warning("nasca: could not sync the settle journal %s: %s", self.journal.path, err)
+        if self._queue:  # the store refused: what waits is synced
+            sync_quietly(self.journal)
         self._count()
         if done:
             log.debug("nasca: applied %d queued settles (%d pending)", done, len(self._queue))
@@ -458,20 +463,13 @@ class DeferredSettles:
         now_ms = int(self._clock() * 1000)
         adopted = 0
         with self._lock:
-            held = {op.hold_id for op in self._queue}
-            try:
-                for path, ops in self.journal.orphans():
-                    fresh = [op for op in ops if op.hold_id not in held and op.marker_expiry_ms > now_ms]
-                    old = [op for op in ops if op.hold_id not in held and op.marker_expiry_ms <= now_ms]
-                    if fresh:  # in our journal (and synced) before the orphan is removed
-                        self.journal.append("".join(map(encode, fresh)), sync=True)
-                        self._queue.extend(fresh)
-                        for op in fresh:
-                            self._owe(op, 1)
-                        held.update(op.hold_id for op in fresh)
-                        adopted += len(fresh)
-                    if old:
-                        self._stats.deferred_refused += refuse(path, old)
+            try:  # never folded (not ``_foldable``): any of them may have landed before
+                for fresh, refused in adopt(self.journal, {op.hold_id for op in self._queue}, now_ms):
+                    self._queue.extend(fresh)
+                    for op in fresh:
+                        self._owed.add(op, 1)
+                    adopted += sum(map(weight, fresh))  # a fold: the settles it stands for
+                    self._stats.deferred_refused += refused
             except OSError as err:
                 log.error("nasca: could not replay deferred-settle journals in %s: %s",
                           self.journal.directory, err)

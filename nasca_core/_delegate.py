@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from nasca_core._deferred import DeferredSettles
+    from nasca_core._leases import Leases
     from nasca_core._limits import Limits
     from nasca_core._live import LiveConfig
     from nasca_core.billing._service import Billing
@@ -53,5 +54,15 @@ def to_limits(method: Callable[Concatenate[Limits, P], R]) -> Callable[Concatena
     @functools.wraps(method)
     def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return method(self.limits, *args, **kwargs)
+
+    return delegate
+
+
+def to_leases(method: Callable[Concatenate[Leases, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A Nasca method that calls ``nasca.leases``' ``method``: same signature, same docs."""
+
+    @functools.wraps(method)
+    def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.leases, *args, **kwargs)
 
     return delegate

@@ -37,6 +37,7 @@ class LedgerEnv(BaseSettings):
     unknown_model: str = "block"
     default_output_tokens: int = 256
     cap_output: bool = False
+    leases: bool | None = None  # NASCA_LEASES: budget leases (default: on where the background sender is)
 
 
 class PrivacyEnv(BaseSettings):

@@ -26,7 +26,7 @@ from nasca_core._calibration import Calibration
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
-from nasca_core._delegate import to_billing, to_deferred, to_limits, to_live
+from nasca_core._delegate import to_billing, to_leases, to_limits, to_live
 from nasca_core._env import ledger_kwargs
 from nasca_core._errors import (
     ConfigurationError,
@@ -38,6 +38,7 @@ from nasca_core._errors import (
 from nasca_core._explain import DEFAULT_UPGRADE_MESSAGE, blocked_error, tell_listeners, usage_in
 from nasca_core._fallback import Account, Degrade, on_account, same_account
 from nasca_core._fallback_calls import afallback_usage, fallback_usage
+from nasca_core._leases import Leases
 from nasca_core._limits import Limits
 from nasca_core._live import ConfigSnapshot, LiveConfig, StoreErrorPolicy
 from nasca_core._money import Amount, amount_arg
@@ -74,7 +75,7 @@ class Nasca:
     and ``_secret=`` the owner's webhook of ``nasca.thresholds``; ``state_dir=`` is where deferred
     settles are journaled; ``require_durable=True`` refuses a Redis that may evict or forget ledger
     keys; ``busy_wait=`` seconds a reserve waits out NascaBusyError; ``settle_in_background=``
-    (default: on for Redis and SQLite) settles model calls off the caller's path.
+    (default: on for Redis and SQLite) settles model calls off the caller's path; ``leases=``: ``_leases``.
     Raises ConfigurationError for an unknown store URI, timezone, default tier or policy."""
 
     def __new__(cls, store: Any = "memory://", *args: Any, **kwargs: Any) -> Nasca:  # http(s): remote
@@ -96,7 +97,8 @@ class Nasca:
         webhook_secret: str | None = None, allow_bonus_credits: bool = True, state_dir: str | None = None,
         require_durable: bool = False, busy_wait: float = 0.0, settle_in_background: bool | None = None,
         cap_output: bool = False, threshold_webhook_url: str | None = None,
-        threshold_webhook_secret: str | None = None, api_key: str | None = None) -> None:
+        threshold_webhook_secret: str | None = None, api_key: str | None = None,
+        leases: bool | None = None) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace, self.timezone = namespace, timezone
         self.tz = load_zone(timezone)
@@ -128,6 +130,7 @@ class Nasca:
         self.limits = Limits(self)  # per-user tiers, own limits and boosts
         self.thresholds = Thresholds(self, threshold_webhook_url, threshold_webhook_secret)  # Tier.warn_at
         self.on_threshold = self.thresholds.on_threshold
+        self.leases = Leases(self, self._windows.anchor, leases)  # budget leases (default: with the sender)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Nasca:
@@ -212,6 +215,8 @@ class Nasca:
 
     def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                  account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
+        if (leased := self.leases.admit(amount, user_id, tier_name, strict, ceil, account or degrade)):
+            return leased  # under the user's lease: no store call
         wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
             op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil, account)
@@ -221,7 +226,7 @@ class Nasca:
                 return store_failed(self, user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return self.thresholds.admitted(user_id, op, result)  # warned by Tier.warn_at
+                return self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
             if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
                     return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
@@ -229,7 +234,7 @@ class Nasca:
                 continue
             if account is not None or (degrade is not None and degrade(op, result)):  # the caller's block:
                 raise self._blocked(user_id, op, result, None, account, False)  # unflushed, unread, untold
-            if self.deferred and self.deferred.flush():
+            if self.leases.give_back(user_id) or (self.deferred and self.deferred.flush()):  # retry
                 continue
             snap: Snapshot | None = None
             with suppress(StoreError), count_store_errors(self.stats):
@@ -249,6 +254,8 @@ class Nasca:
 
     async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                         account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
+        if (leased := await self.leases.aadmit(amount, user_id, tier_name, strict, ceil, account or degrade)):
+            return leased
         wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
             config = await self.live.acurrent()
@@ -259,7 +266,7 @@ class Nasca:
                 return store_failed(self, user_id, op, exc)
             if result.status == 1:
                 self.stats.reserved += 1
-                return self.thresholds.admitted(user_id, op, result)  # warned by Tier.warn_at
+                return self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
             if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
                     return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
@@ -267,7 +274,7 @@ class Nasca:
                 continue
             if account is not None or (degrade is not None and degrade(op, result)):  # the caller's block:
                 raise self._blocked(user_id, op, result, None, account, False)  # unflushed, unread, untold
-            if self.deferred and await self.deferred.aflush():
+            if await self.leases.agive_back(user_id) or (self.deferred and await self.deferred.aflush()):
                 continue
             snap: Snapshot | None = None
             with suppress(StoreError), count_store_errors(self.stats):
@@ -286,7 +293,7 @@ class Nasca:
         return ReserveOp(on_account(keys, account), now_ms, next_hold_id(), estimate,  # by position: faster
                          now_ms + self.hold_ttl_ms, self.strict if strict is None else strict, tier,
                          snap.tiers_json, snap.version, account.compiled if account else snap.compiled[tier],
-                         (0, 0, 0), ceil, "" if account else spec)
+                         self.leases.owed(user_id, account), ceil, "" if account else spec)
 
     def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult, snap: Snapshot | None,
                  account: Account | None = None, checkout: bool = True) -> NascaBlockedError:
@@ -310,29 +317,29 @@ class Nasca:
 
         Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written)."""
         op = self._settle_op(reservation, cost, nanos, tokens)
-        if (queued := self.deferred.before_settle(op, background)) is not None:
+        if (queued := self.leases.settles.before_settle(op, background)) is not None:
             return queued
         try:
             result = self.store.sync.settle(op)
         except StoreError as exc:
-            return self.deferred.defer(op, exc)
+            return self.leases.settles.defer(op, exc)
         self.stats.settled += 1
-        return self.thresholds.landed(op, result)  # Tier.warn_at's events, off the caller's path
+        return self.leases.settles.landed(op, result)  # Tier.warn_at's events, off the caller's path
 
     async def asettle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
                       tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
         """Async twin of settle(); a background settle never waits on the loop."""
         op = self._settle_op(reservation, cost, nanos, tokens)
-        if background and (queued := self.deferred.send(op)) is not None:
+        if (queued := await self.leases.settles.asent(op, background)) is not None:
             return queued
         if self.deferred:
             await self.deferred.aflush()
         try:
             result = await self.store.for_loop().settle(op)
         except StoreError as exc:
-            return self.deferred.defer(op, exc)
+            return self.leases.settles.defer(op, exc)
         self.stats.settled += 1
-        return self.thresholds.landed(op, result)  # Tier.warn_at's events, off the caller's path
+        return await self.leases.settles.alanded(op, result)  # Tier.warn_at's events
 
     def _settle_op(self, reservation: Reservation, cost: Amount | None, nanos: int | None,
                    tokens: tuple[int, int]) -> SettleOp:
@@ -342,17 +349,20 @@ class Nasca:
         snap, now = self.live.current(), self.now()
         now_ms, ws = int(now * 1000), self._windows.spec_at(now, reservation.anchor)  # in any process
         keys = _keys(self.namespace, reservation.user_id, ws.ids)  # where the call ended: may be a new window
-        return SettleOp(same_account(reservation.keys, keys), now_ms, reservation.hold_id,  # by position
-                        reservation.estimate_nanos, amount, reservation.tier, snap.tiers_json,
-                        snap.compiled.get(reservation.tier, _NO_TIER), ws.ttls_from(now),
-                        now_ms + _SETTLED_MARKER_MS, tokens[0], tokens[1], reservation.reserved_ms)
+        op = SettleOp(same_account(reservation.keys, keys), now_ms, reservation.hold_id,  # by position
+                      reservation.estimate_nanos, amount, reservation.tier, snap.tiers_json,
+                      snap.compiled.get(reservation.tier, _NO_TIER), ws.ttls_from(now),
+                      now_ms + _SETTLED_MARKER_MS, tokens[0], tokens[1], reservation.reserved_ms)
+        return self.leases.settle_of(op) if self.leases.calls else op  # under a lease?
 
-    flush = flush_deferred = to_deferred(DeferredSettles.flush)  # returns how many settles landed
-    aflush = aflush_deferred = to_deferred(DeferredSettles.aflush)
+    flush = flush_deferred = to_leases(Leases.flush)  # ends the leases; returns how many settles landed
+    aflush = aflush_deferred = to_leases(Leases.aflush)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold of a call that failed before costing anything. Store failures are
         logged, not raised: the hold expires by itself."""
+        if self.leases.calls and self.leases.released(reservation):
+            return  # under a lease: no hold of its own
         try:
             self.store.sync.release(reservation.keys, reservation.hold_id, reservation.estimate_nanos)
             self.stats.released += 1
@@ -362,6 +372,8 @@ class Nasca:
 
     async def arelease(self, reservation: Reservation) -> None:
         """Async twin of release()."""
+        if self.leases.calls and await self.leases.areleased(reservation):
+            return
         try:
             await self.store.for_loop().release(reservation.keys, reservation.hold_id,
                                                 reservation.estimate_nanos)
@@ -418,7 +430,8 @@ class Nasca:
             stored = self.deferred.snapshot(self.user_keys(user_id, now), int(now * 1000))
             if self._windows.learn(user_id, stored.anchor):  # this process's anchor was stale
                 stored = self.deferred.snapshot(self.user_keys(user_id, now), int(now * 1000))
-            return fallback_usage(self, usage_in(snap.tiers, user_id, tier_name, stored,
+            return fallback_usage(self, usage_in(snap.tiers, user_id, tier_name,
+                                                 self.leases.seen(user_id, stored),
                                                  self.windows_at(now, user_id), self.tz, tier, user))
 
     async def aget_usage(self, user: str | None = None, tier: str | None = None) -> Usage:
@@ -429,7 +442,8 @@ class Nasca:
             stored = await self.deferred.asnapshot(self.user_keys(user_id, now), int(now * 1000))
             if self._windows.learn(user_id, stored.anchor):
                 stored = await self.deferred.asnapshot(self.user_keys(user_id, now), int(now * 1000))
-            return await afallback_usage(self, usage_in(snap.tiers, user_id, tier_name, stored,
+            return await afallback_usage(self, usage_in(snap.tiers, user_id, tier_name,
+                                                        self.leases.seen(user_id, stored),
                                                         self.windows_at(now, user_id), self.tz, tier, user))
 
     # -- billing: the old spellings of nasca.billing.… ------------------------------------
@@ -465,6 +479,7 @@ class Nasca:
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         """Flush queued and deferred settles the store takes, and close connections Nasca opened."""
+        self.leases.close()  # their holds dropped before the flush
         self.deferred.close()
         self.calibration.close()
         self.thresholds.close()
@@ -472,7 +487,7 @@ class Nasca:
 
     async def aclose(self) -> None:
         """Async twin of close(): flush deferred settles, close this loop's connections."""
-        await self.deferred.aflush()
+        await self.leases.aflush()  # their holds dropped before the flush
         await self.thresholds.aclose()  # hooks and webhook deliveries wait on a thread, not the loop
         await self.store.aclose()
         self.close()

@@ -58,12 +58,14 @@ class Limits:
         keys = self._tier_keys(user, tier, self._ledger.live.fresh().tiers)
         with count_store_errors(self._ledger.stats):
             self._ledger.store.sync.set_user_tier(keys, tier)
+        self._ledger.leases.drop(user)  # this process sees it at once (others within LEASE_S)
 
     async def aset_user_tier(self, user: str, tier: str | None) -> None:
         """Async twin of set_user_tier()."""
         keys = self._tier_keys(user, tier, (await self._ledger.live.afresh()).tiers)
         with count_store_errors(self._ledger.stats):
             await self._ledger.store.for_loop().set_user_tier(keys, tier)
+        await self._ledger.leases.adrop(user)
 
     def _tier_keys(self, user: str, tier: str | None, tiers: Any) -> UserKeys:
         check_user_id(user)
@@ -83,12 +85,14 @@ class Limits:
         keys, compiled = self._limits_op(user, limits)
         with count_store_errors(self._ledger.stats):
             self._ledger.store.sync.set_user_limits(keys, compiled)
+        self._ledger.leases.drop(user)
 
     async def aset_user_limits(self, user: str, limits: Tier | None) -> None:
         """Async twin of set_user_limits()."""
         keys, compiled = self._limits_op(user, limits)
         with count_store_errors(self._ledger.stats):
             await self._ledger.store.for_loop().set_user_limits(keys, compiled)
+        await self._ledger.leases.adrop(user)
 
     def _limits_op(self, user: str, limits: Tier | None) -> tuple[UserKeys, str | None]:
         check_user_id(user)
@@ -134,6 +138,7 @@ class Limits:
         keys, now_ms, boost = self._boost_op(user, window, amount, until, id)
         with count_store_errors(self._ledger.stats):
             made = self._ledger.store.sync.change_boosts(keys, now_ms, add=boost)
+        self._ledger.leases.drop(user)
         return self._granted(user, made, boost)
 
     async def agrant(self, user: str, window: Window = "daily", *, amount: Amount,
@@ -142,6 +147,7 @@ class Limits:
         keys, now_ms, boost = self._boost_op(user, window, amount, until, id)
         with count_store_errors(self._ledger.stats):
             made = await self._ledger.store.for_loop().change_boosts(keys, now_ms, add=boost)
+        await self._ledger.leases.adrop(user)
         return self._granted(user, made, boost)
 
     def clear_boosts(self, user: str, window: Window | None = None) -> None:
@@ -150,12 +156,14 @@ class Limits:
         keys, now_ms, clear = self._clear_op(user, window)
         with count_store_errors(self._ledger.stats):
             self._ledger.store.sync.change_boosts(keys, now_ms, clear=clear)
+        self._ledger.leases.drop(user)
 
     async def aclear_boosts(self, user: str, window: Window | None = None) -> None:
         """Async twin of clear_boosts()."""
         keys, now_ms, clear = self._clear_op(user, window)
         with count_store_errors(self._ledger.stats):
             await self._ledger.store.for_loop().change_boosts(keys, now_ms, clear=clear)
+        await self._ledger.leases.adrop(user)
 
     def _boost_op(self, user: str, window: object, amount: Amount, until: object,
                   id: object) -> tuple[UserKeys, int, StoredBoost]:

@@ -86,7 +86,7 @@ def own_view(spent: Sequence[int], held: int, in_flight: int,
     """(spent, held, in flight) as this process sees them: its deferred settles (``owed``:
     count, holds, costs) are finished calls, counted at their cost rather than as holds."""
     n, holds, cost = owed
-    if not n:
+    if not (n or holds or cost):  # n is 0 for a lease's hold: the in-flight count keeps it as one
         return (spent[0], spent[1], spent[2]), held, in_flight
     return ((spent[0] + cost, spent[1] + cost, spent[2] + cost), max(held - holds, 0),
             max(in_flight - n, 0))

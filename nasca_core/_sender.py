@@ -4,7 +4,9 @@ A model call's settle (``LLMCall.finish``) is journaled and queued (``DeferredSe
 and returns at once; this thread applies the queue to the store in order, in batches
 (``Store.settle_many``: one round trip for up to ``_deferred.BATCH`` settles on Redis, which
 costs the process's GIL far less than one each), waiting ``LINGER_S`` after it is woken so a
-burst of calls goes in one batch. Until a settle
+burst of calls goes in one batch; the settles of one budget lease in a batch go as one
+settle (``_fold``). Each round, and when idle, it calls ``DeferredSettles.on_idle`` (the
+ledger's: ends idle leases) and waits no longer than that asks. Until a settle
 lands its hold stays in the store, so admission stays safe, and this process counts it at
 its real cost (``DeferredSettles.owed``). One thread per ledger, started on the first
 send (and again in a forked child, which starts with an empty queue); it holds the queue
@@ -62,33 +64,43 @@ class Sender:
             self._thread.start()
 
     def _run(self) -> None:
-        delay: float | None = None
+        wait: float | None = None  # until the next round (None: until woken, checking now and then)
+        backoff: float | None = None  # the retry delay while the store refuses settles
         while not self._stopped:
             # No strong reference while waiting: a ledger nobody holds is collected, and its
             # thread ends at the next check.
-            woken = self._wake.wait(delay or _IDLE_S)
-            if not woken and delay is None:
-                if self._deferred() is None:
-                    return
-                continue
-            if woken and delay is None:
+            woken = self._wake.wait(_IDLE_S if wait is None else wait)
+            if woken and backoff is None:
                 time.sleep(LINGER_S)  # the settles of a burst of calls go in one batch, not one each
-            delay = self._round(delay)
+            if (deferred := self._deferred()) is None:
+                return
+            wait, backoff = self._round(deferred, backoff)
+            del deferred
 
-    def _round(self, delay: float | None) -> float | None:
-        """One flush; the next retry delay while the store refuses (None: wait to be woken)."""
-        deferred = self._deferred()
-        if deferred is None:
-            self._stopped = True
-            return None
+    def _round(self, deferred: DeferredSettles, backoff: float | None) -> tuple[float | None, float | None]:
+        """One flush and ``on_idle``; the wait until the next round (None: until woken) and the
+        retry delay, doubled only by a flush the store refused."""
         self._wake.clear()  # before the flush: a send during it wakes the next round
+        failed = False
         try:
-            deferred.flush()
+            if deferred.queued() or backoff is not None or self._stopped:
+                deferred.flush()
+                failed = deferred.stalled
         except Exception:  # the thread must outlive any one failure; the queue keeps the settle
             log.exception("nasca: the background settle sender failed; it retries")
-        if deferred.queued():
-            return _BACKOFF_S[0] if delay is None else min(delay * 2, _BACKOFF_S[1])
-        return None
+            failed = True
+        backoff = (_BACKOFF_S[0] if backoff is None else min(backoff * 2, _BACKOFF_S[1])) if failed else None
+        # Left queued while a read of its user ran: soon again, not a failure (no doubling).
+        wait = backoff if failed else (_BACKOFF_S[0] if deferred.queued() else None)
+        if (on_idle := deferred.on_idle) is not None:
+            try:
+                due = on_idle(time.monotonic())
+            except Exception:
+                log.exception("nasca: the sender's idle hook failed")
+                due = None
+            if due is not None:
+                wait = max(due, 0.001) if wait is None else min(wait, max(due, 0.001))
+        return wait, backoff
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread (after the caller's last flush)."""

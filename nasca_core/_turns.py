@@ -45,9 +45,15 @@ def seen(snap: Snapshot, owed: list[int]) -> Snapshot:
     """The store's snapshot with a user's owed settles (``DeferredSettles.owed``) at their cost."""
     if not owed or not owed[0]:
         return snap
-    n, holds, cost, tokens_in, tokens_out = owed
+    _, holds, cost, tokens_in, tokens_out, calls = owed[:6]  # calls: a fold counts its settles' (``_owed``)
     d, w, m = snap.spent
     return dataclasses.replace(snap, held=max(snap.held - holds, 0), spent=(d + cost, w + cost, m + cost),
-                               month_cost=snap.month_cost + cost, month_calls=snap.month_calls + n,
+                               month_cost=snap.month_cost + cost, month_calls=snap.month_calls + calls,
                                month_input_tokens=snap.month_input_tokens + tokens_in,
                                month_output_tokens=snap.month_output_tokens + tokens_out)
+
+
+def plus(owed: tuple[int, int, int], entry: list[int]) -> tuple[int, int, int]:
+    """A reserve's ``owed`` (this process's leases, ``_leases.owed``) plus the user's owed settles:
+    the count is of the settles whose hold is in the store (the in-flight count drops them)."""
+    return owed[0] + entry[6], owed[1] + entry[1], owed[2] + entry[2]

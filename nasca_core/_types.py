@@ -55,6 +55,9 @@ class LedgerStats:
     settle_queued: int = 0  # model calls' settles handed to the background sender (``_sender``)
     settle_queue_full: int = 0  # settled on the caller's path because the sender was too far behind
     fallbacks: int = 0  # calls a spent tier sent to its fallback model instead (``_fallback``)
+    leases: int = 0  # budget leases taken (``_leases``)
+    leased: int = 0  # calls admitted under a lease, with no store call (counted in ``reserved`` too)
+    lease_misses: int = 0  # a lease's reserve the store refused: the call then reserved alone
 
 
 class count_store_errors:

@@ -19,7 +19,8 @@ from nasca_core._config import DEFAULT_MAX_IN_FLIGHT
 
 
 def test_the_cap_is_enforced_in_the_reserve_and_frees_on_settle(make_nasca):
-    n = make_nasca(tiers={"t": Tier(monthly=100, max_in_flight=3)}, default_tier="t")
+    # The store's cap, call by call (under a budget lease: tests/test_leases.py).
+    n = make_nasca(tiers={"t": Tier(monthly=100, max_in_flight=3)}, default_tier="t", leases=False)
     holds = [n.reserve("0.01", user="u") for _ in range(3)]
     with pytest.raises(NascaBusyError) as info:
         n.reserve("0.01", user="u")

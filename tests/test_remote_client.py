@@ -309,7 +309,7 @@ def test_https_and_loopback_http_are_accepted(url):
 # Nasca's public members the remote client need not have: the local ledger's own machinery
 # (its store, journal, key and window builders, busy wait), the upgrade-prompt factories
 # the server applies, and from_env (Nasca.from_env builds a remote client itself).
-NOT_PUBLIC_API = {"store", "deferred", "user_keys", "windows_at", "hold_ttl_ms", "busy_wait",
+NOT_PUBLIC_API = {"store", "deferred", "leases", "user_keys", "windows_at", "hold_ttl_ms", "busy_wait",
                   "billing_listeners", "checkout_url_factory", "upgrade_message_template", "from_env"}
 
 

@@ -93,6 +93,17 @@ def test_bad_files_say_what_is_wrong(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_the_server_takes_no_budget_lease(tmp_path):
+    # A hold reserved through one worker may be settled through another: a lease never learns it.
+    path = tmp_path / "nasca.toml"
+    path.write_text(TOML)
+    n = build_nasca(ServeConfig.load(path), {}, store=f"sqlite:///{tmp_path}/ledger.db")
+    try:
+        assert n.deferred.sender is not None and not n.leases.on  # on by default with the sender
+    finally:
+        n.close()
+
+
 def test_the_cli_registry_keeps_prices():
     parser = build_parser()
     assert parser.parse_args(["prices", "gpt-5", "--prices", "x.json"]).command == "prices"

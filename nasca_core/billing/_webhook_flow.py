@@ -139,6 +139,7 @@ def _apply(d: Decision, event: Mapping[str, Any], now: float, now_ms: int, ledge
             yield from _remember_customer(ledger, d.user_id, d.customer, now_ms, subscriber=True)
         applied = yield from ask(StoreOp.apply_subscription(ledger.user_keys(d.user_id, now), d.change,
                                                             now_ms))
+        ledger.leases.retire(ledger.user_keys(d.user_id, now))  # the tier may have changed: no stale lease
         once = billing_key(ledger, "once", d.session_id)
         first = yield from ask(StoreOp.claim_marker(once, INDEX_TTL_MS, now_ms))
         if first:
@@ -215,6 +216,7 @@ def apply_change(ledger: Nasca, keys: UserKeys, change: SubChange, now_ms: int) 
                 carry = keys.month_of(old), keys.month_of(new)
             change = replace(change, seen=seen, window=(start, end), carry=carry, cut_for=cut_for)
         applied = yield from ask(StoreOp.apply_subscription(keys, change, now_ms))
+        ledger.leases.retire(keys)  # the tier may have changed: no stale lease here
         if applied.status == -4:  # another subscription's anchor (or none) comes next
             cut_for = applied.anchor
         elif applied.status != -3:
@@ -304,6 +306,7 @@ def apply_review(d: Review, event: Mapping[str, Any], now_ms: int, ledger: Nasca
         yield from ask(StoreOp.put_marker(billing_key(ledger, "subrev", sub), o.session_id, None, now_ms))
         yield from ask(StoreOp.apply_subscription(ledger.user_keys(o.user_id, now_ms / 1000), d.plan_change,
                                                   now_ms))
+        ledger.leases.retire(ledger.user_keys(o.user_id, now_ms / 1000))
     review = billing_key(ledger, "review", o.session_id)
     first = yield from ask(StoreOp.claim_marker(review, INDEX_TTL_MS, now_ms))
     if first:

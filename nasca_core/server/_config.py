@@ -157,7 +157,8 @@ def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = Non
                   packs=config.pack_models(), plans=config.plan_models(), stripe=stripe,
                   webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None,
                   threshold_webhook_url=config.threshold_webhook_url,
-                  threshold_webhook_secret=env.get(ENV_THRESHOLD_SECRET) or None)
+                  threshold_webhook_secret=env.get(ENV_THRESHOLD_SECRET) or None,
+                  leases=False)  # another worker may settle a hold reserved here: a lease never learns it
     nasca.billing.policy = policy
     return nasca
 

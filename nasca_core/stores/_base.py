@@ -184,6 +184,14 @@ class SettleOp:
     # When the call was reserved (epoch ms; 0 = not known: the settle's now): a boost counts at
     # the settle if it was in force then (``_effective``).
     reserved_ms: int = 0
+    # How many model calls this settle counts (the month's call count): more than one when the
+    # background sender folds calls admitted under one lease (``_leases``) into one settle, 0 for
+    # the settle that only drops a lease's hold.
+    calls: int = 1
+    # The hold id of the lease the call was admitted under ("" = its own hold): such a call has
+    # no hold of its own in the store (its ``estimate`` is 0), and the sender may fold the
+    # settles of one lease into one.
+    lease: str = ""
 
     @property
     def boosts_at(self) -> int:

@@ -27,6 +27,8 @@ class Holds:
         entry = self.live.pop(member, None)
         if entry is not None:
             self.total -= entry[1]
+            if not self.live:
+                self.heap.clear()
 
     def purge(self, now_ms: int) -> None:
         heap = self.heap

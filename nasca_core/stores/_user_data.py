@@ -223,6 +223,10 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _emptied_holds(value: Any) -> bool:
+    return hasattr(value, "live") and not value.live
+
+
 def memory_user_data(data: dict[str, Any], expiry: dict[str, int], namespace: str, user: str,
                      forget: bool, analytics: dict[str, dict[str, int]]) -> UserRecords:
     """Under the memory store's lock."""
@@ -232,7 +236,8 @@ def memory_user_data(data: dict[str, Any], expiry: dict[str, int], namespace: st
     for key in list(data):
         suffix = suffix_of(key, base)
         if suffix is not None:
-            records[suffix] = plain(data[key])
+            if not _emptied_holds(data[key]):  # kept for the next call; on Redis the key is gone
+                records[suffix] = plain(data[key])
             folded = fold(namespace, suffix, data[key]) if isinstance(data[key], dict) else None
             if forget and folded:
                 into = data.setdefault(folded[0], {"s": 0, **dict.fromkeys(LEDGER_FIELDS, 0)})

@@ -185,12 +185,12 @@ class SqliteStore:
             d = c.execute(add, (keys.day, charges[0], now + ttls[0], now)).fetchone()[0]
             w = c.execute(add, (keys.week, charges[1], now + ttls[1], now)).fetchone()[0]
             m = c.execute(  # a month row past its expiry (not swept yet) starts again
-                "INSERT INTO month VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "s = iif(expires > ?8, s, 0) + excluded.s, c = iif(expires > ?8, c, 0) + excluded.c, "
-                "k = iif(expires > ?8, k, 0) + excluded.k, n = iif(expires > ?8, n, 0) + 1, "
-                "ti = iif(expires > ?8, ti, 0) + excluded.ti, "
-                "tout = iif(expires > ?8, tout, 0) + excluded.tout, expires = excluded.expires RETURNING s",
-                (keys.month, charges[2], op.cost, credit_part, op.input_tokens, op.output_tokens,
+                "INSERT INTO month VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "s = iif(expires > ?9, s, 0) + excluded.s, c = iif(expires > ?9, c, 0) + excluded.c, "
+                "k = iif(expires > ?9, k, 0) + excluded.k, n = iif(expires > ?9, n, 0) + excluded.n, "
+                "ti = iif(expires > ?9, ti, 0) + excluded.ti, "
+                "tout = iif(expires > ?9, tout, 0) + excluded.tout, expires = excluded.expires RETURNING s",
+                (keys.month, charges[2], op.cost, credit_part, op.calls, op.input_tokens, op.output_tokens,
                  now + ttls[2], now)).fetchone()[0]
             c.execute("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
                       (keys.meta, op.hold_id, op.marker_expiry_ms))

@@ -29,7 +29,7 @@ if anchor ~= (ARGV[20] or '') then return {-2, anchor, 0, 0, 0, 0, 0, -1} end
 local held = held_total(KEYS[2], KEYS[7], now)
 local spent = spent_of(KEYS[3], KEYS[4], KEYS[5])
 local owed_n, owed_held, owed_cost = tonumber(ARGV[16] or '0'), tonumber(ARGV[17] or '0'), tonumber(ARGV[18] or '0')
-if owed_n > 0 then  -- as _policy.own_view
+if owed_n > 0 or owed_held > 0 or owed_cost > 0 then  -- as _policy.own_view
   for i = 1, 3 do spent[i] = spent[i] + owed_cost end
   held = math.max(held - owed_held, 0)
 end

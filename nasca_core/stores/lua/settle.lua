@@ -7,8 +7,11 @@
 --       11 input tokens, 12 output tokens (counted on the month hash for reports),
 --       13 one ms before the call was reserved, epoch ms (a boost whose until is later counts:
 --       _effective, SettleOp.boosts_at),
---       14..20 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
---       in-flight cap (unused here)
+--       14..19 the requested tier compiled: limits d, w, m (-1 = none), hard flags d, w, m,
+--       20 model calls this settle counts in the month's call count 'n' (SettleOp.calls: a
+--       folded settle of a lease's calls counts them all, a lease's closing settle 0); missing
+--       = 1, so a caller that omits it for one call (or predates it) counts one. (resolve_tier
+--       reads ARGV 20 as the in-flight cap, which a settle never uses.)
 -- Returns {status (1 applied, 2 already settled), tier-funded nanos (cost - credit-funded), credit-funded nanos,
 --          spent d, spent w, spent m (each window's counter after this call, in the window it
 --          landed in), limit d, w, m in force (-1 = none; 0s and -1s when already settled)}
@@ -20,6 +23,7 @@ local seen = redis.call('ZSCORE', KEYS[7], id)
 if seen and tonumber(seen) > now then return {2, 0, 0, 0, 0, 0} end
 drop_hold(KEYS[2], KEYS[8], id .. ':' .. ARGV[3])
 local cost = tonumber(ARGV[4])
+local calls = tonumber(ARGV[20] or '1')
 local _, tier, stored = resolve_tier(KEYS[1], ARGV[5], ARGV[6], 14, tonumber(ARGV[13]))
 local limits, hard = tier.l, tier.h
 -- One read of each counter: whether it exists yet decides whether its expiry is set below.
@@ -63,7 +67,7 @@ if raw_w then w = redis.call('INCRBY', KEYS[4], fmt('%d', w)) else redis.call('S
 -- The month hash's fields in one write (read above); numbers stay exact below 2^53.
 local m = spent[3] + charges[3]
 redis.call('HSET', KEYS[5], 's', fmt('%d', m), 'c', fmt('%d', tonumber(month[2] or '0') + cost),
-           'k', fmt('%d', tonumber(month[3] or '0') + credit_part), 'n', fmt('%d', tonumber(month[4] or '0') + 1),
+           'k', fmt('%d', tonumber(month[3] or '0') + credit_part), 'n', fmt('%d', tonumber(month[4] or '0') + calls),
            'ti', fmt('%d', tonumber(month[5] or '0') + tonumber(ARGV[11])),
            'to', fmt('%d', tonumber(month[6] or '0') + tonumber(ARGV[12])),
            'r', stored ~= ARGV[5] and ARGV[5] or '')  -- r: the call's tier unless stored (get_usage's)
