@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from nasca_core._errors import StoreError
-from nasca_core._fold import Fold, Send, Sends, plan, waiting, weight
+from nasca_core._fold import Fold, Send, Sends, marks, plan, waiting, weight
 from nasca_core._journal import Journal, adopt, set_aside, sync_quietly, write, write_folds
 from nasca_core._journal_home import journal_home, locate
 from nasca_core._owed import Owed
@@ -210,7 +210,7 @@ class DeferredSettles:
             log.warning("nasca: the background settle queue is full (%d); settling on the caller's path",
                         self.queue_limit)
             return None
-        self._stats.settle_queued += 1
+        self._stats.settle_queued += op.calls  # model calls: a lease's closing settle counts none
         self.sender.wake()
         return Charge(op.cost, 0, 0, pending=True)  # the store splits it as it lands
 
@@ -426,7 +426,7 @@ class DeferredSettles:
                     self._stats.deferred_retried += len(op.of) - op.sent
                 elif op.hold_id in self._sent:
                     self._sent.discard(op.hold_id)
-                    self._stats.settled += 1
+                    self._stats.settled += op.calls
                 else:
                     self._stats.deferred_retried += 1
             if self.journal is None:
@@ -438,7 +438,7 @@ class DeferredSettles:
             if nothing_left[0]:
                 self.journal.empty(nothing_left[1])  # nothing in the file is pending any more
             else:
-                self.journal.done(*(send.op.hold_id for send in sends))  # a fold's line: its settles
+                self.journal.done(*(h for send in sends for h in marks(send.op)))  # a fold's: its settles
         except OSError as err:  # applied; a replay of it would be a no-op in the store
             log.warning("nasca: could not mark a deferred settle applied in %s: %s", self.journal.path, err)
 

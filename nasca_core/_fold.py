@@ -32,14 +32,17 @@ from hashlib import blake2b
 
 from nasca_core._money import MAX_NANOS
 from nasca_core._owed import Owed
+from nasca_core.pricing._usage import MAX_TOKENS
 from nasca_core.stores import SettleOp
+
+MAX_OF = 1024  # settles one fold may stand for (``_deferred.FOLD_MAX`` a batch): the store marks each
 
 
 @dataclass(slots=True)
 class Fold(SettleOp):
-    """One settle standing for the queued settles ``of`` names (by hold id)."""
+    """One settle standing for the queued settles ``of`` names (by hold id), which the store
+    marks settled with it (``SettleOp.of``)."""
 
-    of: tuple[str, ...] = ()
     sent: int = 0  # of them, how many the sender was handed (``LedgerStats.settled``); not journaled
 
 
@@ -54,6 +57,13 @@ class Send:
 def weight(op: SettleOp) -> int:
     """The queued settles ``op`` stands for."""
     return len(op.of) if isinstance(op, Fold) else 1
+
+
+def marks(op: SettleOp) -> list[str]:
+    """The hold ids the ``{"d"}`` lines of a landed ``op`` name: its own first (the fold's line
+    then stands for nothing), then a fold's settles, so an older Nasca replaying the journal
+    (it reads no ``{"f"}`` line, only the settles' ``{"s"}``) finds them applied too."""
+    return list(dict.fromkeys((op.hold_id, *op.of))) if isinstance(op, Fold) else [op.hold_id]
 
 
 def waiting(send: Send, sent: set[str], owed: Owed) -> SettleOp:
@@ -94,18 +104,19 @@ def plan(ops: Sequence[SettleOp], foldable: Collection[str]) -> list[Send]:
     """The store settles for ``ops`` (in queue order), each group of one lease folded at its
     first settle's place. Only settles named in ``foldable`` fold: never sent, so none of them
     may have landed under its own hold id (a replayed or retried one goes by itself). A group
-    closes when its sums would pass ``MAX_NANOS`` (a Lua number is exact up to 2^53) or once it
-    has the lease's closing settle (nothing of a lease comes after it)."""
+    closes when a sum would pass ``_LIMITS`` (a Lua number is exact up to 2^53, SQLite's to
+    2^63), at ``MAX_OF`` settles, or once it has the lease's closing settle (nothing of a lease
+    comes after it)."""
     sends: list[Send] = []
-    open_: dict[tuple[object, ...], Send] = {}
+    open_: dict[tuple[object, ...], tuple[Send, list[int]]] = {}  # a group and its running sums
     for op in ops:
         key = _key(op, foldable)
         group = open_.get(key) if key is not None else None
-        if group is not None and _fits(group.items, op):
-            group.items.append(op)
+        if group is not None and _fits(group[1], op):
+            group[0].items.append(op)
         else:
-            group = Send(op, [op])
-            sends.append(group)
+            group = (Send(op, [op]), _sizes(op))
+            sends.append(group[0])
             if key is not None:
                 open_[key] = group
         if key is not None and op.hold_id == op.lease:
@@ -116,9 +127,21 @@ def plan(ops: Sequence[SettleOp], foldable: Collection[str]) -> list[Send]:
     return sends
 
 
-def _fits(items: list[SettleOp], op: SettleOp) -> bool:
-    return (sum(i.cost for i in items) + op.cost <= MAX_NANOS
-            and sum(i.estimate for i in items) + op.estimate <= MAX_NANOS)
+# What a fold sums, each bounded (the settles themselves are: ``MAX_NANOS``, ``MAX_TOKENS``).
+_LIMITS = (MAX_OF, MAX_NANOS, MAX_NANOS, MAX_TOKENS, MAX_TOKENS, MAX_TOKENS)
+
+
+def _sizes(op: SettleOp) -> list[int]:
+    return [1, op.cost, op.estimate, op.input_tokens, op.output_tokens, op.calls]
+
+
+def _fits(sums: list[int], op: SettleOp) -> bool:
+    """Whether ``op`` joins a group with ``sums`` (``_sizes``) within ``_LIMITS``; if so, added."""
+    after = [s + n for s, n in zip(sums, _sizes(op), strict=True)]
+    if any(s > limit for s, limit in zip(after, _LIMITS, strict=True)):
+        return False
+    sums[:] = after
+    return True
 
 
 def fold(items: Sequence[SettleOp]) -> Fold:
@@ -131,8 +154,8 @@ def fold(items: Sequence[SettleOp]) -> Fold:
                   estimate=sum(op.estimate for op in items), cost=sum(op.cost for op in items),
                   input_tokens=sum(op.input_tokens for op in items),
                   output_tokens=sum(op.output_tokens for op in items),
-                  calls=sum(op.calls for op in items))
-    return Fold(**fields, of=of)
+                  calls=sum(op.calls for op in items), of=of)
+    return Fold(**fields)
 
 
 def fold_id(lease: str, of: Sequence[str]) -> str:

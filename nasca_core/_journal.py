@@ -5,7 +5,8 @@ not take survives the process that deferred it.
 
 Each line is ``{"s": <settle>}`` (deferred), ``{"d": <hold id>}`` (applied since), or for a
 lease's settles folded into one (``_fold``) ``{"f": <fold>}`` and ``{"u": <its hold id>}`` (not
-sent: its settles stand). A write that fails is cut back to the last whole line. A line is
+sent: its settles stand; a settle of it done by itself says the same). A write that fails is
+cut back to the last whole line, or when it can't be, the next write starts a line of its own. A line is
 written with one ``write()`` before ``settle`` returns, so a killed process loses
 nothing; ``fsync`` runs at most once a second (and at flush and close), so a power loss can
 lose the last second. The owner holds an exclusive ``flock`` on its file while it lives: a
@@ -77,7 +78,8 @@ def decode(d: dict[str, Any]) -> SettleOp:
                     tier_compiled=tuple(int(x) for x in d["tc"]),
                     ttls_ms=(int(ttl[0]), int(ttl[1]), int(ttl[2])), marker_expiry_ms=int(d["mx"]),
                     input_tokens=int(d["ti"]), output_tokens=int(d["to"]),
-                    reserved_ms=int(d.get("rt", 0)), calls=int(d.get("n", 1)), lease=str(d.get("l", "")))
+                    reserved_ms=int(d.get("rt", 0)), calls=int(d.get("n", 1)), lease=str(d.get("l", "")),
+                    of=tuple(str(h) for h in d.get("of", ())))  # a fold's line: the ids the store marks
 
 
 def pending_in(lines: Iterator[str]) -> list[SettleOp]:
@@ -98,8 +100,8 @@ def pending_in(lines: Iterator[str]) -> list[SettleOp]:
                 if op.hold_id not in owner:
                     ops.setdefault(op.hold_id, op)
             elif "f" in entry:
-                of = tuple(str(h) for h in entry["f"]["of"])
-                fold = Fold(**{f.name: getattr(decode(entry["f"]), f.name) for f in fields(SettleOp)}, of=of)
+                fold = Fold(**{f.name: getattr(decode(entry["f"]), f.name) for f in fields(SettleOp)})
+                of = fold.of
                 for hold_id in of:
                     if (earlier := owner.get(hold_id)) is not None and earlier != fold.hold_id:
                         ops.pop(earlier, None)
@@ -120,6 +122,18 @@ def pending_in(lines: Iterator[str]) -> list[SettleOp]:
             elif "d" in entry:
                 hold_id = str(entry["d"])
                 ops.pop(hold_id, None)
+                if (unsent_fold := owner.get(hold_id)) is not None and unsent_fold != hold_id:
+                    # A settle of a pending fold landed by itself: the fold was never sent (one
+                    # whose line reached the file in full is only retried as itself, and its
+                    # own "d" comes before its settles'), so its settles not yet done stand
+                    # again. A fold under its lease close's id is not one of these: its "d" is
+                    # the fold's, since the close by itself is queued (and sent) after its
+                    # calls, whose "d" lines give the fold back first.
+                    ops.pop(unsent_fold, None)
+                    for part_id in folds.pop(unsent_fold, ()):
+                        owner.pop(part_id, None)
+                        if (part := parts.pop(part_id, None)) is not None and part_id != hold_id:
+                            ops[part_id] = part
                 for settled in folds.pop(hold_id, ()):  # a fold applied: its settles with it
                     parts.pop(settled, None)
                     owner.pop(settled, None)
@@ -146,6 +160,7 @@ class Journal:
         self._pid = 0
         self.synced = 0.0
         self.writes = 0  # lines written so far: ``empty`` keeps a file written to since it was asked
+        self._torn = False  # a part line may end the file (``Torn``): the next write starts a line
         self._io = threading.Lock()  # a write and an emptying never interleave
 
     def _open(self) -> int:
@@ -157,6 +172,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._pid = os.getpid()
         self.path = self.directory / f"{self._pid}-{os.urandom(4).hex()}.jsonl"
+        self._torn = False  # a new file
         # Created and locked under a name orphans() skips, then renamed: another process can
         # never take an unlocked new journal for a dead one's and delete it under its owner.
         fresh = self.path.with_name(self.path.name + _FRESH)
@@ -176,6 +192,8 @@ class Journal:
         data = lines.encode()
         with self._io:
             fd = self._open()
+            if self._torn:  # the part line ends here, unreadable alone, not glued to these
+                data = b"\n" + data
             end = os.lseek(fd, 0, os.SEEK_END)
             try:
                 while data:
@@ -186,9 +204,10 @@ class Journal:
                 try:
                     os.ftruncate(fd, end)
                 except OSError as err:
+                    self._torn = True
                     raise Torn(err.errno, f"a journal line may be left cut short: {err}") from err
                 raise
-            self.writes += 1
+            self.writes, self._torn = self.writes + 1, False
         if sync or (not lazy and time.monotonic() - self.synced > FSYNC_EVERY_S):
             self.sync()
 
@@ -208,6 +227,7 @@ class Journal:
         with self._io:
             if self._fd is not None and self._pid == os.getpid() and self.writes == writes:
                 os.ftruncate(self._fd, 0)
+                self._torn = False
 
     def after_fork(self) -> None:
         """In a forked child: a parent's thread may have held the lock."""

@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from nasca_core._errors import StoreError
-from nasca_core.stores import SettleOp, SettleResult
+from nasca_core.stores import ReserveOp, SettleOp, SettleResult
 
 if TYPE_CHECKING:
     from nasca_core._lease_book import Lease
@@ -26,13 +26,28 @@ _NO_TIER = (-1, -1, -1, 0, 0, 0, -1)
 
 
 def closing(ledger: Nasca, lease: Lease) -> SettleOp:
-    """The settle that drops ``lease``'s hold: its hold id, estimate its size, cost 0, calls 0."""
+    """The settle that drops ``lease``'s hold: its hold id, estimate its size, cost 0, calls 0.
+    Never raises: with the config unreadable (the store down), the lease's own snapshot serves
+    (a settle of cost 0), so a reaped or dropped lease's hold is never left behind."""
     now = ledger.now()
-    now_ms, config = int(now * 1000), ledger.live.current()
+    try:
+        config = ledger.live.current()
+    except StoreError:
+        config = lease.config
+    now_ms = int(now * 1000)
     ws = ledger.windows_at(now, lease.user)
     return SettleOp(ledger.user_keys(lease.user, now), now_ms, lease.id, lease.size, 0, lease.tier,
                     config.tiers_json, config.compiled.get(lease.tier, _NO_TIER), ws.ttls_from(now),
                     now_ms + MARKER_MS, 0, 0, lease.reserved_ms, 0, lease.id)
+
+
+def unreserved(ledger: Nasca, op: ReserveOp, user: str) -> SettleOp:
+    """The closing settle of a lease whose reserve's reply was lost (a StoreError after the
+    store may have applied it, a cancellation): harmless if the hold never reached the store."""
+    config, now = ledger.live.current(), op.now_ms / 1000
+    return SettleOp(op.keys, op.now_ms, op.hold_id, op.estimate, 0, op.tier, config.tiers_json,
+                    config.compiled.get(op.tier, _NO_TIER), ledger.windows_at(now, user).ttls_from(now),
+                    op.now_ms + MARKER_MS, 0, 0, op.now_ms, 0, op.hold_id)
 
 
 def land(ledger: Nasca, op: SettleOp) -> None:
@@ -97,6 +112,33 @@ class LeaseSettles:
                 await aland(self._ledger, closing(self._ledger, lease))
             return queued
         return None
+
+    def settle(self, op: SettleOp) -> Charge:
+        """``Nasca.settle``'s store step: a leased call's settle not landed (a cancellation, any
+        error the sender does not take) is out again, so the caller's retry sends it."""
+        try:
+            result = self._ledger.store.sync.settle(op)
+        except StoreError as exc:
+            return self.defer(op, exc)
+        except BaseException:
+            self._leases.undo(op)
+            raise
+        self._ledger.stats.settled += 1
+        return self.landed(op, result)  # Tier.warn_at's events, off the caller's path
+
+    async def asettle(self, op: SettleOp) -> Charge:
+        """Async twin of settle(), after the queued settles land."""
+        try:
+            if self._ledger.deferred:
+                await self._ledger.deferred.aflush()
+            result = await self._ledger.store.for_loop().settle(op)
+        except StoreError as exc:
+            return self.defer(op, exc)
+        except BaseException:
+            self._leases.undo(op)
+            raise
+        self._ledger.stats.settled += 1
+        return await self.alanded(op, result)
 
     def landed(self, op: SettleOp, result: SettleResult) -> Charge:
         """``Thresholds.landed`` for a settle that landed on the caller's path."""

@@ -1,14 +1,12 @@
 """Budget leases: a user far from every limit has calls admitted in this process, no store call.
 
-A lease is an ordinary hold in the store, of ``size`` nanos (``_lease_policy``), taken strictly
-by one process for one (user, tier, strict); other processes count it as a call in flight. A
-call under it is carved out of its free part in O(1) and settles as a settle of a hold the store
-never had (``SettleOp.lease``, estimate 0: charged in full). The lease's hold is dropped by a
-closing settle (``_lease_land``) once it is retired and every call's settle is queued or landed.
-It retires when a call does not fit, at ``until`` (``LEASE_S``: the sender's ``reap`` ends idle
-ones), when the config or the user changes here (``drop``, also while its reserve is in flight),
-when a reserve of the user is blocked (``give_back``), at ``close`` and in a forked child.
-The bound on what it may overspend: docs/ARCHITECTURE.md.
+A lease: an ordinary hold of ``size`` nanos (``_lease_policy``), taken strictly by one process
+for one (user, tier, strict), one call in flight to others. A call under it is carved out of its
+free part in O(1) and settles as a settle of a hold the store never had (``SettleOp.lease``,
+estimate 0). A closing settle (``_lease_land``) drops the hold once it is retired and every
+call's settle is queued or landed. It retires when a call does not fit, at ``until`` (the
+sender's ``reap``), on a change here (``drop``), on a reserve of the user under another key
+(``_others``) or blocked (``give_back``), at ``close`` and in a forked child. Bound: ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from nasca_core._errors import StoreError
 from nasca_core._lease_book import Aging, Lease, Settled
-from nasca_core._lease_land import MARKER_MS, LeaseSettles, aland, closing, land
+from nasca_core._lease_land import MARKER_MS, LeaseSettles, aland, closing, land, unreserved
 from nasca_core._lease_policy import LEASE_S, clear_of_marks, lease_size, leases_allowed
 from nasca_core._types import Charge, Reservation, next_hold_id
 from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, UserKeys
@@ -71,46 +69,59 @@ class Leases:
         """The call admitted under the user's lease (taking one when the user was hinted), or
         None: the ledger reserves it as usual. ``other``: a fallback account or degrade callback
         (never leased). Raises nothing the plain reserve would not raise itself."""
-        if not self.on or ceil or other is not None:
+        if not self.on:
             return None
         if self._due:
             self._land_due()
         key = (user, tier, self._ledger.strict if strict is None else strict)
-        if (lease := self._live.get(key)) is not None and (
+        if (lease := self._live.get(key)) is not None and not ceil and other is None and (
                 got := self._carve(lease, amount, self._close_now, self._config())) is not None:
             return got
+        if user in self._by_user:
+            for lease in self._others(key, bool(ceil) or other is not None):
+                self._close_now(lease)
+        if ceil or other is not None:
+            return None
         generation = self._generation  # before the snapshot: a drop() after it ends the lease at once
         if key not in self._hints or (op := self._opening(key, amount, config := self._config())) is None:
             return None
         try:
             result = self._ledger.deferred.reserve(op)
         except StoreError:
+            self.queue(unreserved(self._ledger, op, user))  # the store may have applied it
             return self._missed(key)
         return self._opened(key, op, result, amount, self._close_now, config, generation)
 
     async def aadmit(self, amount: int, user: str, tier: str, strict: bool | None, ceil: int,
                      other: object) -> Reservation | None:
         """Async twin of admit()."""
-        if not self.on or ceil or other is not None:
+        if not self.on:
             return None
         if self._due:
             for closing_op in self._take_due():
                 await aland(self._ledger, closing_op)
         key = (user, tier, self._ledger.strict if strict is None else strict)
         due: list[Lease] = []
-        if (lease := self._live.get(key)) is not None and (
+        if (lease := self._live.get(key)) is not None and not ceil and other is None and (
                 got := self._carve(lease, amount, due.append, await self._ledger.live.acurrent())):
             return got
+        if user in self._by_user:
+            due += self._others(key, bool(ceil) or other is not None)
         for lease in due:
             await aland(self._ledger, closing(self._ledger, lease))
         due.clear()
+        if ceil or other is not None:
+            return None
         generation = self._generation
         if key not in self._hints or (
                 op := self._opening(key, amount, config := await self._ledger.live.acurrent())) is None:
             return None
         try:
             result = await self._ledger.deferred.areserve(op)
-        except StoreError:
+        except BaseException as exc:  # a StoreError or a cancellation: the store may have applied it
+            self.queue(unreserved(self._ledger, op, user))
+            if not isinstance(exc, StoreError):
+                raise
             return self._missed(key)
         got = self._opened(key, op, result, amount, due.append, config, generation)
         for lease in due:
@@ -179,8 +190,9 @@ class Leases:
                 self._by_meta[lease.keys.meta] = leases = self._by_user.setdefault(key[0], [])
                 leases.append(lease)  # not a retired one's: its closing settle is about to be queued
                 self._live[key] = lease
-                if self._ledger.deferred.sender is not None:  # its thread reaps them (``reap``)
+                if (sender := self._ledger.deferred.sender) is not None:  # its thread reaps them
                     self._young.add(lease)
+                    sender.wake()  # started if no settle has started it (``reap``)
                 self._aging.add(lease)
                 lease.out, lease.n = amount, 1
                 self.calls[hold := next_hold_id()] = lease
@@ -204,8 +216,7 @@ class Leases:
 
     def admitted(self, user: str, tier: str, op: ReserveOp, result: ReserveResult,
                  other: object) -> Reservation:
-        """The Reservation of a plain admitted reserve (``Thresholds.admitted``); a user it shows
-        far from every limit and mark is hinted: their next call takes a lease."""
+        """A plain admitted reserve's Reservation; a user far from every mark is hinted (leased next)."""
         reservation = self._ledger.thresholds.admitted(user, op, result)
         if self.on and not op.ceiling and other is None and reservation.warning is None:
             config = self._ledger.live.current()
@@ -222,9 +233,8 @@ class Leases:
 
     # -- the end of a call -----------------------------------------------------------------
     def settle_of(self, op: SettleOp) -> SettleOp:
-        """A call's settle as its lease needs it: no hold of its own, the lease named. The lease
-        counts the call at its cost until its settle is queued or landed (``_done``): only then
-        may the lease's hold drop, after it."""
+        """A call's settle as its lease needs it: no hold of its own, the lease named; the lease
+        counts it at its cost until its settle is queued or landed (``done``), its hold kept."""
         with self._lock:
             if (lease := self.calls.pop(op.hold_id, None)) is not None:
                 lease.out += op.cost - op.estimate
@@ -237,10 +247,11 @@ class Leases:
         return bool(self.settled or self._landing)
 
     def retried(self, op: SettleOp) -> Charge | None:
-        """A retried leased call's settle: the first one's Charge (pending while it is on its way)."""
+        """A retried leased call's settle: the first one's Charge once queued or landed, else (on
+        the caller's path, it may yet fail) None: sent as the lease's, the store settles it once."""
         with self._lock:
-            if (charge := self.settled.get(op.hold_id)) is None and op.hold_id in self._landing:
-                charge = Charge(op.cost, 0, 0, pending=True)  # the first one is on its way
+            if (charge := self.settled.get(op.hold_id)) is None and (got := self._landing.get(op.hold_id)):
+                op.estimate, op.lease = 0, got[0].id
         return charge
 
     def undo(self, op: SettleOp) -> None:
@@ -251,8 +262,7 @@ class Leases:
                 self.calls[op.hold_id] = landing[0]
 
     def done(self, op: SettleOp, charge: Charge) -> Lease | None:
-        """The call's settle is queued or landed: the lease whose hold it lets drop now (retired,
-        nothing out), if any."""
+        """The call's settle is queued or landed: the lease whose hold it lets drop now, if any."""
         now_ms = int(self._now() * 1000)
         with self._lock:
             if (landing := self._landing.pop(op.hold_id, None)) is None:
@@ -299,20 +309,16 @@ class Leases:
 
     # -- reads, changes, close -------------------------------------------------------------
     def owed(self, user: str, account: object = None) -> tuple[int, int, int]:
-        """For a reserve's ``owed``: the part of this process's lease holds of ``user`` that no
-        call backs (``_policy.own_view`` takes it out of ``held``), so this process sees the
-        user as per-call holds would show them (none on a fallback ``account``: its own holds).
-        A live lease's free part stays held: it is this process's to hand out. The count: the
-        store counts each lease as one call in flight, this process the calls under them.
-        ``DeferredSettles`` reads it again (``unbacked``) in the reserve's turn."""
+        """For a reserve's ``owed``: the part of this process's lease holds of ``user`` no call
+        backs (``_policy.own_view`` unholds it; none on a fallback ``account``). A live lease's
+        free part stays held; the count: each lease is one call in the store, here its calls."""
         if account is not None or user not in self._by_user:
             return _NONE
         with self._lock:
             return self._unbacked(self._by_user.get(user, []))
 
     def unbacked(self, meta: str) -> tuple[int, int, int]:
-        """owed() by ``UserKeys.meta``, for ``DeferredSettles`` under its lock: a lease's closing
-        settle is queued after the lease is forgotten here, so the two never count it both."""
+        """owed() by ``UserKeys.meta``, for ``DeferredSettles`` under its lock (no lease counted twice)."""
         if meta not in self._by_meta:
             return _NONE
         with self._lock:
@@ -327,8 +333,7 @@ class Leases:
         return (len(leases) - sum(x.n for x in leases), sum(x.unbacked() for x in leases), 0)
 
     def seen(self, user: str, snap: Snapshot) -> Snapshot:
-        """``get_usage``'s snapshot of ``user`` as this process sees it: each of its leases
-        counts the estimates outstanding under it, not its whole hold (nor its free part)."""
+        """``get_usage``'s snapshot of ``user`` here: a lease counts its calls' estimates only."""
         if user not in self._by_user:
             return snap
         with self._lock:
@@ -336,8 +341,7 @@ class Leases:
         return replace(snap, held=max(0, snap.held - free))
 
     def drop(self, user: str | None = None) -> None:
-        """Retire ``user``'s leases (all, for None) and forget their hints: their tier, limits or
-        boosts changed here. Their holds are dropped as their calls end."""
+        """Retire ``user``'s leases (all, for None), forget their hints: a change here."""
         for lease in self._drop(user):
             self._close_now(lease)
 
@@ -347,8 +351,8 @@ class Leases:
             await aland(self._ledger, closing(self._ledger, lease))
 
     def give_back(self, user: str) -> bool:
-        """A reserve of ``user`` the store blocked: drop() their live leases here (a free part,
-        counted as held, may be what blocked it). True: retry, as per-call holds would admit."""
+        """A blocked reserve of ``user``: drop() their live leases here (a free part may be what
+        blocked it). True: retry, as per-call holds would admit."""
         if live := any(not x.retired for x in tuple(self._by_user.get(user, ()))):
             self.drop(user)
         return live
@@ -360,9 +364,8 @@ class Leases:
         return live
 
     def retire(self, keys: UserKeys) -> None:
-        """drop() for code that must not wait on the store (billing's subscription steps, sync or
-        async): a lease with nothing outstanding has its hold dropped by the background sender,
-        or with the next lease-table call here when the sender is off."""
+        """drop() for code that must not wait on the store (billing's subscription steps): the
+        closing settles go to the sender, or to the next admission here when it is off."""
         with self._lock:
             users = [u for u, leases in self._by_user.items() if leases and leases[0].keys.meta == keys.meta]
         for user in users:
@@ -376,10 +379,8 @@ class Leases:
                 self._due.append(op)
 
     def reap(self, _monotonic: float = 0.0) -> float | None:
-        """``DeferredSettles.on_idle``, on the sender's thread: retire the leases past their
-        ``until`` with nothing outstanding and queue their closing settles, so other processes
-        stop counting an idle lease's hold within about ``LEASE_S``; forget those whose hold
-        expired. Returns the seconds until the next lease's ``until``."""
+        """``DeferredSettles.on_idle``, on the sender's thread: retire idle leases past their
+        ``until`` (others stop counting them within ``LEASE_S``); the seconds to the next one."""
         now_ms = int(self._now() * 1000)
         with self._lock:
             self._reap(now_ms)
@@ -390,7 +391,7 @@ class Leases:
         return None if after is None else max(0.0, (after - now_ms) / 1000)
 
     def close(self) -> None:
-        """Retire every lease; the holds of those with nothing outstanding are dropped now."""
+        """Retire every lease; the holds of those with nothing outstanding dropped now."""
         self.drop()
         self._land_due()
 
@@ -423,6 +424,13 @@ class Leases:
                     del self._hints[key]
                 leases = [x for x in self._by_user.get(user, ()) if not x.retired]
             return [x for x in leases if self._retire(x)]
+
+    def _others(self, key: tuple[str, str, bool], every: bool) -> list[Lease]:
+        # A reserve of the user under another key (or a capped/fallback one: ``every``) sees the
+        # user as per-call holds would: their live leases retire, their unused part unheld.
+        with self._lock:
+            return [x for x in self._by_user.get(key[0], ()) if not x.retired and (every or x.key != key)
+                    and self._retire(x)]
 
     # -- under the lock --------------------------------------------------------------------
     def _retire(self, lease: Lease) -> bool:
@@ -465,7 +473,7 @@ class Leases:
     def _take_due(self) -> list[SettleOp]:
         with self._lock:
             due, self._due = self._due, []
-        return due
+            return due
 
     def _land_due(self) -> None:
         for op in self._take_due():
@@ -475,17 +483,10 @@ class Leases:
         land(self._ledger, closing(self._ledger, lease))
 
     def _forked(self) -> None:
-        self._lock = threading.Lock()
-        self._live.clear()
-        self._by_user.clear()
-        self._by_meta.clear()
-        self.calls.clear()
-        self._hints.clear()
-        self.settled.clear()
-        self._landing.clear()
-        self._young.clear()
-        self._aging.clear()
-        self._due = []
+        self._lock, self._due = threading.Lock(), []
+        for book in (self._live, self._by_user, self._by_meta, self.calls, self._hints, self.settled,
+                     self._landing, self._young, self._aging):
+            book.clear()
 
 
 _all: weakref.WeakSet[Leases] = weakref.WeakSet()

@@ -53,6 +53,7 @@ from nasca_core._wrap import wrap
 from nasca_core.analytics._recorder import Analytics
 from nasca_core.billing._service import Billing
 from nasca_core.pricing import Pricer, TokenUsage
+from nasca_core.pricing._usage import token_pair
 from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, Snapshot, UserKeys, open_store
 
 if TYPE_CHECKING:
@@ -319,12 +320,7 @@ class Nasca:
         op = self._settle_op(reservation, cost, nanos, tokens)
         if (queued := self.leases.settles.before_settle(op, background)) is not None:
             return queued
-        try:
-            result = self.store.sync.settle(op)
-        except StoreError as exc:
-            return self.leases.settles.defer(op, exc)
-        self.stats.settled += 1
-        return self.leases.settles.landed(op, result)  # Tier.warn_at's events, off the caller's path
+        return self.leases.settles.settle(op)  # Tier.warn_at's events, off the caller's path
 
     async def asettle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
                       tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
@@ -332,20 +328,13 @@ class Nasca:
         op = self._settle_op(reservation, cost, nanos, tokens)
         if (queued := await self.leases.settles.asent(op, background)) is not None:
             return queued
-        if self.deferred:
-            await self.deferred.aflush()
-        try:
-            result = await self.store.for_loop().settle(op)
-        except StoreError as exc:
-            return self.leases.settles.defer(op, exc)
-        self.stats.settled += 1
-        return await self.leases.settles.alanded(op, result)  # Tier.warn_at's events
+        return await self.leases.settles.asettle(op)  # after the queued settles land
 
     def _settle_op(self, reservation: Reservation, cost: Amount | None, nanos: int | None,
                    tokens: tuple[int, int]) -> SettleOp:
         if not isinstance(reservation, Reservation):
             raise ConfigurationError(f"settle() needs the Reservation from reserve(), got {reservation!r}")
-        amount = amount_arg(cost, nanos, what="cost")
+        amount, tokens = amount_arg(cost, nanos, what="cost"), token_pair(tokens)  # nothing changed yet
         snap, now = self.live.current(), self.now()
         now_ms, ws = int(now * 1000), self._windows.spec_at(now, reservation.anchor)  # in any process
         keys = _keys(self.namespace, reservation.user_id, ws.ids)  # where the call ended: may be a new window
@@ -362,7 +351,8 @@ class Nasca:
         """Drop the hold of a call that failed before costing anything. Store failures are
         logged, not raised: the hold expires by itself."""
         if self.leases.calls and self.leases.released(reservation):
-            return  # under a lease: no hold of its own
+            self.stats.released += 1  # under a lease: no hold of its own in the store
+            return
         try:
             self.store.sync.release(reservation.keys, reservation.hold_id, reservation.estimate_nanos)
             self.stats.released += 1
@@ -373,6 +363,7 @@ class Nasca:
     async def arelease(self, reservation: Reservation) -> None:
         """Async twin of release()."""
         if self.leases.calls and await self.leases.areleased(reservation):
+            self.stats.released += 1
             return
         try:
             await self.store.for_loop().release(reservation.keys, reservation.hold_id,

@@ -56,16 +56,20 @@ class Limits:
 
         Raises InvalidUserError, UnknownTierError, StoreError."""
         keys = self._tier_keys(user, tier, self._ledger.live.fresh().tiers)
-        with count_store_errors(self._ledger.stats):
-            self._ledger.store.sync.set_user_tier(keys, tier)
-        self._ledger.leases.drop(user)  # this process sees it at once (others within LEASE_S)
+        try:  # a write that may have landed (a StoreError, a cancellation) ends the leases too
+            with count_store_errors(self._ledger.stats):
+                self._ledger.store.sync.set_user_tier(keys, tier)
+        finally:
+            self._ledger.leases.drop(user)  # this process sees it at once (others within LEASE_S)
 
     async def aset_user_tier(self, user: str, tier: str | None) -> None:
         """Async twin of set_user_tier()."""
         keys = self._tier_keys(user, tier, (await self._ledger.live.afresh()).tiers)
-        with count_store_errors(self._ledger.stats):
-            await self._ledger.store.for_loop().set_user_tier(keys, tier)
-        await self._ledger.leases.adrop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                await self._ledger.store.for_loop().set_user_tier(keys, tier)
+        finally:
+            await self._ledger.leases.adrop(user)
 
     def _tier_keys(self, user: str, tier: str | None, tiers: Any) -> UserKeys:
         check_user_id(user)
@@ -83,16 +87,20 @@ class Limits:
         Raises InvalidUserError, InvalidInputError (not a valid Tier, or a Tier setting more
         than limits), StoreError."""
         keys, compiled = self._limits_op(user, limits)
-        with count_store_errors(self._ledger.stats):
-            self._ledger.store.sync.set_user_limits(keys, compiled)
-        self._ledger.leases.drop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                self._ledger.store.sync.set_user_limits(keys, compiled)
+        finally:
+            self._ledger.leases.drop(user)
 
     async def aset_user_limits(self, user: str, limits: Tier | None) -> None:
         """Async twin of set_user_limits()."""
         keys, compiled = self._limits_op(user, limits)
-        with count_store_errors(self._ledger.stats):
-            await self._ledger.store.for_loop().set_user_limits(keys, compiled)
-        await self._ledger.leases.adrop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                await self._ledger.store.for_loop().set_user_limits(keys, compiled)
+        finally:
+            await self._ledger.leases.adrop(user)
 
     def _limits_op(self, user: str, limits: Tier | None) -> tuple[UserKeys, str | None]:
         check_user_id(user)
@@ -136,34 +144,42 @@ class Limits:
         replayed id (the boost granted before, or the one asked for if it has ended), which
         the dashboard and the CLI neither audit nor count. Raises as grant_boost()."""
         keys, now_ms, boost = self._boost_op(user, window, amount, until, id)
-        with count_store_errors(self._ledger.stats):
-            made = self._ledger.store.sync.change_boosts(keys, now_ms, add=boost)
-        self._ledger.leases.drop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                made = self._ledger.store.sync.change_boosts(keys, now_ms, add=boost)
+        finally:
+            self._ledger.leases.drop(user)
         return self._granted(user, made, boost)
 
     async def agrant(self, user: str, window: Window = "daily", *, amount: Amount,
                      until: datetime | timedelta | float, id: str | None = None) -> tuple[Boost, bool]:
         """Async twin of grant()."""
         keys, now_ms, boost = self._boost_op(user, window, amount, until, id)
-        with count_store_errors(self._ledger.stats):
-            made = await self._ledger.store.for_loop().change_boosts(keys, now_ms, add=boost)
-        await self._ledger.leases.adrop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                made = await self._ledger.store.for_loop().change_boosts(keys, now_ms, add=boost)
+        finally:
+            await self._ledger.leases.adrop(user)
         return self._granted(user, made, boost)
 
     def clear_boosts(self, user: str, window: Window | None = None) -> None:
         """End the user's boosts now: those of ``window``, or all. Raises InvalidUserError,
         InvalidInputError, StoreError."""
         keys, now_ms, clear = self._clear_op(user, window)
-        with count_store_errors(self._ledger.stats):
-            self._ledger.store.sync.change_boosts(keys, now_ms, clear=clear)
-        self._ledger.leases.drop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                self._ledger.store.sync.change_boosts(keys, now_ms, clear=clear)
+        finally:
+            self._ledger.leases.drop(user)
 
     async def aclear_boosts(self, user: str, window: Window | None = None) -> None:
         """Async twin of clear_boosts()."""
         keys, now_ms, clear = self._clear_op(user, window)
-        with count_store_errors(self._ledger.stats):
-            await self._ledger.store.for_loop().change_boosts(keys, now_ms, clear=clear)
-        await self._ledger.leases.adrop(user)
+        try:
+            with count_store_errors(self._ledger.stats):
+                await self._ledger.store.for_loop().change_boosts(keys, now_ms, clear=clear)
+        finally:
+            await self._ledger.leases.adrop(user)
 
     def _boost_op(self, user: str, window: object, amount: Amount, until: object,
                   id: object) -> tuple[UserKeys, int, StoredBoost]:

@@ -98,8 +98,8 @@ class Sender:
             except Exception:
                 log.exception("nasca: the sender's idle hook failed")
                 due = None
-            if due is not None:
-                wait = max(due, 0.001) if wait is None else min(wait, max(due, 0.001))
+            if due is not None:  # never longer than ``_IDLE_S``: the check that the ledger lives
+                wait = min(max(due, 0.001), _IDLE_S if wait is None else wait)
         return wait, backoff
 
     def stop(self, timeout: float = 5.0) -> None:

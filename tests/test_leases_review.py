@@ -67,7 +67,9 @@ def test_the_in_flight_cap_counts_every_lease_of_the_user(make_nasca):
         counts.append(len(held))
         for r in held:
             n.release(r)
-    assert on.stats.leases == 2 and on.stats.leased >= 4
+    # Each key's lease carries a call; a call under the other key retires it (the user as per-call
+    # holds show them: ``test_leases_final``), so the next calls reserve in the store.
+    assert on.stats.leases == 2 and on.stats.leased == 2
     assert counts == [4, 4]
 
 

@@ -141,7 +141,7 @@ def _count_sends(monkeypatch: Any) -> list[int]:
 
 
 def test_a_batch_of_settles_is_one_send(redis_url, monkeypatch):
-    n = ledger(redis_url)
+    n = ledger(redis_url, leases=False)  # batches of calls' own settles
     n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded
     sends = _count_sends(monkeypatch)
     n.deferred.sender.wake = lambda: None  # type: ignore[union-attr,method-assign]  # queue only
@@ -168,7 +168,7 @@ async def test_scripts_flushed_from_the_server_are_loaded_again_on_the_link(redi
 def test_the_sender_lands_a_burst_of_settles_in_few_sends(redis_url, monkeypatch):
     """The sender, woken by a call's settle, waits a moment for the calls behind it: a burst
     goes to the store in batches, each settle once, none lost."""
-    n = ledger(redis_url)
+    n = ledger(redis_url, leases=False)  # batches of calls' own settles
     n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded
     sends = _count_sends(monkeypatch)
     alone: list[int] = []  # a batch of one is a plain settle, whenever the sender catches one alone
@@ -194,7 +194,7 @@ def test_the_sender_lands_a_burst_of_settles_in_few_sends(redis_url, monkeypatch
 def test_a_batch_on_a_cluster_is_one_pipeline(cluster_url, monkeypatch):
     from redis.cluster import ClusterPipeline
 
-    n = ledger(cluster_url)
+    n = ledger(cluster_url, leases=False)  # batches of calls' own settles
     n.settle(n.reserve("0.001", user="w"), "0.001")  # the settle script is loaded on its node
     n.deferred.sender.wake = lambda: None  # type: ignore[union-attr,method-assign]  # queue only
     for i in range(40):  # users on every node

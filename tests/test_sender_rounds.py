@@ -132,3 +132,15 @@ def test_a_settle_set_aside_is_no_longer_foldable(make_nasca):
     assert n.flush() == 0
     assert n.stats.deferred_refused == 3
     assert len(n.deferred) == 0 and not n.deferred._foldable
+
+
+@SQLITE
+def test_a_far_idle_deadline_keeps_the_check_that_the_ledger_lives(make_nasca):
+    from nasca_core._sender import _IDLE_S
+
+    n = _ledger(make_nasca)  # its thread never runs: the test runs the rounds
+    deferred, sender = n.deferred, n.deferred.sender
+    deferred.on_idle = lambda now: 30.0  # a lease that ends in 30 s
+    assert sender._round(deferred, None) == (_IDLE_S, None)  # a ledger dropped meanwhile is noticed
+    deferred.on_idle = lambda now: 0.2
+    assert sender._round(deferred, None) == (0.2, None)

@@ -25,9 +25,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nasca_core._errors import UsageParseError
+from nasca_core._errors import InvalidInputError, UsageParseError
 
 MAX_TOKENS = 2**53  # no real call comes near; a bigger count is a corrupt payload
+
+
+def token_pair(tokens: Any) -> tuple[int, int]:
+    """``settle(tokens=(input, output))`` checked: two ints in ``0..MAX_TOKENS`` (the store
+    sums them; a lease's fold sums many), else InvalidInputError before anything is changed."""
+    if (type(tokens) in (tuple, list) and len(tokens) == 2 and type(tokens[0]) is int
+            and type(tokens[1]) is int and 0 <= tokens[0] <= MAX_TOKENS and 0 <= tokens[1] <= MAX_TOKENS):
+        return tokens[0], tokens[1]
+    raise InvalidInputError(f"tokens must be (input, output), two ints from 0 to {MAX_TOKENS}, "
+                            f"got {tokens!r:.80}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,6 +192,11 @@ class SettleOp:
     # no hold of its own in the store (its ``estimate`` is 0), and the sender may fold the
     # settles of one lease into one.
     lease: str = ""
+    # For a settle folding a lease's queued settles (``_fold``): their hold ids. The store marks
+    # each settled with this one's marker, in the same step, so a later settle of one of them
+    # under its own id (a retry the lease side no longer remembers) is a retried settle (status
+    # 2), not a second charge. At most ``_fold.MAX_OF`` of them: the settle stays O(batch).
+    of: tuple[str, ...] = ()
 
     @property
     def boosts_at(self) -> int:

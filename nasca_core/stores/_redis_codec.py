@@ -95,11 +95,12 @@ STALE = ReserveResult(-1, "", 0, (0, 0, 0), 0, -1)
 def settle_args(op: SettleOp) -> tuple[list[str], list[Any]]:
     k = op.keys
     # Not the in-flight cap: a settle has no use for it. ARGV 20, the calls, only when not 1
-    # (the script's default): each argument costs the server about 0.15 µs to take in.
+    # (the script's default) or a fold's ids follow it (ARGV 21..): each argument costs the
+    # server about 0.15 µs to take in.
     return ([k.meta, k.holds, k.day, k.week, k.month, k.credits, k.settled, k.held],
             [op.now_ms, op.hold_id, op.estimate, op.cost, op.tier, op.tiers_json,
              *op.ttls_ms, op.marker_expiry_ms, op.input_tokens, op.output_tokens, op.boosts_at,
-             *op.tier_compiled[:6], *((op.calls,) if op.calls != 1 else ())])
+             *op.tier_compiled[:6], *((op.calls, *op.of) if op.calls != 1 or op.of else ())])
 
 
 def settle_result(raw: Sequence[Any]) -> SettleResult:

@@ -232,6 +232,9 @@ class MemoryStore:
             month["to"] += op.output_tokens
             month["r"] = op.tier if stored != op.tier else ""  # get_usage's default, unless stored
             settled[op.hold_id] = marker = op.marker_expiry_ms
+            for hold_id in op.of:  # a fold's settles with it: a later settle of one alone is a retry
+                settled.pop(hold_id, None)  # at the end, as re-added in time order
+                settled[hold_id] = marker
             if expiry.get(keys.settled, 0) < marker:  # only lengthened: it must outlive every marker
                 expiry[keys.settled] = marker
             return SettleResult(1, cost - credit_part, credit_part, (d, w, m),

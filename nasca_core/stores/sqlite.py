@@ -192,8 +192,9 @@ class SqliteStore:
                 "tout = iif(expires > ?9, tout, 0) + excluded.tout, expires = excluded.expires RETURNING s",
                 (keys.month, charges[2], op.cost, credit_part, op.calls, op.input_tokens, op.output_tokens,
                  now + ttls[2], now)).fetchone()[0]
-            c.execute("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
-                      (keys.meta, op.hold_id, op.marker_expiry_ms))
+            # A fold's settles with it (``SettleOp.of``): a later settle of one alone is a retry.
+            c.executemany("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
+                          [(keys.meta, h, op.marker_expiry_ms) for h in (op.hold_id, *op.of)])
             record_tier(c, keys, op.tier, now + ttls[2])
             return SettleResult(1, op.cost - credit_part, credit_part, (d, w, m),
                                 (limits[0], limits[1], limits[2]))

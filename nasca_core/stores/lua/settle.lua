@@ -12,6 +12,10 @@
 --       folded settle of a lease's calls counts them all, a lease's closing settle 0); missing
 --       = 1, so a caller that omits it for one call (or predates it) counts one. (resolve_tier
 --       reads ARGV 20 as the in-flight cap, which a settle never uses.)
+--       21.. a folded settle's constituents' hold ids (SettleOp.of, at most _fold.MAX_OF = 1024:
+--       unpack's stack takes 8000): each marked settled with ARGV 10, in the same step as the
+--       fold's own id, so a later settle of one under its own id is a retry (status 2); none =
+--       only ARGV 2 is marked. The check above the charge is on ARGV 2 alone (the fold's id).
 -- Returns {status (1 applied, 2 already settled), tier-funded nanos (cost - credit-funded), credit-funded nanos,
 --          spent d, spent w, spent m (each window's counter after this call, in the window it
 --          landed in), limit d, w, m in force (-1 = none; 0s and -1s when already settled)}
@@ -76,6 +80,12 @@ if not month[4] then redis.call('PEXPIRE', KEYS[5], ARGV[9]) end
 -- settles), the key's expiry extended with slack once per lifetime rather than per call.
 local marker = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
-redis.call('ZADD', KEYS[7], marker, id)
+if #ARGV > 20 then
+  local marks = {ARGV[10], id}
+  for i = 21, #ARGV do marks[#marks + 1] = ARGV[10]; marks[#marks + 1] = ARGV[i] end
+  redis.call('ZADD', KEYS[7], unpack(marks))
+else
+  redis.call('ZADD', KEYS[7], marker, id)
+end
 if redis.call('PTTL', KEYS[7]) < marker - now then redis.call('PEXPIRE', KEYS[7], 2 * (marker - now)) end
 return {1, cost - credit_part, credit_part, d, w, m, limits[1], limits[2], limits[3]}
