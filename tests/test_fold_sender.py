@@ -71,7 +71,7 @@ def test_a_lease_s_settles_and_its_close_land_as_one_settle(make_nasca):
     assert landed[0][1].spent[0] == 55_000_000
     assert _usage(n, "u") == (10, Decimal("0.055"), Decimal("0.055"), Decimal(0), sum(range(10, 20)))
     assert _usage(n, "v") == (3, Decimal("0.006"), Decimal("0.006"), Decimal("0.05"), 33)
-    assert n.stats.settled == 14 and len(n.deferred) == 0
+    assert n.stats.settled == 13 and len(n.deferred) == 0  # model calls: the lease's close counts none
     # The close of v's lease comes later, by itself: its hold goes, nothing else changes.
     _queue(n, [other[1]])
     assert n.flush() == 1
