@@ -1,6 +1,7 @@
 """Nasca: per-end-user AI spend limits, prepaid credits and upgrade prompts."""
 
 from nasca_core._calls import LLMCall
+from nasca_core._ceiling import CeilingStatus, CeilingWindow
 from nasca_core._config import Tier
 from nasca_core._errors import (
     CheckoutError,
@@ -11,6 +12,7 @@ from nasca_core._errors import (
     InvalidUserError,
     NascaBlockedError,
     NascaBusyError,
+    NascaCeilingError,
     NascaError,
     PricingError,
     SignatureError,
@@ -34,6 +36,8 @@ from nasca_core._warned import warning_of
 
 __all__ = [
     "Boost",
+    "CeilingStatus",
+    "CeilingWindow",
     "Charge",
     "CheckoutError",
     "ConfigurationError",
@@ -47,6 +51,7 @@ __all__ = [
     "Nasca",
     "NascaBlockedError",
     "NascaBusyError",
+    "NascaCeilingError",
     "NascaError",
     "PricingError",
     "Reservation",

@@ -152,6 +152,27 @@ def check_tier_name(name: object, tier: Tier | None = None) -> str:
     return name
 
 
+_CEILING_FIELDS = frozenset({"daily", "weekly", "monthly", "warn_at"})
+
+
+def check_ceiling(tier: object) -> Tier | None:
+    """The app-wide ceiling (``Nasca(ceiling=...)``, ``set_ceiling``): None, or a Tier with at
+    least one window limit whose other fields, but ``warn_at``, are left at their defaults (a
+    ceiling has no credits, no in-flight cap, no fallback). Raises ConfigurationError."""
+    if tier is None:
+        return None
+    if not isinstance(tier, Tier):
+        raise ConfigurationError(f"the ceiling must be a Tier or None, got {type(tier).__name__}")
+    odd = sorted(name for name, info in Tier.model_fields.items()
+                 if name not in _CEILING_FIELDS and getattr(tier, name) != info.get_default())
+    if odd:
+        raise ConfigurationError(f"a ceiling takes only daily, weekly, monthly and warn_at; "
+                                 f"{', '.join(odd)} can't apply to it")
+    if all(v is None for v in tier.limits_nanos()):
+        raise ConfigurationError("a ceiling needs a daily, weekly or monthly limit (None: no ceiling)")
+    return tier
+
+
 def check_ledger_args(tiers: Any, default_tier: str | None, namespace: Any, on_store_error: Any,
                       hold_ttl: Any, default_output_tokens: Any) -> None:
     """Nasca's constructor checks. Raises ConfigurationError, UnknownTierError."""

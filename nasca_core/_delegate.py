@@ -1,5 +1,5 @@
-"""Nasca methods that are ``nasca.billing``'s, ``nasca.live``'s, ``nasca.limits``' or
-``nasca.deferred``'s."""
+"""Nasca methods that are ``nasca.billing``'s, ``nasca.live``'s, ``nasca.limits``',
+``nasca.deferred``'s, ``nasca.leases``' or ``nasca.pools``'."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from nasca_core._leases import Leases
     from nasca_core._limits import Limits
     from nasca_core._live import LiveConfig
+    from nasca_core._pools import Pools
     from nasca_core.billing._service import Billing
 
 P = ParamSpec("P")
@@ -64,5 +65,15 @@ def to_leases(method: Callable[Concatenate[Leases, P], R]) -> Callable[Concatena
     @functools.wraps(method)
     def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return method(self.leases, *args, **kwargs)
+
+    return delegate
+
+
+def to_pools(method: Callable[Concatenate[Pools, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A Nasca method that calls ``nasca.pools``' ``method``: same signature, same docs."""
+
+    @functools.wraps(method)
+    def delegate(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(self.pools, *args, **kwargs)
 
     return delegate

@@ -2,6 +2,7 @@
 
     NASCA_STORE=redis://cache:6379/0  NASCA_NAMESPACE=myapp  NASCA_DEFAULT_TIER=free
     NASCA_TIERS='{"free": {"monthly": "0.50", "daily": "0.10"}, "pro": {"monthly": 10}}'
+    NASCA_CEILING='{"monthly": 200, "daily": 15}'   (the app-wide ceiling: ``Nasca(ceiling=...)``)
 
 Read with pydantic-settings, so a bad value is refused with the variable's name; keyword
 arguments given to ``from_env`` win over the environment.
@@ -38,6 +39,7 @@ class LedgerEnv(BaseSettings):
     default_output_tokens: int = 256
     cap_output: bool = False
     leases: bool | None = None  # NASCA_LEASES: budget leases (default: on where the background sender is)
+    ceiling: Tier | None = None  # NASCA_CEILING: the app-wide ceiling, a Tier's JSON (its limits, warn_at)
 
 
 class PrivacyEnv(BaseSettings):
@@ -62,13 +64,15 @@ def ledger_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
         env = LedgerEnv()
     except ValidationError as exc:
         raise ConfigurationError(f"Invalid {ENV_PREFIX}* environment: {first_error(exc)}") from None
-    except ConfigurationError as exc:  # Tier(...) checks its own fields: only the tiers have any
-        raise ConfigurationError(f"Invalid {ENV_PREFIX}TIERS: {exc}") from None
+    except ConfigurationError as exc:  # Tier(...) checks its own fields: the tiers and the ceiling
+        raise ConfigurationError(f"Invalid {ENV_PREFIX}TIERS or {ENV_PREFIX}CEILING: {exc}") from None
     if env.store[:8].lower().startswith(("http://", "https://")):
         return remote_kwargs(env, overrides)
-    kwargs = {k: v for k, v in env.model_dump(exclude_none=True).items() if k != "tiers"}
+    kwargs = {k: v for k, v in env.model_dump(exclude_none=True).items() if k not in ("tiers", "ceiling")}
     if env.tiers is not None:
         kwargs["tiers"] = env.tiers
+    if env.ceiling is not None:
+        kwargs["ceiling"] = env.ceiling
     kwargs.update(overrides)
     if "tiers" not in kwargs:
         raise ConfigurationError(f"no tiers: set {ENV_PREFIX}TIERS to JSON like "

@@ -13,7 +13,8 @@
     ├── PricingError
     │   └── UnknownModelError       a model missing from the price table under unknown_model="block"
     ├── NascaBlockedError           the end user may not spend now: show an upgrade prompt
-    │   └── NascaBusyError          only calls in flight stand in the way: try again in a moment
+    │   ├── NascaBusyError          only calls in flight stand in the way: try again in a moment
+    │   └── NascaCeilingError       the app's own budget (its ceiling) is spent: the owner's limit
     ├── StoreError                  the store could not be reached and the policy says block
     ├── UnauthorizedError           a remote ledger refused the API key (``nasca_core.remote``)
     ├── CheckoutError               Stripe refused, or could not be reached, creating a session
@@ -204,6 +205,29 @@ class NascaBusyError(NascaBlockedError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_blocked, (self.__dict__.copy(), NascaBusyError))
+
+
+class NascaCeilingError(NascaBlockedError):
+    """The app as a whole has spent its ceiling (``Nasca(ceiling=Tier(...))``, ``set_ceiling``)
+    for a window: no call runs until it resets or the owner raises it.
+
+    It is the owner's limit, not the end user's: ``upgrade_message`` says the app's budget is
+    used up and when it resets (no upgrade prompt), ``checkout_url`` is None, and analytics do
+    not count it as a prompt shown. ``reason`` is "ceiling"; ``window``, ``resets_at``,
+    ``limit`` and ``spent`` are the ceiling's; ``user_id`` and ``tier`` the blocked call's.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.reason = "ceiling"
+        fields["checkout_url"] = None
+        super().__init__(**fields)
+
+    def __repr__(self) -> str:
+        return (f"NascaCeilingError(window={self.window!r}, spent={self.spent!r}, limit={self.limit!r}, "
+                f"resets_at={self.resets_at!r}, user_id={self.user_id!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_blocked, (self.__dict__.copy(), NascaCeilingError))
 
 
 def _rebuild_blocked(state: dict[str, Any], cls: type[NascaBlockedError] = NascaBlockedError,

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from nasca_core import _policy, _thresholds
 from nasca_core._config import Tier
 from nasca_core._display import money
-from nasca_core._errors import NascaBlockedError, NascaBusyError, UnknownTierError
+from nasca_core._errors import NascaBlockedError, NascaBusyError, NascaCeilingError, UnknownTierError
 from nasca_core._identity import current
 from nasca_core._limits import effective_tier, own_limits, public_boost
 from nasca_core._money import to_usd
@@ -25,6 +25,8 @@ DEFAULT_UPGRADE_MESSAGE = (
 )
 
 
+CEILING_MESSAGE = "This app's AI budget for {period} is used up; it resets {resets}."
+_PERIODS = ("today", "this week", "this month")
 BUSY_MESSAGE = "Your other AI requests are still running. Try again in a moment."
 BUSY_RETRY_AFTER = 1.0  # seconds: about one model call, after which a hold has settled
 
@@ -142,6 +144,20 @@ def blocked_error(
         except Exception:
             log.exception("nasca: checkout_url factory failed")
     return err
+
+
+def ceiling_error(*, user_id: str, tier: str, limits: tuple[int, int, int], spent: tuple[int, int, int],
+                  window: int, ws: WindowSet, tz: ZoneInfo, prompt_id: str) -> NascaCeilingError:
+    """The error of a call the app-wide ceiling blocks: ``window`` 1..3 the window the pool
+    refused in (0: not known, the tightest limited one is named). Not an upgrade prompt."""
+    index = window - 1 if window else min(
+        (i for i in range(3) if limits[i] >= 0), key=lambda i: limits[i] - spent[i], default=2)
+    resets_at = ws.end_datetime(index, tz)
+    message = CEILING_MESSAGE.format(period=_PERIODS[index], resets=f"on {resets_at:%b %d at %H:%M %Z}")
+    return NascaCeilingError(
+        user_id=user_id, tier=tier, window=WINDOWS[index], usage=None, resets_at=resets_at,
+        upgrade_message=message, prompt_id=prompt_id, limit=to_usd(max(limits[index], 0)),
+        spent=to_usd(spent[index]))
 
 
 def busy_reason(result: ReserveResult, tier: Tier, snap: Snapshot | None, estimate: int,

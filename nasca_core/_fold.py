@@ -97,7 +97,8 @@ class Sends:
 def _key(op: SettleOp, foldable: Collection[str]) -> tuple[object, ...] | None:
     if not op.lease or op.hold_id not in foldable or isinstance(op, Fold):
         return None
-    return (op.lease, op.keys, op.tier, op.tiers_json, op.tier_compiled, op.reserved_ms)
+    # Equal pools too: a fold charges each pool its settles drew from, and only those.
+    return (op.lease, op.keys, op.tier, op.tiers_json, op.tier_compiled, op.reserved_ms, op.pools)
 
 
 def plan(ops: Sequence[SettleOp], foldable: Collection[str]) -> list[Send]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nasca_core._fold import Fold, Send, weight
-from nasca_core.stores import SettleOp, UserKeys
+from nasca_core.stores import PoolKeys, SettleOp, UserKeys
 
 log = logging.getLogger("nasca")
 
@@ -66,6 +66,8 @@ def encode(op: SettleOp) -> str:
         "tc": op.tier_compiled, "ttl": op.ttls_ms, "mx": op.marker_expiry_ms,
         "ti": op.input_tokens, "to": op.output_tokens, "rt": op.reserved_ms, "n": op.calls,
         "l": op.lease}
+    if op.pools:  # the pools the call drew from: a replay charges each once (``SettleOp.pools``)
+        fields["p"] = [[p.pool, p.holds, p.held, p.settled, p.day, p.week, p.month] for p in op.pools]
     if isinstance(op, Fold):
         return _JSON.encode({"f": {**fields, "of": op.of}}) + "\n"
     return _JSON.encode({"s": fields}) + "\n"
@@ -79,7 +81,8 @@ def decode(d: dict[str, Any]) -> SettleOp:
                     ttls_ms=(int(ttl[0]), int(ttl[1]), int(ttl[2])), marker_expiry_ms=int(d["mx"]),
                     input_tokens=int(d["ti"]), output_tokens=int(d["to"]),
                     reserved_ms=int(d.get("rt", 0)), calls=int(d.get("n", 1)), lease=str(d.get("l", "")),
-                    of=tuple(str(h) for h in d.get("of", ())))  # a fold's line: the ids the store marks
+                    of=tuple(str(h) for h in d.get("of", ())),  # a fold's line: the ids the store marks
+                    pools=tuple(PoolKeys(*(str(k) for k in p)) for p in d.get("p", ())))
 
 
 def pending_in(lines: Iterator[str]) -> list[SettleOp]:

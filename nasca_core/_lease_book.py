@@ -30,7 +30,8 @@ class Lease:
         # (in the store or in this process's queue), calls outstanding (their settle not yet queued
         # or landed): the lease's hold is dropped only once that is 0.
         self.out = self.used = self.n = 0
-        # The tier's in-flight cap: this process admits at most that many calls of the user at once.
+        # The tier's in-flight cap (-1 = none): under a cap a lease carries one call at a time, since
+        # every store counts a lease's hold as one call in flight, in every process.
         self.cap = result.applied[6] if result.applied is not None and len(result.applied) > 6 else -1
         self.room = result.room  # the store's room left after the lease's hold (-1: no limit)
         self.holds: set[str] = set()  # the calls outstanding under it

@@ -34,8 +34,8 @@ def lease_size(applied: Sequence[int] | None, spent: Sequence[int], held: int, e
     """The lease a user may take after a reserve of ``estimate`` that answered ``spent`` and
     ``held`` (this call's hold included) under ``applied``; 0 = none. A user with no limit
     gets ``MAX_CALLS`` estimates (nothing to overspend; the lease saves the round trips).
-    A tier's in-flight cap (``applied[6]``) does not forbid one: ``_leases`` admits at most
-    that many calls of a lease at once, and the store counts the lease as one."""
+    A tier's in-flight cap (``applied[6]``) does not forbid one: ``_leases`` then admits one
+    call at a time under it, as the store counts a lease as one call in flight."""
     if estimate <= 0 or applied is None or len(applied) < 7 or applied[6] == 0:
         return 0
     size = MAX_CALLS * estimate

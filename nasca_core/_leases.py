@@ -132,8 +132,8 @@ class Leases:
                config: ConfigSnapshot) -> Reservation | None:
         now_ms = int(self._now() * 1000)
         with self._lock:
-            if lease.retired or (lease.cap >= 0 and lease.cap <= sum(x.n for x in self._by_user[lease.user])):
-                return None  # at the cap (all the user's leases here): the store counts each lease as one
+            if lease.retired or (lease.cap >= 0 and lease.n):
+                return None  # a capped tier's lease: one call at a time, as the store counts a lease
             if (now_ms >= lease.until_ms or config is not lease.config or amount > lease.size - lease.out
                     - lease.used or self._anchor(lease.user) != lease.anchor):
                 hold = ""

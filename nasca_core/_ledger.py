@@ -20,13 +20,13 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from nasca_core import _identity
+from nasca_core import _ceiling, _identity
 from nasca_core._busy import busy_wait_for, check_busy_wait
 from nasca_core._calibration import Calibration
 from nasca_core._calls import LLMCall, estimate_call
 from nasca_core._config import Tier, check_ledger_args
 from nasca_core._deferred import DeferredSettles
-from nasca_core._delegate import to_billing, to_leases, to_limits, to_live
+from nasca_core._delegate import to_billing, to_limits, to_live, to_pools
 from nasca_core._env import ledger_kwargs
 from nasca_core._errors import (
     ConfigurationError,
@@ -42,6 +42,8 @@ from nasca_core._leases import Leases
 from nasca_core._limits import Limits
 from nasca_core._live import ConfigSnapshot, LiveConfig, StoreErrorPolicy
 from nasca_core._money import Amount, amount_arg
+from nasca_core._pools import Pools
+from nasca_core._release import arelease, release
 from nasca_core._remote_dispatch import remote_ledger
 from nasca_core._threshold_hooks import Thresholds
 from nasca_core._types import Charge, LedgerStats, Reservation, count_store_errors, next_hold_id
@@ -76,7 +78,8 @@ class Nasca:
     and ``_secret=`` the owner's webhook of ``nasca.thresholds``; ``state_dir=`` is where deferred
     settles are journaled; ``require_durable=True`` refuses a Redis that may evict or forget ledger
     keys; ``busy_wait=`` seconds a reserve waits out NascaBusyError; ``settle_in_background=``
-    (default: on for Redis and SQLite) settles model calls off the caller's path; ``leases=``: ``_leases``.
+    (default: on for Redis and SQLite) settles model calls off the caller's path; ``leases=``: ``_leases``;
+    ``ceiling=Tier(monthly=200)`` the app-wide ceiling, live-editable with set_ceiling() (``_pools``).
     Raises ConfigurationError for an unknown store URI, timezone, default tier or policy."""
 
     def __new__(cls, store: Any = "memory://", *args: Any, **kwargs: Any) -> Nasca:  # http(s): remote
@@ -99,7 +102,7 @@ class Nasca:
         require_durable: bool = False, busy_wait: float = 0.0, settle_in_background: bool | None = None,
         cap_output: bool = False, threshold_webhook_url: str | None = None,
         threshold_webhook_secret: str | None = None, api_key: str | None = None,
-        leases: bool | None = None) -> None:
+        leases: bool | None = None, ceiling: Tier | None = None) -> None:
         check_ledger_args(tiers, default_tier, namespace, on_store_error, hold_ttl, default_output_tokens)
         self.namespace, self.timezone = namespace, timezone
         self.tz = load_zone(timezone)
@@ -117,7 +120,8 @@ class Nasca:
         self.stats = LedgerStats()
         self.store = open_store(store, require_durable=require_durable)
         self.live = LiveConfig(self.store, namespace, tiers, prices=prices, model_aliases=model_aliases,
-                               unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats)
+                               unknown_model=unknown_model, on_store_error=on_store_error, stats=self.stats,
+                               ceiling=ceiling)
         self._clock = clock or time.time
         self._windows = WindowClock(self.tz)
         self.deferred = DeferredSettles(self.store, self.stats, namespace, self.now, state_dir,
@@ -132,6 +136,7 @@ class Nasca:
         self.thresholds = Thresholds(self, threshold_webhook_url, threshold_webhook_secret)  # Tier.warn_at
         self.on_threshold = self.thresholds.on_threshold
         self.leases = Leases(self, self._windows.anchor, leases)  # budget leases (default: with the sender)
+        self.pools = Pools(self)  # this process's chunks of the app-wide ceiling
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Nasca:
@@ -193,6 +198,10 @@ class Nasca:
 
     set_tier = to_live(LiveConfig.set_tier)
     aset_tier = to_live(LiveConfig.aset_tier)
+    set_ceiling = to_live(LiveConfig.set_ceiling)
+    aset_ceiling = to_live(LiveConfig.aset_ceiling)
+    ceiling_status = _ceiling.ceiling_status  # per window: limit, spent, held, remaining, resets_at
+    aceiling_status = _ceiling.aceiling_status
     set_price = to_live(LiveConfig.set_price)
     aset_price = to_live(LiveConfig.aset_price)
 
@@ -217,17 +226,24 @@ class Nasca:
     def _reserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                  account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
         if (leased := self.leases.admit(amount, user_id, tier_name, strict, ceil, account or degrade)):
-            return leased  # under the user's lease: no store call
+            # under the user's lease: no store call (a chunk of the ceiling's taken alone if need be)
+            return leased if self.live.current().ceiling is None else self.pools.admitted(leased)
         wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
-            op = self._reserve_op(self.live.current(), user_id, tier_name, amount, strict, ceil, account)
+            config = self.live.current()
+            op = self._reserve_op(config, user_id, tier_name, amount, strict, ceil, account)
             try:
                 result = self.deferred.reserve(op)  # with the user's queued settles at their cost
             except StoreError as exc:
                 return store_failed(self, user_id, op, exc)
+            if op.pool_take is not None and not self.pools.took(config, op.pool_take, result.pool):
+                if self.pools.retry(config, op.pool_take):
+                    continue  # this process's ended chunks held what the call needed, or it changed
+                raise self.pools.blocked(user_id, op.tier, op.pool_take, result.pool)  # the ceiling
             if result.status == 1:
                 self.stats.reserved += 1
-                return self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
+                got = self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
+                return got if config.ceiling is None else self.pools.admitted(got)
             if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
                     return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
@@ -256,7 +272,8 @@ class Nasca:
     async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                         account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
         if (leased := await self.leases.aadmit(amount, user_id, tier_name, strict, ceil, account or degrade)):
-            return leased
+            config = await self.live.acurrent()
+            return leased if config.ceiling is None else await self.pools.aadmitted(leased)
         wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
             config = await self.live.acurrent()
@@ -265,9 +282,14 @@ class Nasca:
                 result = await self.deferred.areserve(op)
             except StoreError as exc:
                 return store_failed(self, user_id, op, exc)
+            if op.pool_take is not None and not self.pools.took(config, op.pool_take, result.pool):
+                if await self.pools.aretry(config, op.pool_take):
+                    continue
+                raise self.pools.blocked(user_id, op.tier, op.pool_take, result.pool)
             if result.status == 1:
                 self.stats.reserved += 1
-                return self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
+                got = self.leases.admitted(user_id, tier_name, op, result, account or degrade)  # warn_at
+                return got if config.ceiling is None else await self.pools.aadmitted(got)
             if result.status < 0:  # -1 stale config, -2 a stale anchor: retried, at most twice
                 if (stale := stale + 1) == 3:
                     return store_failed(self, user_id, op, StoreError(_CONFIG_CHURN))
@@ -294,7 +316,8 @@ class Nasca:
         return ReserveOp(on_account(keys, account), now_ms, next_hold_id(), estimate,  # by position: faster
                          now_ms + self.hold_ttl_ms, self.strict if strict is None else strict, tier,
                          snap.tiers_json, snap.version, account.compiled if account else snap.compiled[tier],
-                         self.leases.owed(user_id, account), ceil, "" if account else spec)
+                         self.leases.owed(user_id, account), ceil, "" if account else spec,
+                         None if snap.ceiling is None else self.pools.take_for(snap, estimate))
 
     def _blocked(self, user_id: str, op: ReserveOp, result: ReserveResult, snap: Snapshot | None,
                  account: Account | None = None, checkout: bool = True) -> NascaBlockedError:
@@ -317,18 +340,22 @@ class Nasca:
         the background sender when it is on). A charge the store can't take is retried, never dropped.
 
         Raises InvalidAmountError for a negative, NaN or infinite cost (nothing is written)."""
-        op = self._settle_op(reservation, cost, nanos, tokens)
-        if (queued := self.leases.settles.before_settle(op, background)) is not None:
-            return queued
-        return self.leases.settles.settle(op)  # Tier.warn_at's events, off the caller's path
+        op, charge = self._settle_op(reservation, cost, nanos, tokens), None
+        try:
+            charge = self.leases.settles.before_settle(op, background) or self.leases.settles.settle(op)
+            return charge  # Tier.warn_at's events: off the caller's path
+        finally:  # the call's draw on the ceiling given back once its cost is counted (``_pools``)
+            self.pools.landed(reservation.hold_id, op.cost, charge)
 
     async def asettle(self, reservation: Reservation, cost: Amount | None = None, *, nanos: int | None = None,
                       tokens: tuple[int, int] = (0, 0), background: bool = False) -> Charge:
         """Async twin of settle(); a background settle never waits on the loop."""
-        op = self._settle_op(reservation, cost, nanos, tokens)
-        if (queued := await self.leases.settles.asent(op, background)) is not None:
-            return queued
-        return await self.leases.settles.asettle(op)  # after the queued settles land
+        op, charge = self._settle_op(reservation, cost, nanos, tokens), None
+        try:
+            charge = await self.leases.settles.asent(op, background) or await self.leases.settles.asettle(op)
+            return charge
+        finally:
+            self.pools.landed(reservation.hold_id, op.cost, charge)
 
     def _settle_op(self, reservation: Reservation, cost: Amount | None, nanos: int | None,
                    tokens: tuple[int, int]) -> SettleOp:
@@ -342,36 +369,15 @@ class Nasca:
                       reservation.estimate_nanos, amount, reservation.tier, snap.tiers_json,
                       snap.compiled.get(reservation.tier, _NO_TIER), ws.ttls_from(now),
                       now_ms + _SETTLED_MARKER_MS, tokens[0], tokens[1], reservation.reserved_ms)
+        if snap.ceiling is not None or self.pools.draws:  # the call's cost counts on the ceiling too
+            op.pools = self.pools.charged(op)
         return self.leases.settle_of(op) if self.leases.calls else op  # under a lease?
 
-    flush = flush_deferred = to_leases(Leases.flush)  # ends the leases; returns how many settles landed
-    aflush = aflush_deferred = to_leases(Leases.aflush)
+    flush = flush_deferred = to_pools(Pools.flush)  # ends leases and chunks; returns how many settles landed
+    aflush = aflush_deferred = to_pools(Pools.aflush)
 
-    def release(self, reservation: Reservation) -> None:
-        """Drop the hold of a call that failed before costing anything. Store failures are
-        logged, not raised: the hold expires by itself."""
-        if self.leases.calls and self.leases.released(reservation):
-            self.stats.released += 1  # under a lease: no hold of its own in the store
-            return
-        try:
-            self.store.sync.release(reservation.keys, reservation.hold_id, reservation.estimate_nanos)
-            self.stats.released += 1
-        except StoreError as exc:
-            self.stats.store_errors += 1
-            log.warning("nasca: release failed, the hold will expire by itself: %s", exc)
-
-    async def arelease(self, reservation: Reservation) -> None:
-        """Async twin of release()."""
-        if self.leases.calls and await self.leases.areleased(reservation):
-            self.stats.released += 1
-            return
-        try:
-            await self.store.for_loop().release(reservation.keys, reservation.hold_id,
-                                                reservation.estimate_nanos)
-            self.stats.released += 1
-        except StoreError as exc:
-            self.stats.store_errors += 1
-            log.warning("nasca: release failed, the hold will expire by itself: %s", exc)
+    release = release  # the call's pool draw given back, its hold dropped (``_release``)
+    arelease = arelease
 
     # -- model calls -------------------------------------------------------------------
     def start_call(
@@ -472,13 +478,14 @@ class Nasca:
         """Flush queued and deferred settles the store takes, and close connections Nasca opened."""
         self.leases.close()  # their holds dropped before the flush
         self.deferred.close()
+        self.pools.close()  # after the calls' settles landed
         self.calibration.close()
         self.thresholds.close()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async twin of close(): flush deferred settles, close this loop's connections."""
-        await self.leases.aflush()  # their holds dropped before the flush
+        await self.pools.aflush()  # their holds dropped before the flush
         await self.thresholds.aclose()  # hooks and webhook deliveries wait on a thread, not the loop
         await self.store.aclose()
         self.close()

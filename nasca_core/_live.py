@@ -1,4 +1,4 @@
-"""Live config: what the owner edits without a deploy (tiers, prices, packs, plans).
+"""Live config: what the owner edits without a deploy (tiers, prices, packs, plans, the ceiling).
 
 The store keeps every entry under a version number. Each process caches one
 ``ConfigSnapshot`` and reloads it when the store's version moved: the reserve script
@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nasca_core._config import Tier, check_tier_name
+from nasca_core._config import Tier, check_ceiling, check_tier_name
 from nasca_core._errors import ConfigurationError, StoreError
 from nasca_core._fallback import check_fallback_prices
+from nasca_core._pool_policy import pool_limits
 from nasca_core._types import LedgerStats
 from nasca_core.pricing import ModelPrice, Pricer, PriceTable, parse_price
 from nasca_core.stores import StoredConfig, StoreHandle
@@ -38,6 +39,14 @@ class ConfigSnapshot:
     compiled: Mapping[str, tuple[int, ...]] = field(repr=False)  # limits d, w, m, hard flags, in-flight cap
     pricer: Pricer = field(repr=False)
     warned: frozenset[str] = frozenset()  # the tiers with a warn_at: the others skip the threshold steps
+    # The app-wide ceiling in force (``_pools``; None: none, the hot path's only check) and its
+    # limits d, w, m in nanos (-1 = none).
+    ceiling: Tier | None = None
+    ceiling_limits: tuple[int, int, int] = (-1, -1, -1)
+
+
+CEILING = ("ceiling", "app")  # where set_ceiling() stores the ceiling (section, name)
+_NO_CEILING = "null"  # set_ceiling(None): no ceiling, whatever the constructor said
 
 
 class LiveConfig:
@@ -57,8 +66,10 @@ class LiveConfig:
         unknown_model: str = "block",
         on_store_error: StoreErrorPolicy = "block",
         stats: LedgerStats | None = None,
+        ceiling: Tier | None = None,
     ) -> None:
         self.base_tiers: Mapping[str, Tier] = dict(tiers)
+        self.base_ceiling = check_ceiling(ceiling)
         self.stats = stats if stats is not None else LedgerStats()
         self._store = store
         self._namespace = namespace
@@ -153,6 +164,16 @@ class LiveConfig:
             check_fallback_prices({name: tier}, (await self.acurrent()).pricer, log)
         await self.asave("tier", name, payload)
 
+    def set_ceiling(self, tier: Tier | None) -> None:
+        """Set the app-wide ceiling for every process sharing the store (None: no ceiling). A
+        process sees it when its chunk of the old one ends (``_pools``: within ``LEASE_S``).
+        Raises ConfigurationError for a Tier a ceiling can't be, StoreError."""
+        self.save(*CEILING, self.ceiling_payload(tier))
+
+    async def aset_ceiling(self, tier: Tier | None) -> None:
+        """Async twin of set_ceiling()."""
+        await self.asave(*CEILING, self.ceiling_payload(tier))
+
     def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
         """Add or change a model's price for every process sharing the store (None removes
         the override). Raises ConfigurationError, StoreError."""
@@ -172,6 +193,12 @@ class LiveConfig:
         if not isinstance(tier, Tier):
             raise ConfigurationError(f"set_tier({name!r}, ...) needs a Tier, got {type(tier).__name__}")
         return tier.model_dump_json()
+
+    @staticmethod
+    def ceiling_payload(tier: Tier | None) -> str:
+        """What set_ceiling() stores. Raises ConfigurationError."""
+        checked = check_ceiling(tier)
+        return _NO_CEILING if checked is None else checked.model_dump_json()
 
     @staticmethod
     def price_payload(model: str, price: ModelPrice | Mapping[str, Any] | None) -> str | None:
@@ -220,9 +247,21 @@ class LiveConfig:
             compiled={name: (*c["l"], *c["h"], c["f"]) for name, c in compiled.items()},
             pricer=self._pricer(stored.sections.get("price", {})),
             warned=frozenset(name for name, t in tiers.items() if t.warn_at),
+            ceiling=(ceiling := self._ceiling(stored)),
+            ceiling_limits=pool_limits(ceiling),
         )
         self._snapshot = snap
         return snap
+
+    def _ceiling(self, stored: StoredConfig) -> Tier | None:
+        text = stored.sections.get(CEILING[0], {}).get(CEILING[1])
+        if text is None:
+            return self.base_ceiling
+        try:
+            return None if text == _NO_CEILING else check_ceiling(Tier.model_validate_json(text))
+        except Exception:  # written by another version: the constructor's stands
+            log.exception("nasca: ignoring an unreadable stored ceiling")
+            return self.base_ceiling
 
     def _pricer(self, stored: Mapping[str, str]) -> Pricer:
         live: dict[str, Any] = dict(self._prices)

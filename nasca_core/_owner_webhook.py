@@ -6,7 +6,9 @@ it with ``verify_owner_webhook`` (constant-time, with a tolerance against replay
 ``v1=`` values, one per secret, let a secret be rotated). The body is
 ``{"id", "type", "created", "data"}``: the delivery id is signed with the rest and stays the same
 across retries, so a receiver dedupes on ``id`` (a replay can't change it without breaking the
-signature). Delivery is at-most-once across a crash: queued deliveries live in memory (the
+signature). ``type`` is ``"threshold_crossed"`` and ``data`` a ``ThresholdEvent`` as JSON, whose
+``scope`` is ``"user"`` or ``"ceiling"`` (the app-wide ceiling's marks and its hit, with
+``user_id`` ``""``). Delivery is at-most-once across a crash: queued deliveries live in memory (the
 queue is bounded; ``dropped`` counts what a full one refused), and a process that dies with
 deliveries queued loses them, though the event stays recorded in analytics. ``Nasca.close()``
 gives queued ones time to go.

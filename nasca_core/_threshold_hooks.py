@@ -13,6 +13,11 @@ token, so a retried claim is still this one's), and only the claim's winner reco
 and posts the owner's webhook. A process remembers the marks claimed, so later settles of a
 user past a mark pay nothing for it; a claim that fails is forgotten, so the next settle past
 the mark tries again.
+
+The app-wide ceiling's marks come from its pool's take replies instead (``ceiling_seen``: the
+pool's settled spend per window, seen once per chunk taken; the refused take of a call the
+ceiling blocks is its hit); the same queue, claim (a marker on the pool's slot), hooks and
+webhook carry them, as ``ThresholdEvent(scope="ceiling")``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from nasca_core._owner_webhook import WebhookSender
 from nasca_core._thresholds import WARNING_PROMPT, ThresholdEvent, admitted, reached_marks
 from nasca_core._types import Charge, Reservation
 from nasca_core._windows import WINDOWS
-from nasca_core.stores import ReserveOp, ReserveResult, SettleOp, SettleResult
+from nasca_core.stores import PoolTakeOp, PoolTakeResult, ReserveOp, ReserveResult, SettleOp, SettleResult
 
 if TYPE_CHECKING:
     from nasca_core._ledger import Nasca
@@ -63,6 +68,7 @@ class _Mark:
     spent: int
     limit: int
     now_ms: int
+    scope: str = "user"  # "ceiling": the app-wide ceiling's (no user, no analytics record)
 
 
 class Thresholds:
@@ -135,13 +141,43 @@ class Thresholds:
                     self._queue_mark(op, result, i, f, result.limits[i])
         return Charge(op.cost, result.tier_part, result.credit_part)
 
+    # -- the app-wide ceiling ----------------------------------------------------------------
+    def ceiling_seen(self, op: PoolTakeOp, result: PoolTakeResult, warn_at: tuple[float, ...],
+                     *, blocked: bool = False) -> None:
+        """Call with every reply of a take on the ceiling's pool (``op.keys.pool == "app"``), in
+        band with a reserve (``ReserveOp.pool_take`` / ``ReserveResult.pool``) or alone
+        (``pool_take``), and ``warn_at`` the ceiling Tier's; and with ``blocked=True`` (any
+        ``warn_at``) for the refused take of a call the ceiling blocks (a refusal this process
+        answers by dropping its own ended chunks and taking again is no block). Queues a
+        ``scope="ceiling"`` event for each mark of ``warn_at`` the reply's settled ``spent`` has
+        reached under ``op.limits``, and for the hit (``fraction=1.0``, ``result.window`` the
+        window) when ``blocked``. Each fires once per window id and fraction across processes
+        (``claim_marker`` on the pool's slot), to the ``on_threshold`` hooks and the owner's
+        webhook, on the worker thread. O(1), no I/O, never raises."""
+        try:
+            keys, spent = op.keys, result.spent
+            windows = (keys.day, keys.week, keys.month)
+            if blocked and result.granted == 0 and 1 <= result.window <= 3:
+                i = result.window - 1
+                self._enqueue(f"{windows[i]}:warn:1.0", i, 1.0, op.ttls_ms[i], op.lease_id, spent[i],
+                              op.limits[i], op.now_ms, "", "", "ceiling")
+            if warn_at:
+                for i, f, _ in reached_marks(op.limits, spent, warn_at):
+                    self._enqueue(f"{windows[i]}:warn:{f}", i, f, op.ttls_ms[i], op.lease_id, spent[i],
+                                  op.limits[i], op.now_ms, "", "", "ceiling")
+        except Exception:  # a warning must never fail the call it rides on
+            log.exception("nasca: a ceiling threshold could not be queued")
+
     def _queue_mark(self, op: SettleOp, result: SettleResult, i: int, f: float, limit: int) -> None:
-        key = f"{(op.keys.day, op.keys.week, op.keys.month)[i]}:warn:{f}"
+        self._enqueue(f"{(op.keys.day, op.keys.week, op.keys.month)[i]}:warn:{f}", i, f, op.ttls_ms[i],
+                      op.hold_id, result.spent[i], limit, op.now_ms, op.keys.meta.split("}:", 1)[1], op.tier)
+
+    def _enqueue(self, key: str, i: int, f: float, ttl_ms: int, token: str, spent: int, limit: int,
+                 now_ms: int, user_id: str, tier: str, scope: str = "user") -> None:
         with self._lock:
             if key in self._seen:
                 return
-            mark = _Mark(op.keys.meta.split("}:", 1)[1], op.tier, i, f, key, op.ttls_ms[i], op.hold_id,
-                         result.spent[i], limit, op.now_ms)
+            mark = _Mark(user_id, tier, i, f, key, ttl_ms, token, spent, limit, now_ms, scope)
             try:
                 self._queue.put_nowait(mark)
             except queue.Full:
@@ -199,7 +235,8 @@ class Thresholds:
             return
         event = self._event(mark)
         try:
-            n.analytics.record("threshold_crossed", event.user_id, event.prompt_id, at=event.at)
+            if event.scope == "user":  # the ceiling is the owner's limit: no user's funnel step
+                n.analytics.record("threshold_crossed", event.user_id, event.prompt_id, at=event.at)
         except Exception:
             log.exception("nasca: could not record a threshold_crossed event")
         for hook in self.hooks:
@@ -209,12 +246,15 @@ class Thresholds:
 
     def _event(self, mark: _Mark) -> ThresholdEvent:
         n = self._ledger
-        ws = n.windows_at(mark.now_ms / 1000, user=mark.user_id)
+        user = mark.scope == "user"
+        ws = n.windows_at(mark.now_ms / 1000, user=mark.user_id if user else None)  # the ceiling's: calendar
         return ThresholdEvent(
-            user_id=mark.user_id, tier=mark.tier, window=WINDOWS[mark.window],
-            window_id=mark.key.rsplit(":warn:", 1)[0].rsplit(":", 1)[1], fraction=mark.fraction,
-            spent=to_usd(mark.spent), limit=to_usd(mark.limit), resets_at=ws.end_datetime(mark.window, n.tz),
-            prompt_id=WARNING_PROMPT + mark.token, at=datetime.fromtimestamp(mark.now_ms / 1000, n.tz))
+            scope="user" if user else "ceiling", user_id=mark.user_id, tier=mark.tier,
+            window=WINDOWS[mark.window], window_id=mark.key.rsplit(":warn:", 1)[0].rsplit(":", 1)[1],
+            fraction=mark.fraction, spent=to_usd(mark.spent), limit=to_usd(mark.limit),
+            resets_at=ws.end_datetime(mark.window, n.tz),
+            prompt_id=WARNING_PROMPT + mark.token if user else "",
+            at=datetime.fromtimestamp(mark.now_ms / 1000, n.tz))
 
     async def _call(self, hook: ThresholdHook, event: ThresholdEvent) -> None:
         try:

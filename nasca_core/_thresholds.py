@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
@@ -76,10 +76,16 @@ class ThresholdEvent(BaseModel):
     the window's settled spend after the call whose settle took it there (no calls in flight;
     ``prompt_id`` is ``"w:"`` + that call's hold id). What ``nasca.on_threshold`` hooks get, the
     owner's webhook posts as ``data``, and analytics records as ``threshold_crossed``, once per
-    user, window id and fraction."""
+    user, window id and fraction.
+
+    ``scope="ceiling"``: the app-wide ceiling's window reached ``fraction`` of its limit, or
+    was hit (``fraction=1.0``: a call was blocked by it), once per window id and fraction across
+    processes; ``user_id``, ``tier`` and ``prompt_id`` are ``""`` (it is the owner's limit, not an
+    upgrade moment, and analytics does not record it)."""
 
     model_config = ConfigDict(frozen=True)
 
+    scope: Literal["user", "ceiling"] = "user"
     user_id: str
     tier: str
     window: Window

@@ -58,6 +58,7 @@ class LedgerStats:
     leases: int = 0  # budget leases taken (``_leases``)
     leased: int = 0  # calls admitted under a lease, with no store call (counted in ``reserved`` too)
     lease_misses: int = 0  # a lease's reserve the store refused: the call then reserved alone
+    pool_takes: int = 0  # chunks of the app-wide ceiling taken (``_pools``)
 
 
 class count_store_errors:
@@ -74,6 +75,15 @@ class count_store_errors:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None and issubclass(kind, StoreError):
             self.stats.store_errors += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDraw:
+    """A call's draw on this process's chunk of a pool (``_pools``): returned by its settle or release."""
+
+    pool: str  # the pool id ("app": the ceiling)
+    chunk: str  # the chunk's lease id
+    amount: int  # the call's estimate, in nano-dollars
 
 
 # Frozen although built on every call (~2 µs of a reserve+settle): callers hash them, share
@@ -97,6 +107,9 @@ class Reservation:
     # The user's billing-cycle anchor spec the reserve was checked against (``_windows``;
     # "" = calendar months): the settle names its month from it, in any process.
     anchor: str = ""
+    # The call's part of this process's chunk of a pool (the app-wide ceiling: ``_pools``);
+    # None when no pool was drawn (no ceiling, or admitted unchecked).
+    pool: PoolDraw | None = None
 
     @property
     def estimate(self) -> Decimal:

@@ -63,6 +63,12 @@ def _setup_tiers(parser: argparse.ArgumentParser) -> Runner:
     return setup_tiers(parser)
 
 
+def _setup_ceiling(parser: argparse.ArgumentParser) -> Runner:
+    from nasca_core.server._owner_cli import setup_ceiling
+
+    return setup_ceiling(parser)
+
+
 SUBCOMMANDS: list[tuple[str, str, Setup]] = [
     ("prices", "manage the model price table", _setup_prices),
     ("serve", "run the upgrade page, overlay, Stripe webhook and dashboard", _setup_serve),
@@ -73,6 +79,8 @@ SUBCOMMANDS: list[tuple[str, str, Setup]] = [
     ("user", "show, tier, export or delete a user (data-protection requests)", _setup_user),
     ("credits", "grant or list a user's credits", _setup_credits),
     ("tiers", "list, set or unset tiers, live for every process", _setup_tiers),
+    ("ceiling", "show the app-wide ceiling, or set it (`set --daily 15 --monthly 200`, `off`) live",
+     _setup_ceiling),
 ]
 
 

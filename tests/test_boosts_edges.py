@@ -126,8 +126,7 @@ def test_boosted_limits_stop_at_the_ledgers_maximum(make_nasca):
 
 
 def test_an_override_without_a_cap_keeps_the_tiers_and_one_with_a_cap_replaces_it(make_nasca):
-    # The store's cap, call by call: under a lease a process may have up to 2N - 1 (README).
-    n = make_nasca(tiers={"t": Tier(daily=1, max_in_flight=2)}, default_tier="t", leases=False)
+    n = make_nasca(tiers={"t": Tier(daily=1, max_in_flight=2)}, default_tier="t")
     n.set_user_limits("u1", Tier(daily=5))
     assert n.get_usage("u1").daily_limit == Decimal(5)
     held = [n.reserve("0.01", user="u1") for _ in range(2)]

@@ -55,3 +55,10 @@ def test_all_is_sorted_and_lists_every_public_member(package: str) -> None:
         "no `from __future__ import annotations` in __init__)"
     )
     assert not gone, f"{package}.__all__ lists names the package does not define: {gone}"
+
+
+def test_the_ceiling_error_is_exported_and_is_a_block():
+    import nasca_core
+
+    assert "NascaCeilingError" in nasca_core.__all__
+    assert issubclass(nasca_core.NascaCeilingError, nasca_core.NascaBlockedError)

@@ -164,3 +164,42 @@ def test_a_process_killed_holding_a_lease_loses_nothing(shared_store, tmp_path):
         assert n.store.sync.snapshot(keys, now_ms + int(MIN_HOLD_TTL_S * 1000) + 1_000).held == 0
     finally:
         n.close()
+
+
+CAP = 4
+
+
+def _fill(store: str, namespace: str, state_dir: str, gate: Any, out: Any) -> None:
+    # A lease first (a plain call teaches it, the next takes it), then calls held until refused.
+    n = Nasca(store, tiers={"free": Tier(daily=LIMIT / 1e9, max_in_flight=CAP)}, default_tier="free",
+              namespace=namespace, leases=True, state_dir=state_dir)
+    for _ in range(2):
+        n.settle(n.reserve(nanos=CALL, user="u"), nanos=CALL)
+    leased = n.stats.leased
+    gate.wait(30)
+    held = []
+    while True:
+        try:
+            held.append(n.reserve(nanos=CALL, user="u"))
+        except NascaBlockedError:
+            break
+    gate.wait(30)  # every process holds its calls until all were refused
+    out.put((len(held), leased, sum(r.hold_id in n.leases.calls for r in held)))
+    for r in held:
+        n.settle(r, nanos=CALL)
+    n.close()
+
+
+def test_the_in_flight_cap_is_exact_across_processes_holding_leases(shared_store, tmp_path):
+    # Was: each process's lease admitted CAP calls, counted as one call by the others: 3 x 4.
+    namespace, out = f"c{uuid.uuid4().hex[:10]}", _fork.Queue()
+    gate = _fork.Barrier(PROCESSES)
+    procs = [_fork.Process(target=_fill, args=(shared_store, namespace, str(tmp_path), gate, out))
+             for _ in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sum(held for held, _, _ in got) == CAP
+    assert all(leased == 1 for _, leased, _ in got)  # each took a lease before

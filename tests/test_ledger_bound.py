@@ -6,8 +6,8 @@ admitted and F the calls in flight when it was admitted; then
     final spend <= limit + sum over F of (real - hold)+ + real(c*)
 
 and with ``Tier(max_in_flight=N)``, |F| <= N - 1, so the overshoot is at most N calls'. Under a
-budget lease (on by default where the background sender is) this process admits up to N calls
-of the lease and the store's cap counts the lease as one: with one lease, |F| <= 2N - 2.
+budget lease (on by default where the background sender is) the same: the store counts a lease
+as one call in flight, and a capped tier's lease carries one call at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_overspend_never_exceeds_the_stated_bound(make_nasca, sequence, cap):
     # cost; a call under a lease it already holds is no admission there (the README's bound).
     n = make_nasca(tiers={"t": Tier(monthly="0.10", max_in_flight=cap)}, default_tier="t")
     user = f"u{uuid.uuid4().hex[:10]}"
-    most = None if cap is None else 2 * cap - 1 if n.leases.on else cap  # calls in flight at once
+    most = cap  # calls in flight at once, leases on or off
     in_flight: list[tuple[object, int, int]] = []  # (reservation, hold, real)
     leases: dict[int, list[Any]] = {}  # id(lease) -> [its hold L, the reals of its calls]
     last: tuple[Any, list[Any], list[int]] | None = None  # c*, F's plain (hold, real), leases before it

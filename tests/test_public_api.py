@@ -21,6 +21,7 @@ def test_core_exports() -> None:
         "ThresholdEvent", "ThresholdWarning", "verify_owner_webhook", "warning_of",  # soft thresholds
         "Fallback", "astart_with_fallback", "fallback_of", "start_with_fallback",  # degrade, not block
         "UnauthorizedError",  # a remote ledger refused the API key
+        "CeilingStatus", "CeilingWindow", "NascaCeilingError",  # the app-wide ceiling
     }
     for name in nasca_core.__all__:
         assert getattr(nasca_core, name) is not None

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import sqlite3
 import time
 import uuid
+from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,15 +65,19 @@ def test_many_processes_one_user_one_file(tmp_path, strict):
 
 
 def _hold_then_spin(uri: str, namespace: str, ready: multiprocessing.Queue) -> None:
-    n = Nasca(uri, tiers={"t": Tier(monthly=100)}, default_tier="t", namespace=namespace, hold_ttl=1)
-    n.reserve("0.50", user="victim")  # this hold's process never settles it
-    ready.put(0)
+    n = Nasca(uri, tiers={"t": Tier(monthly=100)}, default_tier="t", namespace=namespace, hold_ttl=HOLD_S)
     done = 0
     while True:  # write transactions back to back until killed
         n.settle(n.reserve("0.01", user="busy"), "0.01")
         done += 1
-        if done % 50 == 0:
+        if done == 200:  # late, so the hold is young when the parent looks at it
+            n.reserve("0.50", user="victim")  # this hold's process never settles it
+            ready.put(-done)
+        elif done % 50 == 0:
             ready.put(done)
+
+
+HOLD_S = 2.0
 
 
 def test_sigkilled_holder_leaves_an_intact_file_and_its_hold_expires(tmp_path):
@@ -80,23 +86,26 @@ def test_sigkilled_holder_leaves_an_intact_file_and_its_hold_expires(tmp_path):
     ready = ctx.Queue()
     proc = ctx.Process(target=_hold_then_spin, args=(uri, namespace, ready))
     proc.start()
-    assert ready.get(timeout=30) == 0
-    reported = 0
-    while reported < 200:
-        reported = ready.get(timeout=30)
+    while ready.get(timeout=30) > 0:
+        pass  # until the victim's hold is taken
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of a write transaction, likely
     proc.join(10)
     assert proc.exitcode == -signal.SIGKILL
+    reported = 200
+    with suppress(queue.Empty):  # what the child said before it died, without waiting
+        while True:
+            reported = max(reported, ready.get_nowait())
     conn = sqlite3.connect(tmp_path / "kill.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     n = Nasca(uri, tiers={"t": Tier(monthly=100)}, default_tier="t", namespace=namespace)
     assert n.get_usage("victim").in_flight == Decimal("0.50")
     busy = n.get_usage("busy")
-    # Every settle the child saw committed is there; at most a few more committed unseen.
-    assert reported <= busy.month_calls <= reported + 50
+    # Every settle the child said it committed is there; a few more may have committed unsaid
+    # (and a report or two may have died in the queue's feeder thread with it).
+    assert reported <= busy.month_calls <= reported + 150
     assert busy.monthly_spent == Decimal("0.01") * busy.month_calls
-    time.sleep(1.2)  # the dead process's hold expires by itself: nothing to clean up
+    time.sleep(HOLD_S + 0.2)  # the dead process's hold expires by itself: nothing to clean up
     assert n.get_usage("victim").in_flight == 0
     n.settle(n.reserve("0.99", user="victim"), "0.99")
     assert n.get_usage("victim").monthly_spent == Decimal("0.99")

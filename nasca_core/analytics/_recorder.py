@@ -23,6 +23,7 @@ from nasca_core._errors import (
     InvalidInputError,
     NascaBlockedError,
     NascaBusyError,
+    NascaCeilingError,
     NascaError,
 )
 from nasca_core._identity import check_user_id
@@ -69,8 +70,9 @@ class Analytics:
     # -- listening -------------------------------------------------------------------------
     def on_block(self, err: NascaBlockedError) -> None:
         """Record a blocked call (a block listener: failures are logged, never raised). A busy
-        user (NascaBusyError) has not spent their allowance: no upsell, so no funnel event."""
-        if isinstance(err, NascaBusyError):
+        user (NascaBusyError) has not spent their allowance, and the app's ceiling
+        (NascaCeilingError) is the owner's limit: no upsell, so no funnel event."""
+        if isinstance(err, NascaBusyError | NascaCeilingError):
             return
         self._soon(lambda: self._event("blocked", err.user_id, err.prompt_id, None, "usd", None))
 

@@ -130,6 +130,8 @@ NOT_REMOTE = frozenset({
     "set_pack", "aset_pack", "set_plan", "aset_plan", "aget_packs", "aget_plans",
     "create_checkout", "acreate_checkout", "handle_stripe_webhook",
     "ahandle_stripe_webhook", "credit_lots", "acredit_lots", "revoke_credits", "arevoke_credits",
+    "set_ceiling", "aset_ceiling",  # the app-wide ceiling is the server's: its ledger enforces it
+    "ceiling_status", "aceiling_status",  # ... and its status (``nasca ceiling``, the dashboard)
 })
 
 

@@ -22,6 +22,7 @@ from nasca_core._errors import (
     InvalidUserError,
     NascaBlockedError,
     NascaBusyError,
+    NascaCeilingError,
     NascaError,
     StoreError,
     UnauthorizedError,
@@ -190,7 +191,7 @@ class ErrorReply(_Body):
     spent: Decimal | None = None
     usage: Usage | None = None
     retry_after: float | None = None  # busy and rate_limited
-    reason: str | None = None  # busy: "in_flight" or "cap"
+    reason: str | None = None  # busy: "in_flight" or "cap"; blocked: "ceiling" (the app's, NascaCeilingError)
     known: list[str] | None = None  # unknown_tier: the tiers defined
     model: str | None = None  # unknown_model
 
@@ -248,6 +249,8 @@ def error_reply(exc: NascaError) -> ErrorReply:
         }
         if isinstance(exc, NascaBusyError):
             fields.update(retry_after=exc.retry_after, reason=exc.reason)
+        elif isinstance(exc, NascaCeilingError):  # code "blocked": an older client still blocks
+            fields.update(reason=exc.reason)
     elif isinstance(exc, UnknownTierError):
         fields = {"tier": exc.tier, "known": list(exc.known)}
     elif isinstance(exc, UnknownModelError):
@@ -275,6 +278,8 @@ def error_of(reply: ErrorReply) -> NascaError:
             return NascaBusyError(
                 retry_after=reply.retry_after or 0.0, reason=reply.reason or "in_flight", **fields
             )
+        if reply.reason == "ceiling":
+            return NascaCeilingError(**fields)
         return NascaBlockedError(**fields)
     if code == "unknown_tier":
         return UnknownTierError(reply.tier or "", reply.known or ())

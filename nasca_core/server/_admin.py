@@ -59,6 +59,8 @@ _NOTICES = {
     "pack_retired": "Credit pack {name} retired: no new checkouts (purchases under way still grant).",
     "plan_saved": "Plan {name} saved.",
     "plan_retired": "Plan {name} retired: no new checkouts (subscribers keep their tier).",
+    "ceiling_saved": "The app-wide ceiling is saved: it applies in every process within seconds.",
+    "ceiling_off": "The app-wide ceiling is off: only each user's limits apply.",
 }
 
 
@@ -80,6 +82,7 @@ class AdminRoutes:
             Route("/admin/tiers", self.save_tier, methods=["POST"], name="admin_tiers"),
             Route("/admin/packs", self.save_pack, methods=["POST"], name="admin_packs"),
             Route("/admin/plans", self.save_plan, methods=["POST"], name="admin_plans"),
+            Route("/admin/ceiling", self.save_ceiling, methods=["POST"], name="admin_ceiling"),
             *UserRoutes(self).routes(),
         ]
 
@@ -228,6 +231,7 @@ class AdminRoutes:
             report = await self.ctx.analytics.amonth(month)
             earlier = [await self.ctx.analytics.amonth(m) for m in previous_months(month, 6)[:-1]]
             state = await nasca.live.afresh()
+            ceiling = await nasca.aceiling_status()
         except StoreError:
             log.exception("nasca: dashboard could not read the store")
             return self.ctx.page(request, "message.html", {
@@ -240,7 +244,7 @@ class AdminRoutes:
                      for r in [*earlier, report]]
         response = self.ctx.page(request, "admin.html", {
             "report": report, "month": month_label(month), "sort": sort, "sorts": _SORTS,
-            "users": users, "economics": economics,
+            "users": users, "economics": economics, "ceiling": ceiling,
             "funnel_svg": Markup(funnel_svg(report.funnel)),
             "economics_svg": Markup(economics_svg(economics)),
             "profit_svg": Markup(profit_svg(users[:12])),
@@ -252,8 +256,8 @@ class AdminRoutes:
             "price": price, "csrf": csrf_token(self.ctx.keys, cookie), "notice": notice,
             "error": error,
             "urls": {name: self.ctx.path(request, name) for name in
-                     ("admin", "admin_tiers", "admin_packs", "admin_plans", "admin_logout", "admin_report",
-                      "admin_users", "admin_user")},
+                     ("admin", "admin_tiers", "admin_packs", "admin_plans", "admin_ceiling", "admin_logout",
+                      "admin_report", "admin_users", "admin_user")},
             "months": _month_choices(month, this_month(self.ctx)),
         }, status=400 if error else 200)
         if CSRF_COOKIE not in request.cookies:
@@ -305,6 +309,19 @@ class AdminRoutes:
             await self.ctx.nasca.aset_tier(name, tier)
             return "tier_saved", name
         return await self._edit(request, "tiers", apply)
+
+    async def save_ceiling(self, request: Request) -> Response:
+        async def apply(form: FormData) -> tuple[str, str]:
+            if field(form, "action") == "off":
+                await self.ctx.nasca.aset_ceiling(None)
+                return "ceiling_off", "app"
+            limits = {w: _money_or_none(form, w) for w in WINDOWS}
+            if all(v is None for v in limits.values()):
+                raise ConfigurationError("give the ceiling a daily, weekly or monthly limit (or turn it off)")
+            old = await self.ctx.nasca.aceiling_status()  # the owner's warnings stay as they were
+            await self.ctx.nasca.aset_ceiling(Tier(**limits, warn_at=old.warn_at if old else ()))
+            return "ceiling_saved", "app"
+        return await self._edit(request, "ceiling", apply)
 
     async def save_pack(self, request: Request) -> Response:
         async def apply(form: FormData) -> tuple[str, str]:

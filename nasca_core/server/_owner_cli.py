@@ -1,4 +1,4 @@
-"""The owner's everyday verbs: ``nasca user``, ``nasca credits``, ``nasca tiers``.
+"""The owner's everyday verbs: ``nasca user``, ``nasca credits``, ``nasca tiers``, ``nasca ceiling``.
 
     nasca user show u_42 [--json]            nasca user set-tier u_42 pro | --clear
     nasca user boost u_42 --window daily --amount 1 --until 7d [--id ticket-981]
@@ -8,6 +8,8 @@
     nasca credits list u_42 [--json]
     nasca tiers list [--json]                nasca tiers set free --daily 0.10 --monthly 1
     nasca tiers unset free
+    nasca ceiling [--json]                   nasca ceiling set --daily 15 --monthly 200 [--warn-at 0.8]
+    nasca ceiling off                        (set's limits replace the ceiling's; its warnings stay)
 
 Each reads the store, namespace and tiers from ``nasca.toml`` (``--config``), or takes
 ``--store``/``--namespace``; what they change is live for every process on that store.
@@ -207,6 +209,34 @@ def _tiers_unset(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
     return {"tier": args.name, "stored_override": "removed"}
 
 
+# -- ceiling ----------------------------------------------------------------------------------
+def _ceiling(nasca: Nasca, args: argparse.Namespace) -> Any:
+    limits = {w: getattr(args, w) for w in WINDOWS if getattr(args, w) is not None}
+    if args.action == "set":
+        if not limits:
+            raise ConfigurationError("give the ceiling's limits: --daily, --weekly and/or --monthly")
+        old = nasca.live.fresh().ceiling  # its warnings stay unless given anew (or --no-warn)
+        warn_at = () if args.no_warn else tuple(args.warn_at) if args.warn_at else old.warn_at if old else ()
+        nasca.set_ceiling(Tier(**limits, warn_at=warn_at))
+    elif limits or args.warn_at or args.no_warn:
+        raise ConfigurationError(f"`nasca ceiling {args.action}` takes no limits (`nasca ceiling set` does)")
+    elif args.action == "off":
+        nasca.set_ceiling(None)
+    status = nasca.ceiling_status()
+    if status is None:
+        return {"ceiling": None} if args.json else {"ceiling": "off"}
+    if args.json:
+        return status.model_dump(mode="json")
+    out: dict[str, Any] = {"ceiling": ", ".join(f"{w.window} ${w.limit}" for w in status.windows)
+                           + (", warns at " + " and ".join(f"{f:.0%}" for f in status.warn_at)
+                              if status.warn_at else ""),
+                           "blocked": "yes: every call is blocked" if status.blocked else "no"}
+    for w in status.windows:
+        out[w.window] = (f"${w.spent} spent, ${w.held} held of ${w.limit}: ${w.remaining} left, "
+                         f"resets {w.resets_at}")
+    return out
+
+
 # -- registration -------------------------------------------------------------------------------
 Verb = tuple[str, str, Callable[..., Any], Callable[[argparse.ArgumentParser], None]]
 
@@ -306,3 +336,17 @@ def setup_tiers(parser: argparse.ArgumentParser) -> Runner:
     return _verbs(parser, [("list", "the tiers in force and where each comes from", _tiers_list, nothing),
                            ("set", "define or change a tier, live for every process", _tiers_set, define),
                            ("unset", "remove a tier's stored override", _tiers_unset, name_only)])
+
+
+def setup_ceiling(parser: argparse.ArgumentParser) -> Runner:
+    """``nasca ceiling`` shows the app-wide ceiling; ``set --daily 15 --monthly 200`` or ``off``
+    changes it live for every process on the store, then shows it."""
+    _common(parser)
+    parser.add_argument("action", nargs="?", choices=("show", "set", "off"), default="show")
+    for w in WINDOWS:
+        parser.add_argument(f"--{w}", type=Decimal, help=f"set: the app's {w} AI budget in dollars")
+    parser.add_argument("--warn-at", type=float, action="append", metavar="FRACTION",
+                        help="set: warn the owner at this fraction of a window (repeatable, e.g. 0.8; "
+                             "default: the ceiling's warnings as they are)")
+    parser.add_argument("--no-warn", action="store_true", help="set: no warnings before the ceiling")
+    return _run(_ceiling)

@@ -1,6 +1,6 @@
 """The store contract: every operation the ledger, billing and analytics need, typed.
 
-Three groups of operations, each atomic:
+Four groups of operations, each atomic:
 
 - the ledger's: reserve, settle, release, snapshot, tiers, credit lots, live config.
   Each touches the keys of one user only (one Redis Cluster slot).
@@ -10,6 +10,9 @@ Three groups of operations, each atomic:
   stored tier.
 - analytics': conversion events recorded per month, and a month read back with every
   user's AI cost from the ledger's month hashes (a scan: reports only, never a call's path).
+- pools' (``_pools``): a chunk of an allowance many users share taken, dropped, read; each
+  on the pool's keys only (a slot of its own). A call's charge to its pools rides on its settle
+  (``SettleOp.pools``), its chunk on its reserve (``ReserveOp.pool_take``).
 
 Amounts are int nano-dollars (an event's amount: billionths of its currency), times int
 epoch milliseconds. ``Store`` and ``AsyncStore`` have the same methods; ``AsyncStore``'s
@@ -33,6 +36,12 @@ from nasca_core.stores._analytics_types import EventKind as EventKind
 from nasca_core.stores._analytics_types import LedgerMonth as LedgerMonth
 from nasca_core.stores._analytics_types import MonthCounts as MonthCounts
 from nasca_core.stores._analytics_types import MonthRaw as MonthRaw
+from nasca_core.stores._billing_types import SubChange as SubChange
+from nasca_core.stores._billing_types import SubscriptionResult as SubscriptionResult
+from nasca_core.stores._pools import PoolKeys as PoolKeys
+from nasca_core.stores._pools import PoolSnapshot as PoolSnapshot
+from nasca_core.stores._pools import PoolTakeOp as PoolTakeOp
+from nasca_core.stores._pools import PoolTakeResult as PoolTakeResult
 
 KEY_LAYOUT = 2  # how UserKeys spells keys; recorded in the store (``layout_key``)
 
@@ -135,6 +144,11 @@ class ReserveOp:
     # The user's billing-cycle anchor spec the keys were named with (``_windows.anchored_month``;
     # "" = calendar months): the store answers status -2 with its own when they differ.
     anchor: str = ""
+    # A chunk of a pool taken in the same step (``PoolTakeOp``), before the user's reserve: when
+    # the pool grants nothing the user's reserve is not applied (status 0, ``ReserveResult.pool``
+    # granted 0); whatever the user's outcome (blocked, busy, stale) a chunk granted stays: this
+    # process's, for any call. A bad take raises InvalidAmountError with nothing written.
+    pool_take: PoolTakeOp | None = None
 
 
 @dataclass(slots=True)
@@ -155,6 +169,8 @@ class ReserveResult:
     # in-flight cap; -1 = none): the tier's or the user's own limits, plus their boosts in force
     # (``_effective``); None when the store did not say.
     applied: tuple[int, ...] | None = None
+    # The answer of ``ReserveOp.pool_take``, on every outcome (None: there was none).
+    pool: PoolTakeResult | None = None
 
 
 def stale_reply(op: ReserveOp, version: int, anchor: str | None) -> ReserveResult | None:
@@ -197,6 +213,11 @@ class SettleOp:
     # under its own id (a retry the lease side no longer remembers) is a retried settle (status
     # 2), not a second charge. At most ``_fold.MAX_OF`` of them: the settle stays O(batch).
     of: tuple[str, ...] = ()
+    # The pools the call drew from: ``cost`` is added to each pool's windows once per hold id
+    # (``hold_id`` and every id of ``of`` marked in the pool's ``settled``; a settle whose
+    # ``hold_id`` is marked charges nothing there: the user part's rule), also when the user's
+    # part is a retried settle.
+    pools: tuple[PoolKeys, ...] = ()
 
     @property
     def boosts_at(self) -> int:
@@ -313,53 +334,6 @@ class StoredConfig:
     sections: Mapping[str, Mapping[str, str]]
 
 
-# -- billing ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class SubChange:
-    """One subscription event, reduced to what decides the user's tier (times: epoch seconds)."""
-
-    sub_id: str
-    event_created: int
-    event_id: str
-    active: bool
-    tier: str
-    sub_created: int
-    final: bool  # the subscription was deleted
-    # The grace of a failing subscription, kept in its record and merged by the same atomic
-    # step: None leaves it, 0 ends it (paid again, deleted), else the first failed payment
-    # seen (the record keeps the earliest); ``active`` then also needs event_created <
-    # grace start + ``grace_s``.
-    grace_from: int | None = None
-    grace_s: int = 0
-    # The subscription's billing-cycle anchor (epoch s) when its plan anchors the monthly
-    # window (``Plan.anchor``), 0 when it doesn't, None to keep the record's (a checkout: the
-    # user's anchor spec is then left as it is).
-    anchor: int | None = None
-    # The user's anchor spec as the flow read it (None: leave the spec as it is) and the
-    # billing-cycle window in force then, (0, 0) when none (``_windows.cycle_window``). The step
-    # changes the spec only while it still holds ``seen``, else it writes nothing (status -3).
-    seen: str | None = None
-    window: tuple[int, int] = (0, 0)
-    # With no cycle window in force: the counter keys (``UserKeys.month``) of the calendar
-    # month now and of the first window of ``cut_for``'s cycle. When the step switches to that
-    # cycle at once ("0,0,N"), the second's spend is raised to the first's (a plan change
-    # mid-period keeps what was spent); ("", "") for none.
-    carry: tuple[str, str] = ("", "")
-    # The anchor ``window``'s end and ``carry`` were made for (``_windows.cycle_end``): when
-    # the step's new anchor is another, it writes nothing (status -4, with that anchor).
-    cut_for: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionResult:
-    # 1 applied, 0 stale (an older or post-deletion event), 2 this event was applied before,
-    # -3 the anchor spec is no longer ``SubChange.seen`` (nothing written: read and retry),
-    # -4 the new anchor is not ``SubChange.cut_for`` (nothing written: retry made for ``anchor``)
-    status: int
-    tier: str | None  # the user's stored tier now
-    anchor: int = 0  # with -4: the anchor the step moves to
-
-
 @dataclass(frozen=True, slots=True)
 class UserRecords:
     """Everything a store holds about one end user (``Store.user_data``, ``_user_data``):
@@ -427,6 +401,11 @@ class Store(Protocol):
     # a data-protection request (``_user_data``). A scan: the owner's tools, never a call's path.
     def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords: ...
     def add_samples(self, op: SampleOp) -> Samples: ...
+    # pools (``_pools``): take a chunk (a retried take answers its first grant), drop one
+    # (idempotent; an unknown or lapsed id is a no-op), read a pool's spend and live chunks
+    def pool_take(self, op: PoolTakeOp) -> PoolTakeResult: ...
+    def pool_release(self, keys: PoolKeys, lease_id: str, now_ms: int) -> None: ...
+    def pool_snapshot(self, keys: PoolKeys, now_ms: int) -> PoolSnapshot: ...
     # billing: markers (ttl None = kept), subscriptions
     def get_marker(self, key: str, now_ms: int) -> str | None: ...
     def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...
@@ -467,6 +446,9 @@ class AsyncStore(Protocol):
     async def store_id(self, namespace: str) -> str: ...
     async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords: ...
     async def add_samples(self, op: SampleOp) -> Samples: ...
+    async def pool_take(self, op: PoolTakeOp) -> PoolTakeResult: ...
+    async def pool_release(self, keys: PoolKeys, lease_id: str, now_ms: int) -> None: ...
+    async def pool_snapshot(self, keys: PoolKeys, now_ms: int) -> PoolSnapshot: ...
     # billing
     async def get_marker(self, key: str, now_ms: int) -> str | None: ...
     async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None: ...

@@ -11,6 +11,10 @@ from nasca_core.stores._base import (
     Lot,
     MonthCounts,
     MonthRaw,
+    PoolKeys,
+    PoolSnapshot,
+    PoolTakeOp,
+    PoolTakeResult,
     ReserveOp,
     ReserveResult,
     SampleOp,
@@ -85,6 +89,15 @@ class AsyncMemoryStore:
 
     async def add_samples(self, op: SampleOp) -> Samples:
         return self.sync.add_samples(op)
+
+    async def pool_take(self, op: PoolTakeOp) -> PoolTakeResult:
+        return self.sync.pool_take(op)
+
+    async def pool_release(self, keys: PoolKeys, lease_id: str, now_ms: int) -> None:
+        self.sync.pool_release(keys, lease_id, now_ms)
+
+    async def pool_snapshot(self, keys: PoolKeys, now_ms: int) -> PoolSnapshot:
+        return self.sync.pool_snapshot(keys, now_ms)
 
     async def get_marker(self, key: str, now_ms: int) -> str | None:
         return self.sync.get_marker(key, now_ms)

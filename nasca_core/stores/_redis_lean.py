@@ -49,6 +49,7 @@ from nasca_core.stores._base import SettleOp, SettleResult, settle_each
 from nasca_core.stores._redis_codec import settle_args, settle_result
 from nasca_core.stores._redis_conns import AsyncConns, Conns
 from nasca_core.stores._redis_errors import redis_errors, translate
+from nasca_core.stores._redis_pools import charge_commands
 
 _NOT_YET = object()  # hiredis: no whole reply buffered yet (False and None are replies)
 RETRY_LINK_S = 1.0  # after a failed attempt to open the shared connection, the client answers this long
@@ -299,37 +300,69 @@ def async_conns(client: redis.asyncio.Redis | AsyncRedisCluster) -> AsyncLink | 
 
 def settle_batch(conns: Conns | redis.Redis | RedisCluster, sha: str,
                  settle: Callable[[SettleOp], SettleResult],
-                 ops: Sequence[SettleOp]) -> list[SettleResult | Exception]:
+                 ops: Sequence[SettleOp], charge_sha: str = "",
+                 load: Callable[[], object] = lambda: None) -> list[SettleResult | Exception]:
     """``Store.settle_many`` on Redis: the settle script ``sha`` for each op, pipelined on
     ``conns``, or on a client's pipeline (a cluster's: one per node its slots map the users to);
-    ``settle`` one by one when the script must be loaded first, or when the connection failed
-    before any reply (an idle connection closed or silently dropped: ``settle`` has the client's
-    retries)."""
+    an op's pool charges (``charge_sha``, ``_redis_pools``) just before its settle. Commands
+    that met NOSCRIPT (a restarted server, a node of a cluster) are sent again, alone, once
+    ``load`` has loaded every script: the others landed, and their replies are kept (sent
+    again, a landed settle would answer "already settled", and its warn_at marks be missed).
+    ``settle`` one by one when the connection failed before any reply (an idle connection
+    closed or silently dropped: ``settle`` has the client's retries)."""
     if len(ops) < 2:
         return list(settle_each(settle, ops))
-    commands = []
+    commands: list[tuple[Any, ...]] = []
+    ends = []  # where each op's commands end: its settle's reply, its charges' before it
     for op in ops:
         keys, args = settle_args(op)
+        if op.pools:
+            commands += charge_commands(op, charge_sha)
         commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+        ends.append(len(commands))
     with redis_errors(ops[0].tier):
-        if isinstance(conns, Conns):
+        try:
+            replies = _send(conns, commands)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            if not isinstance(conns, Conns):
+                raise
+            # No reply read: none known to have run, and a rerun is safe. A timeout too:
+            # an idle connection a NAT or a load balancer dropped without a word.
+            return list(settle_each(settle, ops))
+        if lost := [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]:
+            missing: Exception = redis.ConnectionError("Redis connection lost before every reply was read")
             try:
-                replies = conns.call_many(commands)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # No reply read: none known to have run, and a rerun is safe. A timeout too:
-                # an idle connection a NAT or a load balancer dropped without a word.
-                return list(settle_each(settle, ops))
-        else:  # a node that fails answers each of its own commands with the error
-            pipe = conns.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = pipe.execute(raise_on_error=False)
-    if replies and isinstance(replies[0], NoScriptError):  # a restarted server: ``settle`` loads it
-        return list(settle_each(settle, ops))
-    # Each reply is its settle's outcome: the scripts after a failed one ran too, and those
-    # that landed must be counted as landed (put back, this process would count them twice).
-    return [_refused(reply, op.tier) if isinstance(reply, Exception) else settle_result(reply)
-            for op, reply in zip(ops, replies, strict=False)]
+                load()
+                again = _send(conns, [commands[i] for i in lost])
+            except (redis.RedisError, OSError) as exc:  # the landed ones' replies are kept all the same
+                again, missing = [], exc
+            for n, i in enumerate(lost):  # one not answered: its op is the error (retried: safe)
+                replies[i] = again[n] if n < len(again) else missing
+    # Each op's outcome is its settle's reply, or the error of one of its commands (it is then
+    # retried: its charges and its settle are each safe to run twice). The scripts after a
+    # failed one ran too, and those that landed must be counted as landed (put back, this
+    # process would count them twice).
+    outcomes: list[SettleResult | Exception] = []
+    start = 0
+    for op, end in zip(ops, ends, strict=True):
+        if end > len(replies):
+            break
+        failed = [r for r in replies[start:end] if isinstance(r, Exception)]
+        outcomes.append(_refused(failed[0], op.tier) if failed else settle_result(replies[end - 1]))
+        start = end
+    return outcomes
+
+
+def _send(conns: Conns | redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
+    # Each command's reply or error reply, in order; Conns's may end early (a connection lost
+    # midway), and raise when lost before any reply.
+    if isinstance(conns, Conns):
+        return conns.call_many(commands)
+    pipe = conns.pipeline(transaction=False)  # a node that fails answers each of its commands
+    for command in commands:
+        pipe.execute_command(*command)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
 
 
 def _refused(reply: Exception, tier: str) -> Exception:

@@ -7,7 +7,8 @@ from functools import cache
 from importlib.resources import files
 
 NAMES = ("reserve", "settle", "release", "snapshot", "grant", "revoke_to", "load_config", "save_config",
-         "subscription", "tally", "samples", "boosts", "claim")
+         "subscription", "tally", "samples", "boosts", "claim",
+         "pool_take", "pool_release", "pool_snapshot", "pool_charge")
 
 
 @cache

@@ -19,6 +19,7 @@ from typing import Any
 
 from nasca_core import _policy
 from nasca_core.stores import _billing_rules as rules
+from nasca_core.stores import _memory_pools as pools
 from nasca_core.stores._base import (
     BATCH_MARKER_MS,
     LEDGER_FIELDS,
@@ -28,6 +29,10 @@ from nasca_core.stores._base import (
     Lot,
     MonthCounts,
     MonthRaw,
+    PoolKeys,
+    PoolSnapshot,
+    PoolTakeOp,
+    PoolTakeResult,
     ReserveOp,
     ReserveResult,
     SampleOp,
@@ -50,6 +55,7 @@ from nasca_core.stores._effective import changed, encode, in_force, resolve
 from nasca_core.stores._memory_analytics import MemoryAnalytics
 from nasca_core.stores._memory_async import AsyncMemoryStore as AsyncMemoryStore  # where _open finds it
 from nasca_core.stores._memory_holds import Holds as _Holds
+from nasca_core.stores._pools import check_pools
 from nasca_core.stores._user_data import memory_user_data
 
 _SWEEP_EVERY = 10_000
@@ -122,58 +128,73 @@ class MemoryStore:
         keys, now_ms = op.keys, op.now_ms
         data, expiry = self._data, self._expiry
         with self._lock:
-            meta = data.get(keys.meta)
-            versions = self._config_version
-            version = versions.get(keys.namespace, 0) if versions else 0
-            anchor = meta.get("an") if meta is not None else None
-            if (version != op.config_version or (anchor or "") != op.anchor) and \
-                    (stale := stale_reply(op, version, anchor)) is not None:
-                return stale
-            self._ops += 1
-            if not self._ops % _SWEEP_EVERY:
-                self._sweep(now_ms)
-            limits: Sequence[int]
-            hard: Sequence[int]
-            if meta is None:  # resolve's answer with nothing stored, in a fraction of its time
-                c = op.tier_compiled
-                name, limits, hard, cap = op.tier, c[:3], c[3:6], c[6] if len(c) > 6 else -1
-                applied = c if len(c) == 7 else (*limits, *hard, cap)
-            else:
-                name, limits, hard, cap = resolve(meta.get("tier"), meta.get("lim"), meta.get("bo"), op.tier,
-                                                  op.tier_compiled, op.tiers_json, now_ms)
-                applied = (*limits, *hard, cap)
-            holds: _Holds | None = data.get(keys.holds)
-            if holds is not None and holds.heap and holds.heap[0][0] <= now_ms:
-                holds.purge(now_ms)
-            day, week, month = _counters(data, expiry, keys, now_ms)
-            spent = (day or 0, week or 0, month["s"] if month else 0)
-            held, in_flight = (holds.total, len(holds.live)) if holds is not None else (0, 0)
-            if op.owed[0] or op.owed[1] or op.owed[2]:  # a lease: (0, its free part, 0)
-                spent, held, in_flight = _policy.own_view(spent, held, in_flight, op.owed)
-            member = f"{op.hold_id}:{op.estimate}"
-            def lots() -> int: return sum(lot["r"] for lot in self._live_lots(keys, now_ms))
-            if holds is not None and member in holds.live:  # a retried reserve holds once, room as the first
-                left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling, lots)
-                return ReserveResult(1, name, 0, spent, held, credits, left, "", applied)
-            if _policy.over_cap(in_flight, cap):
-                return ReserveResult(2, name, 0, spent, held, -1)
-            credits = -1
-            blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
-            if blocked >= 0 and not hard[blocked]:
-                credits = lots()
-                blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
-            if blocked >= 0:
-                return ReserveResult(0, name, blocked + 1, spent, held, credits)
-            if holds is None:
-                holds = data[keys.holds] = _Holds()
-            holds.add(member, op.estimate, op.hold_expiry_ms)
-            if expiry.get(keys.holds, 0) < op.hold_expiry_ms:
-                expiry[keys.holds] = op.hold_expiry_ms
-            left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
-            return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left, "", applied)
+            # The pool's chunk first, in the same step: a pool that grants nothing blocks the call
+            # before the user's reserve writes anything.
+            take = op.pool_take
+            pool, fresh = (None, False) if take is None else pools.take(data, expiry, take)
+            if pool is not None and not pool.granted:
+                return ReserveResult(0, op.tier, 0, (0, 0, 0), 0, -1, pool=pool)
+            try:
+                meta = data.get(keys.meta)
+                versions = self._config_version
+                version = versions.get(keys.namespace, 0) if versions else 0
+                anchor = meta.get("an") if meta is not None else None
+                if (version != op.config_version or (anchor or "") != op.anchor) and \
+                        (stale := stale_reply(op, version, anchor)) is not None:
+                    stale.pool = pool
+                    return stale
+                self._ops += 1
+                if not self._ops % _SWEEP_EVERY:
+                    self._sweep(now_ms)
+                limits: Sequence[int]
+                hard: Sequence[int]
+                if meta is None:  # resolve's answer with nothing stored, in a fraction of its time
+                    c = op.tier_compiled
+                    name, limits, hard, cap = op.tier, c[:3], c[3:6], c[6] if len(c) > 6 else -1
+                    applied = c if len(c) == 7 else (*limits, *hard, cap)
+                else:
+                    name, limits, hard, cap = resolve(meta.get("tier"), meta.get("lim"), meta.get("bo"),
+                                                      op.tier, op.tier_compiled, op.tiers_json, now_ms)
+                    applied = (*limits, *hard, cap)
+                holds: _Holds | None = data.get(keys.holds)
+                if holds is not None and holds.heap and holds.heap[0][0] <= now_ms:
+                    holds.purge(now_ms)
+                day, week, month = _counters(data, expiry, keys, now_ms)
+                spent = (day or 0, week or 0, month["s"] if month else 0)
+                held, in_flight = (holds.total, len(holds.live)) if holds is not None else (0, 0)
+                if op.owed[0] or op.owed[1] or op.owed[2]:  # a lease: (0, its free part, 0)
+                    spent, held, in_flight = _policy.own_view(spent, held, in_flight, op.owed)
+                member = f"{op.hold_id}:{op.estimate}"
+                def lots() -> int: return sum(lot["r"] for lot in self._live_lots(keys, now_ms))
+                if holds is not None and member in holds.live:  # a retried reserve: held once
+                    left, credits = _policy.room_of(limits, hard, spent, held - op.estimate, -1, op.ceiling,
+                                                    lots)  # its room as the first
+                    return ReserveResult(1, name, 0, spent, held, credits, left, "", applied, pool)
+                if _policy.over_cap(in_flight, cap):
+                    return ReserveResult(2, name, 0, spent, held, -1, pool=pool)
+                credits = -1
+                blocked = _policy.admit(limits, hard, spent, held, op.estimate, 0, op.strict)
+                if blocked >= 0 and not hard[blocked]:
+                    credits = lots()
+                    blocked = _policy.admit(limits, hard, spent, held, op.estimate, credits, op.strict)
+                if blocked >= 0:
+                    return ReserveResult(0, name, blocked + 1, spent, held, credits, pool=pool)
+                if holds is None:
+                    holds = data[keys.holds] = _Holds()
+                holds.add(member, op.estimate, op.hold_expiry_ms)
+                if expiry.get(keys.holds, 0) < op.hold_expiry_ms:
+                    expiry[keys.holds] = op.hold_expiry_ms
+                left, credits = _policy.room_of(limits, hard, spent, held, credits, op.ceiling, lots)
+                return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left, "", applied, pool)
+            except BaseException:  # the user's part failed: the chunk this call took goes with it,
+                if fresh and take is not None:  # as in SQLite's rolled-back transaction
+                    pools.release(data, expiry, take.keys, take.lease_id, now_ms)
+                raise
 
     def settle(self, op: SettleOp) -> SettleResult:
         keys, now_ms, cost = op.keys, op.now_ms, op.cost
+        if op.pools:
+            check_pools(op.pools)
         with self._lock:
             data, expiry = self._data, self._expiry
             settled: dict[str, int] | None = data.get(keys.settled)
@@ -187,6 +208,9 @@ class MemoryStore:
                 # settle.lua's rule, wherever the marker sits: it counts until its own expiry (a
                 # marker set after a later-expiring one lapses behind it, not at the front).
                 if seen > now_ms:
+                    if op.pools:  # charged also when the user's part is a retried settle
+                        pools.charge(data, expiry, op.pools, op.hold_id, op.of, cost, op.ttls_ms,
+                                     op.marker_expiry_ms, now_ms)
                     return SettleResult(2, 0, 0, (0, 0, 0))
                 del settled[op.hold_id]  # re-added at the end below
             holds: _Holds | None = data.get(keys.holds)
@@ -237,6 +261,8 @@ class MemoryStore:
                 settled[hold_id] = marker
             if expiry.get(keys.settled, 0) < marker:  # only lengthened: it must outlive every marker
                 expiry[keys.settled] = marker
+            if op.pools:  # last: nothing above raises once it has written (there is no rollback here)
+                pools.charge(data, expiry, op.pools, op.hold_id, op.of, cost, ttls, marker, now_ms)
             return SettleResult(1, cost - credit_part, credit_part, (d, w, m),
                                 (limits[0], limits[1], limits[2]))
 
@@ -341,6 +367,18 @@ class MemoryStore:
                 self._data[op.key] = (n, recent)
                 self._expire(op.key, op.now_ms + op.ttl_ms)
             return Samples(n, recent)
+
+    def pool_take(self, op: PoolTakeOp) -> PoolTakeResult:
+        with self._lock:
+            return pools.take(self._data, self._expiry, op)[0]
+
+    def pool_release(self, keys: PoolKeys, lease_id: str, now_ms: int) -> None:
+        with self._lock:
+            pools.release(self._data, self._expiry, keys, lease_id, now_ms)
+
+    def pool_snapshot(self, keys: PoolKeys, now_ms: int) -> PoolSnapshot:
+        with self._lock:
+            return pools.snapshot(self._data, self._expiry, keys, now_ms)
 
     # -- billing -------------------------------------------------------------------------
     def get_marker(self, key: str, now_ms: int) -> str | None:

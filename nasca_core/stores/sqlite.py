@@ -10,24 +10,28 @@ under a lock, so threads queue in Python instead of in SQLite's sleeping busy ha
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from dataclasses import replace
 
 from nasca_core import _policy
 from nasca_core.stores import _sqlite_analytics as analytics
 from nasca_core.stores import _sqlite_billing as billing
+from nasca_core.stores import _sqlite_pools as pools
 from nasca_core.stores import _sqlite_schema as schema
 from nasca_core.stores._base import (
     AnalyticsEvent,
     Lot,
     MonthCounts,
     MonthRaw,
+    PoolKeys,
+    PoolSnapshot,
+    PoolTakeOp,
+    PoolTakeResult,
     ReserveOp,
     ReserveResult,
     SampleOp,
@@ -44,13 +48,13 @@ from nasca_core.stores._base import (
     stale_reply,
 )
 from nasca_core.stores._effective import in_force, resolve
+from nasca_core.stores._pools import check_take
 from nasca_core.stores._samples import ran_tier, record_tier, sqlite_add
+from nasca_core.stores._sqlite_async import AsyncSqliteStore as AsyncSqliteStore  # where _open finds it
 from nasca_core.stores._sqlite_meta import change_boosts, put_meta
 from nasca_core.stores._sqlite_schema import LOT_COLUMNS, SWEEP, connect, errors, lot_of
 from nasca_core.stores._user_data import sqlite_user_data
 
-P = ParamSpec("P")
-R = TypeVar("R")
 _SWEEP_EVERY = 5_000  # writes between deletes of expired rows
 class SqliteStore:
     """A store on a SQLite file (created on first use)."""
@@ -125,6 +129,8 @@ class SqliteStore:
 
     # -- the ledger --------------------------------------------------------------------
     def reserve(self, op: ReserveOp) -> ReserveResult:
+        if op.pool_take is not None:
+            return self._reserve_pooled(op, op.pool_take)
         keys, now = op.keys, op.now_ms
         member = f"{op.hold_id}:{op.estimate}"
         with self._write(now) as c:
@@ -156,9 +162,26 @@ class SqliteStore:
             return ReserveResult(1, name, 0, spent, held + op.estimate, credits, left,
                                  applied=(*limits, *hard, cap))
 
+    def _reserve_pooled(self, op: ReserveOp, take: PoolTakeOp) -> ReserveResult:
+        # The pool's chunk, then the user's reserve, in one transaction (as settle_many's).
+        check_take(take)
+        with self._write(op.now_ms) as c:
+            pool = pools.take(c, take)
+            if not pool.granted:  # the pool blocks: the user's reserve is not applied
+                return ReserveResult(0, op.tier, 0, (0, 0, 0), 0, -1, pool=pool)
+            batch, self._batch = self._batch, True
+            try:
+                result = self.reserve(replace(op, pool_take=None))
+            finally:
+                self._batch = batch
+            result.pool = pool
+            return result
+
     def settle(self, op: SettleOp) -> SettleResult:
         keys, now, ttls = op.keys, op.now_ms, op.ttls_ms
         with self._write(now) as c:
+            if op.pools:  # first: charged also when the user's part is a retried settle
+                pools.charge(c, op.pools, (op.hold_id, *op.of), op.cost, ttls, op.marker_expiry_ms, now)
             done, stored, lim, bo, d, w, m = c.execute(schema.SETTLE_VIEW, (
                 keys.meta, op.hold_id, now, keys.day, keys.week, keys.month)).fetchone()
             if done:
@@ -303,6 +326,19 @@ class SqliteStore:
         with self._write(op.now_ms) as c:
             return sqlite_add(c, op)
 
+    def pool_take(self, op: PoolTakeOp) -> PoolTakeResult:
+        check_take(op)
+        with self._write(op.now_ms) as c:
+            return pools.take(c, op)
+
+    def pool_release(self, keys: PoolKeys, lease_id: str, now_ms: int) -> None:
+        with self._write(now_ms) as c:
+            pools.release(c, keys, lease_id, now_ms)
+
+    def pool_snapshot(self, keys: PoolKeys, now_ms: int) -> PoolSnapshot:
+        with self._read() as c:
+            return pools.snapshot(c, keys, now_ms)
+
     # -- billing -------------------------------------------------------------------------
     def get_marker(self, key: str, now_ms: int) -> str | None:
         with self._read() as c:
@@ -357,101 +393,6 @@ class SqliteStore:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
-
-
-class AsyncSqliteStore:
-    """The async face of a SqliteStore: each operation runs in a worker thread, so a wait
-    for another process's write lock never stalls the event loop."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.sync = store
-
-    async def _run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
-    async def reserve(self, op: ReserveOp) -> ReserveResult:
-        return await self._run(self.sync.reserve, op)
-
-    async def settle(self, op: SettleOp) -> SettleResult:
-        return await self._run(self.sync.settle, op)
-
-    async def release(self, keys: UserKeys, hold_id: str, estimate: int) -> None:
-        await self._run(self.sync.release, keys, hold_id, estimate)
-
-    async def snapshot(self, keys: UserKeys, now_ms: int) -> Snapshot:
-        return await self._run(self.sync.snapshot, keys, now_ms)
-
-    async def set_user_limits(self, keys: UserKeys, compiled: str | None) -> None:
-        await self._run(self.sync.set_user_limits, keys, compiled)
-
-    async def change_boosts(self, keys: UserKeys, now_ms: int, add: StoredBoost | None = None,
-                            clear: int | None = None) -> tuple[tuple[StoredBoost, ...], bool] | None:
-        return await self._run(self.sync.change_boosts, keys, now_ms, add, clear)
-
-    async def set_user_tier(self, keys: UserKeys, tier: str | None) -> None:
-        await self._run(self.sync.set_user_tier, keys, tier)
-
-    async def grant(self, keys: UserKeys, lot: Lot) -> bool:
-        return await self._run(self.sync.grant, keys, lot)
-
-    async def revoke_to(self, keys: UserKeys, lot_id: str, target: int, restore: bool = False,
-                        floor: int = 0) -> int:
-        return await self._run(self.sync.revoke_to, keys, lot_id, target, restore, floor)
-
-    async def all_lots(self, keys: UserKeys) -> tuple[Lot, ...]:
-        return await self._run(self.sync.all_lots, keys)
-
-    async def load_config(self, namespace: str) -> StoredConfig:
-        return await self._run(self.sync.load_config, namespace)
-
-    async def config_version(self, namespace: str) -> int:
-        return await self._run(self.sync.config_version, namespace)
-
-    async def save_config(self, namespace: str, section: str, name: str, value: str | None) -> int:
-        return await self._run(self.sync.save_config, namespace, section, name, value)
-
-    async def store_id(self, namespace: str) -> str:
-        return await self._run(self.sync.store_id, namespace)
-
-    async def user_data(self, namespace: str, user_id: str, forget: bool = False) -> UserRecords:
-        return await self._run(self.sync.user_data, namespace, user_id, forget)
-
-    async def add_samples(self, op: SampleOp) -> Samples:
-        return await self._run(self.sync.add_samples, op)
-
-    async def get_marker(self, key: str, now_ms: int) -> str | None:
-        return await self._run(self.sync.get_marker, key, now_ms)
-
-    async def put_marker(self, key: str, value: str, ttl_ms: int | None, now_ms: int) -> None:
-        await self._run(self.sync.put_marker, key, value, ttl_ms, now_ms)
-
-    async def claim_marker(self, key: str, ttl_ms: int, now_ms: int, token: str | None = None) -> bool:
-        return await self._run(self.sync.claim_marker, key, ttl_ms, now_ms, token)
-
-    async def put_entry(self, key: str, name: str, value: str | None) -> None:
-        await self._run(self.sync.put_entry, key, name, value)
-
-    async def entries(self, key: str) -> dict[str, str]:
-        return await self._run(self.sync.entries, key)
-
-    async def tally(self, key: str, add: int, window_ms: int, now_ms: int) -> tuple[int, int]:
-        return await self._run(self.sync.tally, key, add, window_ms, now_ms)
-
-    async def apply_subscription(self, keys: UserKeys, change: SubChange,
-                                 now_ms: int) -> SubscriptionResult:
-        return await self._run(self.sync.apply_subscription, keys, change, now_ms)
-
-    async def record_event(self, namespace: str, event: AnalyticsEvent) -> None:
-        await self._run(self.sync.record_event, namespace, event)
-
-    async def read_month(self, namespace: str, month: str, now_ms: int) -> MonthRaw:
-        return await self._run(self.sync.read_month, namespace, month, now_ms)
-
-    async def month_totals(self, namespace: str, months: Sequence[str]) -> list[MonthCounts]:
-        return await self._run(self.sync.month_totals, namespace, months)
-
-    async def close(self) -> None:
-        pass  # the connection is the sync store's, closed with it
 
 
 _open_stores: weakref.WeakSet[SqliteStore] = weakref.WeakSet()

@@ -121,3 +121,21 @@ local function resolve_tier(meta, requested, cfg_json, base, now)
   end
   return out, tier, name, got[4] or ''
 end
+
+local function pool_purge(zkey, hkey, now)
+  -- A pool's chunks: lease ids in zkey scored by expiry, their nanos in hkey. A lapsed chunk
+  -- (its process died) is dropped from both before anything is counted.
+  local lapsed = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
+  if #lapsed > 0 then
+    redis.call('HDEL', hkey, unpack(lapsed))
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
+  end
+end
+
+local function pool_held(hkey)
+  -- Summed, not kept as a running sum: a pool holds one chunk or two per process, not per call.
+  local total = 0
+  local amounts = redis.call('HVALS', hkey)
+  for i = 1, #amounts do total = total + tonumber(amounts[i]) end
+  return total
+end

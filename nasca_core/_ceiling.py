@@ -1,0 +1,119 @@
+"""``ceiling_status()``: what the app-wide ceiling (``Nasca(ceiling=Tier(...))``) has left, per
+window, as the owner sees it (CLI ``nasca ceiling``, the dashboard). A service over the
+ledger's public port: one ``pool_snapshot`` of pool ``"app"`` at the app's calendar windows in
+the ledger's timezone, shaped by pure code shared by the sync and async twins.
+
+On ``Nasca`` they are one line each: ``ceiling_status = _ceiling.ceiling_status`` and
+``aceiling_status = _ceiling.aceiling_status`` (the ledger is their first argument). The
+ceiling in force is the live config's (``ConfigSnapshot.ceiling``: the constructor's
+``ceiling=``, overridden by ``set_ceiling``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from nasca_core._config import Tier
+from nasca_core._money import to_usd
+from nasca_core._types import count_store_errors
+from nasca_core._windows import WINDOWS, Window, WindowSet
+from nasca_core.stores import PoolKeys, PoolSnapshot
+from nasca_core.stores._pools import APP_POOL
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from nasca_core._ledger import Nasca
+
+
+class CeilingWindow(BaseModel):
+    """One window of the ceiling: ``spent`` is what calls were charged in it, ``held`` what
+    processes hold as chunks right now (admitted against, not yet spent), ``remaining`` what
+    is left for new chunks: ``limit - spent - held``, never below 0."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window: Window
+    window_id: str
+    limit: Decimal
+    spent: Decimal
+    held: Decimal
+    remaining: Decimal
+    resets_at: datetime
+
+    @property
+    def percent(self) -> float:
+        return float(self.spent / self.limit * 100) if self.limit else 100.0
+
+
+class CeilingStatus(BaseModel):
+    """The app-wide ceiling in force and what is left of it: one ``CeilingWindow`` per window
+    with a limit (None for a window the ceiling leaves unlimited)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    daily: CeilingWindow | None = None
+    weekly: CeilingWindow | None = None
+    monthly: CeilingWindow | None = None
+    warn_at: tuple[float, ...] = ()
+    at: datetime
+
+    @property
+    def windows(self) -> tuple[CeilingWindow, ...]:
+        return tuple(w for w in (self.daily, self.weekly, self.monthly) if w is not None)
+
+    @property
+    def remaining(self) -> Decimal | None:
+        """What the tightest window has left (None: no window has a limit)."""
+        return min((w.remaining for w in self.windows), default=None)
+
+    @property
+    def blocked(self) -> bool:
+        """Every call is blocked now: a window is spent to its limit."""
+        return any(w.spent >= w.limit for w in self.windows)
+
+
+def ceiling_keys(namespace: str, ws: WindowSet) -> PoolKeys:
+    return PoolKeys.build(namespace, APP_POOL, ws.ids)
+
+
+def shaped(tier: Tier, snap: PoolSnapshot, ws: WindowSet, tz: ZoneInfo, now: float) -> CeilingStatus:
+    """A ``CeilingStatus`` from the pool's snapshot (pure)."""
+    out: dict[str, CeilingWindow] = {}
+    for i, (window, limit) in enumerate(zip(WINDOWS, tier.limits_nanos(), strict=True)):
+        if limit is None:
+            continue
+        spent = snap.spent[i]
+        out[window] = CeilingWindow(window=window, window_id=ws.ids[i], limit=to_usd(limit),
+                                    spent=to_usd(spent), held=to_usd(snap.held),
+                                    remaining=to_usd(max(0, limit - spent - snap.held)),
+                                    resets_at=ws.end_datetime(i, tz))
+    return CeilingStatus(**out, warn_at=tier.warn_at, at=datetime.fromtimestamp(now, tz))
+
+
+def ceiling_status(ledger: Nasca) -> CeilingStatus | None:
+    """The app-wide ceiling's limit, spent, held, remaining and reset per window; None when no
+    ceiling is configured. Raises StoreError."""
+    if (tier := ledger.live.fresh().ceiling) is None:
+        return None
+    now = ledger.now()
+    ws = ledger.windows_at(now)
+    with count_store_errors(ledger.stats):
+        snap = ledger.store.sync.pool_snapshot(ceiling_keys(ledger.namespace, ws), int(now * 1000))
+    return shaped(tier, snap, ws, ledger.tz, now)
+
+
+async def aceiling_status(ledger: Nasca) -> CeilingStatus | None:
+    """Async twin of ceiling_status()."""
+    if (tier := (await ledger.live.afresh()).ceiling) is None:
+        return None
+    now = ledger.now()
+    ws = ledger.windows_at(now)
+    keys = ceiling_keys(ledger.namespace, ws)
+    with count_store_errors(ledger.stats):
+        snap = await ledger.store.for_loop().pool_snapshot(keys, int(now * 1000))
+    return shaped(tier, snap, ws, ledger.tz, now)
