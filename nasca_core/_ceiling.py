@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from nasca_core._config import Tier
+from nasca_core._live import CEILING
 from nasca_core._money import to_usd
 from nasca_core._types import count_store_errors
 from nasca_core._windows import WINDOWS, Window, WindowSet
@@ -28,12 +29,17 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from nasca_core._ledger import Nasca
+    from nasca_core._live import ConfigSnapshot
+
+
+CeilingSource = Literal["stored", "stored off", "this process's default"]
 
 
 class CeilingWindow(BaseModel):
     """One window of the ceiling: ``spent`` is what calls were charged in it, ``held`` what
-    processes hold as chunks right now (admitted against, not yet spent), ``remaining`` what
-    is left for new chunks: ``limit - spent - held``, never below 0."""
+    processes have taken as chunks and not yet spent (a chunk's hold shrinks as its calls'
+    costs are charged, so nothing counts twice), ``remaining`` what is left for new chunks:
+    ``limit - spent - held``, never below 0."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -60,6 +66,9 @@ class CeilingStatus(BaseModel):
     weekly: CeilingWindow | None = None
     monthly: CeilingWindow | None = None
     warn_at: tuple[float, ...] = ()
+    # "stored": set_ceiling()/`nasca ceiling set` for every process; "this process's default":
+    # nothing stored, the ceiling= of the process asking (others may have another in code).
+    source: CeilingSource = "this process's default"
     at: datetime
 
     @property
@@ -81,7 +90,15 @@ def ceiling_keys(namespace: str, ws: WindowSet) -> PoolKeys:
     return PoolKeys.build(namespace, APP_POOL, ws.ids)
 
 
-def shaped(tier: Tier, snap: PoolSnapshot, ws: WindowSet, tz: ZoneInfo, now: float) -> CeilingStatus:
+def ceiling_source(config: ConfigSnapshot) -> CeilingSource:
+    """Where the ceiling in force comes from (pure): the store, or this process's ``ceiling=``."""
+    if CEILING[1] not in config.stored.sections.get(CEILING[0], {}):
+        return "this process's default"
+    return "stored off" if config.ceiling is None else "stored"
+
+
+def shaped(tier: Tier, snap: PoolSnapshot, ws: WindowSet, tz: ZoneInfo, now: float,
+           source: CeilingSource = "this process's default") -> CeilingStatus:
     """A ``CeilingStatus`` from the pool's snapshot (pure)."""
     out: dict[str, CeilingWindow] = {}
     for i, (window, limit) in enumerate(zip(WINDOWS, tier.limits_nanos(), strict=True)):
@@ -92,28 +109,28 @@ def shaped(tier: Tier, snap: PoolSnapshot, ws: WindowSet, tz: ZoneInfo, now: flo
                                     spent=to_usd(spent), held=to_usd(snap.held),
                                     remaining=to_usd(max(0, limit - spent - snap.held)),
                                     resets_at=ws.end_datetime(i, tz))
-    return CeilingStatus(**out, warn_at=tier.warn_at, at=datetime.fromtimestamp(now, tz))
+    return CeilingStatus(**out, warn_at=tier.warn_at, source=source, at=datetime.fromtimestamp(now, tz))
 
 
 def ceiling_status(ledger: Nasca) -> CeilingStatus | None:
     """The app-wide ceiling's limit, spent, held, remaining and reset per window; None when no
     ceiling is configured. Raises StoreError."""
-    if (tier := ledger.live.fresh().ceiling) is None:
+    if (tier := (config := ledger.live.fresh()).ceiling) is None:
         return None
     now = ledger.now()
     ws = ledger.windows_at(now)
     with count_store_errors(ledger.stats):
         snap = ledger.store.sync.pool_snapshot(ceiling_keys(ledger.namespace, ws), int(now * 1000))
-    return shaped(tier, snap, ws, ledger.tz, now)
+    return shaped(tier, snap, ws, ledger.tz, now, ceiling_source(config))
 
 
 async def aceiling_status(ledger: Nasca) -> CeilingStatus | None:
     """Async twin of ceiling_status()."""
-    if (tier := (await ledger.live.afresh()).ceiling) is None:
+    if (tier := (config := await ledger.live.afresh()).ceiling) is None:
         return None
     now = ledger.now()
     ws = ledger.windows_at(now)
     keys = ceiling_keys(ledger.namespace, ws)
     with count_store_errors(ledger.stats):
         snap = await ledger.store.for_loop().pool_snapshot(keys, int(now * 1000))
-    return shaped(tier, snap, ws, ledger.tz, now)
+    return shaped(tier, snap, ws, ledger.tz, now, ceiling_source(config))

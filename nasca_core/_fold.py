@@ -97,8 +97,10 @@ class Sends:
 def _key(op: SettleOp, foldable: Collection[str]) -> tuple[object, ...] | None:
     if not op.lease or op.hold_id not in foldable or isinstance(op, Fold):
         return None
-    # Equal pools too: a fold charges each pool its settles drew from, and only those.
-    return (op.lease, op.keys, op.tier, op.tiers_json, op.tier_compiled, op.reserved_ms, op.pools)
+    # Equal pools and chunks too: a fold charges each pool its settles drew from, and only
+    # those, and takes its cost off the one chunk they were drawn on.
+    return (op.lease, op.keys, op.tier, op.tiers_json, op.tier_compiled, op.reserved_ms, op.pools,
+            op.chunks)
 
 
 def plan(ops: Sequence[SettleOp], foldable: Collection[str]) -> list[Send]:

@@ -68,6 +68,8 @@ def encode(op: SettleOp) -> str:
         "l": op.lease}
     if op.pools:  # the pools the call drew from: a replay charges each once (``SettleOp.pools``)
         fields["p"] = [[p.pool, p.holds, p.held, p.settled, p.day, p.week, p.month] for p in op.pools]
+        if op.chunks:  # the chunk each was drawn on: a replay lowers its hold (once, as it charges)
+            fields["pc"] = list(op.chunks)
     if isinstance(op, Fold):
         return _JSON.encode({"f": {**fields, "of": op.of}}) + "\n"
     return _JSON.encode({"s": fields}) + "\n"
@@ -82,7 +84,8 @@ def decode(d: dict[str, Any]) -> SettleOp:
                     input_tokens=int(d["ti"]), output_tokens=int(d["to"]),
                     reserved_ms=int(d.get("rt", 0)), calls=int(d.get("n", 1)), lease=str(d.get("l", "")),
                     of=tuple(str(h) for h in d.get("of", ())),  # a fold's line: the ids the store marks
-                    pools=tuple(PoolKeys(*(str(k) for k in p)) for p in d.get("p", ())))
+                    pools=tuple(PoolKeys(*(str(k) for k in p)) for p in d.get("p", ())),
+                    chunks=tuple(str(c) for c in d.get("pc", ())))
 
 
 def pending_in(lines: Iterator[str]) -> list[SettleOp]:

@@ -272,7 +272,7 @@ class Nasca:
     async def _areserve(self, amount: int, user_id: str, tier_name: str, strict: bool | None, ceil: int = 0,
                         account: Account | None = None, degrade: Degrade | None = None) -> Reservation:
         if (leased := await self.leases.aadmit(amount, user_id, tier_name, strict, ceil, account or degrade)):
-            config = await self.live.acurrent()
+            config = self.live.cached() or await self.pools.aconfig(leased)  # a cancelled load releases it
             return leased if config.ceiling is None else await self.pools.aadmitted(leased)
         wait, stale = busy_wait_for(self.busy_wait), 0
         while True:
@@ -370,7 +370,7 @@ class Nasca:
                       snap.compiled.get(reservation.tier, _NO_TIER), ws.ttls_from(now),
                       now_ms + _SETTLED_MARKER_MS, tokens[0], tokens[1], reservation.reserved_ms)
         if snap.ceiling is not None or self.pools.draws:  # the call's cost counts on the ceiling too
-            op.pools = self.pools.charged(op)
+            op.pools, op.chunks = self.pools.charged(op, reservation.pool)
         return self.leases.settle_of(op) if self.leases.calls else op  # under a lease?
 
     flush = flush_deferred = to_pools(Pools.flush)  # ends leases and chunks; returns how many settles landed

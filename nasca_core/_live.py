@@ -27,6 +27,11 @@ log = logging.getLogger("nasca")
 
 StoreErrorPolicy = Literal["allow", "block"]
 
+# The ceiling in force when the stored one can't be read (a newer version wrote it) and this
+# process has neither read a good one nor been given ``ceiling=``: calls fail closed, every take
+# of it raising ConfigurationError (``_pools``), never run with no ceiling at all.
+UNREADABLE_CEILING = Tier(daily="0.000000001")  # compared by identity; one nano: refuses all if used
+
 
 @dataclass(frozen=True)
 class ConfigSnapshot:
@@ -78,6 +83,9 @@ class LiveConfig:
         self._unknown_model = unknown_model
         self._on_store_error = on_store_error
         self._snapshot: ConfigSnapshot | None = None
+        self._shadow_told = False
+        self._last_ceiling: tuple[Tier | None] | None = None  # the last stored ceiling read well
+        self._unreadable_told: str | None = None  # the unreadable text last logged (once each)
         self._lock = threading.Lock()
         # Validate prices, aliases and policy now, not on the first call; and the fallback models.
         check_fallback_prices(self.base_tiers, self._pricer({}), log)
@@ -97,6 +105,10 @@ class LiveConfig:
                     except StoreError:
                         snap = self._unreachable()
         return snap
+
+    def cached(self) -> ConfigSnapshot | None:
+        """The cached snapshot, None when the next read loads it (no I/O here)."""
+        return self._snapshot
 
     async def acurrent(self) -> ConfigSnapshot:
         """Async twin of current()."""
@@ -164,14 +176,18 @@ class LiveConfig:
             check_fallback_prices({name: tier}, (await self.acurrent()).pricer, log)
         await self.asave("tier", name, payload)
 
-    def set_ceiling(self, tier: Tier | None) -> None:
-        """Set the app-wide ceiling for every process sharing the store (None: no ceiling). A
-        process sees it when its chunk of the old one ends (``_pools``: within ``LEASE_S``).
-        Raises ConfigurationError for a Tier a ceiling can't be, StoreError."""
+    def set_ceiling(self, tier: Tier | Literal["default"] | None) -> None:
+        """Set the app-wide ceiling for every process sharing the store (None: no ceiling, even
+        where ``ceiling=`` sets one; ``"default"``: remove the stored value, each process's
+        ``ceiling=`` stands again). A process sees it when its chunk of the old one ends
+        (``_pools``: within ``LEASE_S``). Raises ConfigurationError for a Tier a ceiling can't
+        be, StoreError."""
+        self._shadow_told = True  # this process chose it: no warning that it shadows ceiling=
         self.save(*CEILING, self.ceiling_payload(tier))
 
-    async def aset_ceiling(self, tier: Tier | None) -> None:
+    async def aset_ceiling(self, tier: Tier | Literal["default"] | None) -> None:
         """Async twin of set_ceiling()."""
+        self._shadow_told = True
         await self.asave(*CEILING, self.ceiling_payload(tier))
 
     def set_price(self, model: str, price: ModelPrice | Mapping[str, Any] | None) -> None:
@@ -195,8 +211,10 @@ class LiveConfig:
         return tier.model_dump_json()
 
     @staticmethod
-    def ceiling_payload(tier: Tier | None) -> str:
-        """What set_ceiling() stores. Raises ConfigurationError."""
+    def ceiling_payload(tier: Tier | Literal["default"] | None) -> str | None:
+        """What set_ceiling() stores (None: delete). Raises ConfigurationError."""
+        if tier == "default":
+            return None
         checked = check_ceiling(tier)
         return _NO_CEILING if checked is None else checked.model_dump_json()
 
@@ -250,6 +268,12 @@ class LiveConfig:
             ceiling=(ceiling := self._ceiling(stored)),
             ceiling_limits=pool_limits(ceiling),
         )
+        if self.base_ceiling is not None and CEILING[1] in stored.sections.get(CEILING[0], {}) \
+                and not self._shadow_told:  # the owner's ceiling= is silently not the one in force
+            self._shadow_told = True
+            log.warning("nasca: the ceiling stored with set_ceiling()/`nasca ceiling` (%s) overrides "
+                        "this process's ceiling=; `nasca ceiling unset` or set_ceiling(\"default\") "
+                        "removes it", ceiling.model_dump_json(exclude_defaults=True) if ceiling else "off")
         self._snapshot = snap
         return snap
 
@@ -258,10 +282,18 @@ class LiveConfig:
         if text is None:
             return self.base_ceiling
         try:
-            return None if text == _NO_CEILING else check_ceiling(Tier.model_validate_json(text))
-        except Exception:  # written by another version: the constructor's stands
-            log.exception("nasca: ignoring an unreadable stored ceiling")
-            return self.base_ceiling
+            got = None if text == _NO_CEILING else check_ceiling(Tier.model_validate_json(text))
+        except Exception:  # written by another version: never no ceiling at all (fail closed)
+            kept = self._last_ceiling[0] if self._last_ceiling is not None else self.base_ceiling
+            if self._unreadable_told != text:
+                self._unreadable_told = text
+                log.exception("nasca: the stored ceiling can't be read (written by a newer version?); "
+                              "%s", "the last one read stands" if self._last_ceiling is not None else
+                              "this process's ceiling= stands" if kept is not None else
+                              "calls are refused until it is set again or this process is upgraded")
+            return UNREADABLE_CEILING if self._last_ceiling is None and kept is None else kept
+        self._last_ceiling = (got,)
+        return got
 
     def _pricer(self, stored: Mapping[str, str]) -> Pricer:
         live: dict[str, Any] = dict(self._prices)

@@ -52,21 +52,10 @@ def ceiling_block(ledger: Nasca, user_id: str, tier: str, op: PoolTakeOp | None,
 
 def unchecked(ledger: Nasca, reservation: Reservation, exc: StoreError) -> Reservation:
     """A take the store could not answer: under "allow" the call runs unchecked (its settle
-    still charges the pool when it lands), under "block" its hold is released, ``exc`` raised."""
+    still charges the pool when it lands), under "block" ``exc`` is raised (the caller releases it)."""
     ledger.stats.store_errors += 1
     if ledger.on_store_error == "block":
-        ledger.release(reservation)
-        raise exc
-    log.warning("nasca: store unreachable, the ceiling is not checked (on_store_error='allow'): %s", exc)
-    return reservation
-
-
-async def aunchecked(ledger: Nasca, reservation: Reservation, exc: StoreError) -> Reservation:
-    """Async twin of unchecked()."""
-    ledger.stats.store_errors += 1
-    if ledger.on_store_error == "block":
-        await ledger.arelease(reservation)
-        raise exc
+        raise exc  # the caller releases the call
     log.warning("nasca: store unreachable, the ceiling is not checked (on_store_error='allow'): %s", exc)
     return reservation
 

@@ -9,20 +9,24 @@ call's settle charges its cost to the pool (``SettleOp.pools``, once per hold id
 its draw back; a chunk ends ``LEASE_S`` after it was taken, at the end of its day, when the
 config version moves, or when a call does not fit; its hold is dropped (``pool_release``)
 once nothing drawn on it is outstanding: on the background sender's thread one round after
-(the calls' queued settles land first), else at the next admission here, at ``flush()`` and
-``close()``. A forked child has none. Uses only the ledger's public port.
+(the calls' queued settles land first), else on a timer's thread (an idle process keeps no
+hold), at ``flush()`` and ``close()``. A forked child has none. Uses only the ledger's public port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from nasca_core._errors import NascaCeilingError, StoreError
-from nasca_core._pool_book import Chunk, aunchecked, ceiling_block, sooner, unchecked
+from nasca_core._errors import ConfigurationError, NascaCeilingError, StoreError
+from nasca_core._live import UNREADABLE_CEILING
+from nasca_core._pool_admit import aadmitted, aconfig, admitted, prefetch
+from nasca_core._pool_book import Chunk, ceiling_block, sooner
+from nasca_core._pool_marks import CeilingMarks
 from nasca_core._pool_policy import chunk_ends, chunk_expiry, chunk_size, fits, room_of
 from nasca_core._types import Charge, PoolDraw, Reservation, next_hold_id
 from nasca_core.stores._pools import APP_POOL, PoolKeys, PoolTakeOp, PoolTakeResult
@@ -35,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nasca")
 
-_TAKES = 3  # a take alone whose chunk other threads drew first is tried again, this many times in all
 # A take whose reply never came (a StoreError or a cancellation after the store may have applied
 # it) is released this long after it was sent: far past any reply, so no chunk is used unheld.
 LOST_TAKE_MS = 60_000
@@ -56,6 +59,8 @@ class Pools:
         self._room: dict[str, int | None] = {}  # pool id -> the room its last take's reply left
         self._due: list[Chunk] = []  # ended with nothing outstanding: released a sender round on
         self._ready: list[Chunk] = []  # ... now (the calls' settles queued before have landed)
+        self._timer: threading.Timer | None = None  # with no sender's thread: ends the live chunk
+        self._soon = False  # ... and a timer is due to drop the holds of those ended
         self._keys: tuple[tuple[str, str, str], PoolKeys] | None = None  # the windows' keys, cached
         # Takes sent, no reply yet: lease id -> (op, ``_dropped`` then); refused ones -> that count.
         self._sent: dict[str, tuple[PoolTakeOp, int]] = {}
@@ -75,7 +80,12 @@ class Pools:
         before = ledger.deferred.on_idle  # the leases' reaper: both run on the sender's thread
         ledger.deferred.on_idle = lambda monotonic: sooner(before(monotonic) if before else None,
                                                             self.reap(monotonic))
+        self.marks = CeilingMarks(ledger)  # warnings at this process's own charges (``_pool_marks``)
         _all.add(self)
+
+    @property
+    def ledger(self) -> Nasca:
+        return self._ledger
 
     # -- admission -------------------------------------------------------------------------
     def take_for(self, snap: ConfigSnapshot, estimate: int) -> PoolTakeOp | None:
@@ -88,8 +98,8 @@ class Pools:
             if chunk is not None:
                 if self._usable(chunk, snap, now_ms) and fits(chunk.size, chunk.out, chunk.used, estimate):
                     return None
-                self._retire(chunk)
-        return self._take_op(snap, estimate, now)
+                self._retire(chunk, soon=False)
+        return self.take_op(snap, estimate, now)
 
     def took(self, snap: ConfigSnapshot, op: PoolTakeOp, result: PoolTakeResult | None) -> bool:
         """A take's reply: the chunk granted becomes the live one; False when the pool granted
@@ -99,6 +109,7 @@ class Pools:
         if result is None:  # the store answered before the take (a stale config): nothing taken
             return True
         self._ledger.thresholds.ceiling_seen(op, result, snap.ceiling.warn_at if snap.ceiling else ())
+        self.marks.watch(op, result, snap.ceiling.warn_at if snap.ceiling else ())
         self._room[op.keys.pool] = room_of(op.limits, result.spent, result.held)
         if result.granted <= 0:
             with self._lock:
@@ -119,61 +130,12 @@ class Pools:
         self._ledger.stats.pool_takes += 1
         if (sender := self._ledger.deferred.sender) is not None:
             sender.wake()  # its thread ends the chunk at ``until_ms`` (``reap``)
+        else:  # none: a timer ends it, so an idle process keeps no hold until it lapses
+            self._later((chunk.until_ms - op.now_ms) / 1000, chunk)
         return True
 
-    def admitted(self, reservation: Reservation) -> Reservation:
-        """An admitted call, drawn on the live chunk, or on a chunk taken alone (a call under a
-        budget lease, or another thread drew the chunk first). Raises NascaCeilingError (the
-        call's hold released), StoreError under on_store_error="block"."""
-        self._land_due()
-        snap = self._ledger.live.current()
-        if (got := self._draw(snap, reservation)) is not None:
-            return got
-        result: PoolTakeResult | None = None
-        op: PoolTakeOp | None = None
-        for _ in range(_TAKES):
-            try:  # a take alone is not checked against the config version: read it first
-                if (snap := self._ledger.live.fresh()).ceiling is None:
-                    return reservation  # the ceiling was lifted in another process
-                if op is not None and (got := self._draw(snap, reservation)) is not None:
-                    return got  # a chunk another thread here took since
-                op = self._take_op(snap, reservation.estimate_nanos, self._ledger.now())
-                result = self._ledger.store.sync.pool_take(op)
-            except StoreError as exc:
-                return unchecked(self._ledger, reservation, exc)
-            if self.took(snap, op, result):
-                if (got := self._draw(snap, reservation)) is not None:
-                    return got
-            elif not self.retry(snap, op):
-                break
-        self._ledger.release(reservation)
-        raise self.blocked(reservation.user_id, reservation.tier, op, result)
-
-    async def aadmitted(self, reservation: Reservation) -> Reservation:
-        """Async twin of admitted()."""
-        await self._aland_due()
-        snap = await self._ledger.live.acurrent()
-        if (got := self._draw(snap, reservation)) is not None:
-            return got
-        result: PoolTakeResult | None = None
-        op: PoolTakeOp | None = None
-        for _ in range(_TAKES):
-            try:
-                if (snap := await self._ledger.live.afresh()).ceiling is None:
-                    return reservation
-                if op is not None and (got := self._draw(snap, reservation)) is not None:
-                    return got
-                op = self._take_op(snap, reservation.estimate_nanos, self._ledger.now())
-                result = await self._ledger.store.for_loop().pool_take(op)
-            except StoreError as exc:
-                return await aunchecked(self._ledger, reservation, exc)
-            if self.took(snap, op, result):
-                if (got := self._draw(snap, reservation)) is not None:
-                    return got
-            elif not await self.aretry(snap, op):
-                break
-        await self._ledger.arelease(reservation)
-        raise self.blocked(reservation.user_id, reservation.tier, op, result)
+    # Drawn on a chunk (``_pool_admit``); a block, error or cancellation releases the call first.
+    admitted, aadmitted, aconfig = admitted, aadmitted, aconfig
 
     def blocked(self, user_id: str, tier: str, op: PoolTakeOp | None,
                 result: PoolTakeResult | None) -> NascaCeilingError:
@@ -197,7 +159,8 @@ class Pools:
 
     async def aretry(self, snap: ConfigSnapshot, take: PoolTakeOp | None = None) -> bool:
         """Async twin of retry()."""
-        if self._reaped(take):
+        await self._areap_done()
+        if self._reaped(take, wait=False):
             return True
         if (self._queued or self._due or self._ready) and self._ledger.deferred:
             await self._ledger.deferred.aflush()
@@ -208,7 +171,7 @@ class Pools:
         except StoreError:
             return False
 
-    def _reaped(self, take: PoolTakeOp | None) -> bool:
+    def _reaped(self, take: PoolTakeOp | None, wait: bool = True) -> bool:
         # True when a hold of this process's was dropped since ``take`` was sent (the sender's
         # thread may be dropping one now: waited for), so the room it freed is there to take;
         # or another thread here (the sender's prefetch) has since put a chunk the call fits live.
@@ -221,14 +184,26 @@ class Pools:
                 if chunk is not None and now_ms < chunk.until_ms and fits(chunk.size, chunk.out, chunk.used,
                                                                           take.least):
                     return True
+        if wait:
+            with self._reaping:
+                return self._dropped != before
+        return self._dropped != before
+
+    async def _areap_done(self) -> None:
+        # The sender's thread holds ``_reaping`` across store calls: waited for off the loop (a
+        # cancelled wait leaves the thread to finish by itself; it takes nothing).
+        if self._reaping.locked():
+            await asyncio.to_thread(self._reap_done)
+
+    def _reap_done(self) -> None:
         with self._reaping:
-            return self._dropped != before
+            pass
 
     # -- the end of a call -----------------------------------------------------------------
-    def charged(self, op: SettleOp) -> tuple[PoolKeys, ...]:
+    def charged(self, op: SettleOp, draw: PoolDraw | None) -> tuple[tuple[PoolKeys, ...], tuple[str, ...]]:
         """A call's settle: the pools its cost is charged to (the ceiling's windows where the
-        call ended)."""
-        return (self.keys(self._ledger.windows_at(op.now_ms / 1000)),)
+        call ended) and the chunk it was drawn on (``draw``: its hold lowered by the cost)."""
+        return (self.keys(self._ledger.windows_at(op.now_ms / 1000)),), (draw.chunk if draw else "",)
 
     def landed(self, hold_id: str, cost: int, charge: Charge | None = None) -> None:
         """A call's settle returned (``charge``; None: it raised): its draw given back, its cost
@@ -242,6 +217,8 @@ class Pools:
                 chunk = draw[0]
                 chunk.out -= draw[1]
                 chunk.used += cost
+                if self.marks.charged(cost) and (sender := self._ledger.deferred.sender) is not None:
+                    sender.wake()  # a mark crossed here: its round reads the pool (``_pool_marks``)
                 if charge is not None and (charge.pending or charge.deferred) and \
                         hold_id not in self._early:
                     self._queued[hold_id] = chunk  # ``n`` counts it until it lands
@@ -285,12 +262,14 @@ class Pools:
     def reap(self, _monotonic: float = 0.0) -> float | None:
         """``DeferredSettles.on_idle``, on the sender's thread (after its flush): end chunks past
         their ``until_ms``, drop the holds of those ended a round ago; the seconds to the next."""
+        if self.marks.due:
+            self.marks.check()
         if not (self._chunks or self._next or self._sent):
             return None  # no ceiling, or nothing taken yet: nothing to do on the sender's rounds
         now_ms = int(self._ledger.now() * 1000)
         with self._reaping:  # close() waits for it: no chunk is taken or kept past a flush
             if self._next:
-                self._prefetch()
+                prefetch(self)
             with self._lock:
                 for chunk in [c for c in self._live.values() if c.until_ms <= now_ms]:
                     self._retire(chunk)
@@ -308,42 +287,35 @@ class Pools:
             return 0.01  # the next round releases them, after one more flush
         return None if after is None else max(0.0, (after - now_ms) / 1000)
 
-    def _prefetch(self) -> None:
-        # On the sender's thread: the chunk that follows one past half used, so the callers'
-        # next calls find it here (no take on their path). A refusal changes nothing: near the
-        # limit the caller's own take decides, and blocks.
+    def wanted(self) -> dict[str, int]:
+        """The chunks the sender's thread is asked to take next (``prefetch``): pool id -> estimate."""
         with self._lock:
             wanted, self._next = self._next, {}
-        for estimate in wanted.values():
-            try:
-                snap = self._ledger.live.fresh()  # a take is not checked against the config version
-                if snap.ceiling is None:
-                    continue
-                op = self._take_op(snap, estimate, self._ledger.now())
-                result = self._ledger.store.sync.pool_take(op)
-            except StoreError:  # a take sent may have landed: released as lost (``_lost``)
-                self._ledger.stats.store_errors += 1
-                continue
-            self.took(snap, op, result)
+        return wanted
 
     def flush(self) -> int:
         """``Nasca.flush()``: end the leases and every chunk, land the queued settles (how many
         landed), then drop the chunks' holds: a serverless request ending with it leaves none."""
         landed = self._ledger.leases.flush()
         self.close()
+        self.marks.check()
         return landed
 
     async def aflush(self) -> int:
         """Async twin of flush()."""
         landed = await self._ledger.leases.aflush()
-        with self._reaping:  # what the sender's thread is taking or dropping ends first (a store call)
+        await self._areap_done()  # what the sender's thread is taking or dropping ends first
+        with self._lock:
             self._next.clear()
         await self._arelease(self._ending())
+        await self.marks.acheck()
         return landed
 
     def close(self) -> None:
         """End every chunk; those with nothing outstanding have their holds dropped now (and
         any the sender's thread is dropping, before this returns)."""
+        if (timer := self._timer) is not None:
+            timer.cancel()
         with self._reaping:
             self._next.clear()
             self._release(self._ending())
@@ -355,7 +327,10 @@ class Pools:
         return self._releasable()
 
     # -- internals -------------------------------------------------------------------------
-    def _take_op(self, snap: ConfigSnapshot, estimate: int, now: float) -> PoolTakeOp:
+    def take_op(self, snap: ConfigSnapshot, estimate: int, now: float) -> PoolTakeOp:
+        if snap.ceiling is UNREADABLE_CEILING:
+            raise ConfigurationError("the stored ceiling can't be read by this version of nasca (written "
+                                     "by a newer one?): calls are refused; upgrade, or set the ceiling again")
         ws = self._ledger.windows_at(now)
         keys, now_ms = self.keys(ws), int(now * 1000)
         want, least = chunk_size(estimate, self._room.get(keys.pool))
@@ -365,7 +340,7 @@ class Pools:
             self._sent[op.lease_id] = (op, self._dropped)
         return op
 
-    def _draw(self, snap: ConfigSnapshot, reservation: Reservation) -> Reservation | None:
+    def draw(self, snap: ConfigSnapshot, reservation: Reservation) -> Reservation | None:
         now_ms = int(self._ledger.now() * 1000)
         amount = reservation.estimate_nanos
         with self._lock:
@@ -389,11 +364,11 @@ class Pools:
         return Reservation(r.user_id, r.tier, r.hold_id, amount, r.keys, r.degraded, r.room, r.warning,
                            r.reserved_ms, r.anchor, PoolDraw(APP_POOL, chunk.id, amount))
 
-    def _land_due(self) -> None:
+    def land_due(self) -> None:
         if self._due and self._ledger.deferred.sender is None:  # no sender's thread to do it
             self._release(self._releasable())
 
-    async def _aland_due(self) -> None:
+    async def aland_due(self) -> None:
         if self._due and self._ledger.deferred.sender is None:
             await self._arelease(self._releasable())
 
@@ -415,12 +390,17 @@ class Pools:
             except StoreError as exc:
                 self._kept(chunks[i:], exc)
                 return i > 0
+            except BaseException:  # cancelled: the rest are dropped later (this one may be: a no-op)
+                self._kept(chunks[i:], None)
+                raise
             self._dropped += 1
         return bool(chunks)
 
-    def _kept(self, chunks: list[Chunk], exc: StoreError) -> None:
-        self._ledger.stats.store_errors += 1
-        log.warning("nasca: a ceiling chunk's hold could not be dropped; retried, else it expires: %s", exc)
+    def _kept(self, chunks: list[Chunk], exc: StoreError | None) -> None:
+        if exc is not None:
+            self._ledger.stats.store_errors += 1
+            log.warning("nasca: a ceiling chunk's hold could not be dropped; retried, else it expires: %s",
+                        exc)
         with self._lock:
             for chunk in chunks:
                 self._chunks[chunk.id] = chunk
@@ -437,16 +417,40 @@ class Pools:
     def _usable(self, chunk: Chunk, snap: ConfigSnapshot, now_ms: int) -> bool:
         return not chunk.retired and now_ms < chunk.until_ms and chunk.version == snap.version
 
-    def _retire(self, chunk: Chunk) -> None:
+    def _retire(self, chunk: Chunk, soon: bool = True) -> None:
         chunk.retired = True
         if self._live.get(chunk.keys.pool) is chunk:
             del self._live[chunk.keys.pool]
         if chunk.n == 0:
-            self._ended(chunk)
+            self._ended(chunk, soon)
 
-    def _ended(self, chunk: Chunk) -> None:
+    def _ended(self, chunk: Chunk, soon: bool = True) -> None:
+        # Not ``soon``: the reserve that ended it is admitted next, and drops it (``land_due``).
         if chunk.id in self._chunks and chunk not in self._due:
             self._due.append(chunk)
+            if soon and self._ledger.deferred.sender is None and not self._soon:
+                self._soon = True  # its hold dropped off the caller's path, once for all those due
+                self._later(0.0)
+
+    def _later(self, delay: float, chunk: Chunk | None = None) -> None:
+        # With no sender's thread: a timer's thread ends ``chunk`` after ``delay`` (the last
+        # call drawn on it ends it then, ``_ended``), and drops the holds of the chunks due.
+        timer = threading.Timer(max(0.0, delay), self._timed, (chunk,))
+        timer.daemon = True
+        if chunk is not None:
+            old, self._timer = self._timer, timer
+            if old is not None:
+                old.cancel()  # its chunk was retired by the take that started this one
+        timer.start()
+
+    def _timed(self, chunk: Chunk | None) -> None:
+        with self._lock:
+            self._soon = False
+            if chunk is not None and not chunk.retired:
+                self._retire(chunk)  # with none drawn on it, dropped below; else by its last call's end
+        if self._due:
+            with self._reaping:
+                self._release(self._releasable())
 
     def _lost(self, now_ms: int) -> None:
         # Takes with no reply for LOST_TAKE_MS: released like an ended chunk (a no-op if the
@@ -476,6 +480,7 @@ class Pools:
 
     def _forked(self) -> None:
         self._lock, self._reaping = threading.Lock(), threading.Lock()
+        self._timer, self._soon = None, False
         for book in (self._live, self._chunks, self.draws, self._room, self._sent, self._next, self._refused,
                      self._queued, self._early):
             book.clear()

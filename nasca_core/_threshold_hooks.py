@@ -151,7 +151,7 @@ class Thresholds:
         answers by dropping its own ended chunks and taking again is no block). Queues a
         ``scope="ceiling"`` event for each mark of ``warn_at`` the reply's settled ``spent`` has
         reached under ``op.limits``, and for the hit (``fraction=1.0``, ``result.window`` the
-        window) when ``blocked``. Each fires once per window id and fraction across processes
+        window) when ``blocked``. Each fires once per window id, fraction and limit across processes
         (``claim_marker`` on the pool's slot), to the ``on_threshold`` hooks and the owner's
         webhook, on the worker thread. O(1), no I/O, never raises."""
         try:
@@ -159,12 +159,12 @@ class Thresholds:
             windows = (keys.day, keys.week, keys.month)
             if blocked and result.granted == 0 and 1 <= result.window <= 3:
                 i = result.window - 1
-                self._enqueue(f"{windows[i]}:warn:1.0", i, 1.0, op.ttls_ms[i], op.lease_id, spent[i],
-                              op.limits[i], op.now_ms, "", "", "ceiling")
-            if warn_at:
+                self._enqueue(f"{windows[i]}:warn:1.0@{op.limits[i]}", i, 1.0, op.ttls_ms[i], op.lease_id,
+                              spent[i], op.limits[i], op.now_ms, "", "", "ceiling")
+            if warn_at:  # the limit is in the key: a ceiling the owner raises warns (and hits) anew
                 for i, f, _ in reached_marks(op.limits, spent, warn_at):
-                    self._enqueue(f"{windows[i]}:warn:{f}", i, f, op.ttls_ms[i], op.lease_id, spent[i],
-                                  op.limits[i], op.now_ms, "", "", "ceiling")
+                    self._enqueue(f"{windows[i]}:warn:{f}@{op.limits[i]}", i, f, op.ttls_ms[i], op.lease_id,
+                                  spent[i], op.limits[i], op.now_ms, "", "", "ceiling")
         except Exception:  # a warning must never fail the call it rides on
             log.exception("nasca: a ceiling threshold could not be queued")
 

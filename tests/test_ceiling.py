@@ -26,6 +26,8 @@ serve, make_remote = _remote.serve, _remote.make_remote  # fixtures
 MICRO = 1_000_000  # $0.001 in nanos
 TIERS = {"free": Tier(daily=1, monthly=5, max_in_flight=None)}
 MSG = [{"role": "user", "content": "How many tokens is this question?"}]
+# Stores with the background sender (memory:// has none by default: no budget leases, no reaper).
+SENDER_BACKENDS = ["sqlite", "redis", "cluster"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,6 @@ def test_no_ceiling_no_pool_and_no_extra_store_call(make_nasca):
     c = make_nasca(tiers=TIERS, leases=False, ceiling=Tier(daily=10), namespace=n.namespace + "c")
     counts: dict[str, dict[str, int]] = {}
     inside = threading.local()
-    inside.depth = 0
     for ledger in (n, c):
         seen = counts[ledger.namespace] = {}
         store = ledger.store.sync
@@ -131,13 +132,15 @@ def test_no_ceiling_no_pool_and_no_extra_store_call(make_nasca):
             def spy(*args: Any, _real: Any = real, _name: str = name, _seen: dict[str, int] = seen,
                     _ns: str = ledger.namespace + ":") -> Any:
                 keys = getattr(args[0], "keys", args[0])  # named memory stores are shared: this ledger's
-                if getattr(keys, "holds", "").startswith(_ns) and not inside.depth:
+                depth = getattr(inside, "depth", 0)  # per thread: the sender's and timers' too
+                caller = threading.current_thread() is threading.main_thread()  # the callers' path only
+                if getattr(keys, "holds", "").startswith(_ns) and not depth and caller:
                     _seen[_name] = _seen.get(_name, 0) + 1
-                inside.depth += 1  # a store's own call of its method (SQLite's pooled reserve) is not one
+                inside.depth = depth + 1  # a store's own call of its method (SQLite's pooled reserve): none
                 try:
                     return _real(*args)
                 finally:
-                    inside.depth -= 1
+                    inside.depth = depth
 
             setattr(store, name, spy)
         for i in range(40):
@@ -292,9 +295,8 @@ def test_a_tier_a_ceiling_cannot_be_is_refused(make_nasca, tier):
     assert n.live.fresh().ceiling is None  # nothing stored
 
 
-def test_calls_under_a_budget_lease_take_chunks_alone_once_per_chunk(make_nasca, backend):
-    if backend == "memory":
-        pytest.skip("no background sender on memory://: no budget leases by default")
+@pytest.mark.parametrize("backend", SENDER_BACKENDS, indirect=True)
+def test_calls_under_a_budget_lease_take_chunks_alone_once_per_chunk(make_nasca):
     n = make_nasca(tiers=TIERS, ceiling=Tier(daily="0.5"))
     takes: list[str] = []
     real = n.store.sync.pool_take
@@ -318,12 +320,11 @@ def test_calls_under_a_budget_lease_take_chunks_alone_once_per_chunk(make_nasca,
     assert admitted == 300 and pool(n).spent[0] == 300 * MICRO and pool(n).held == 0
 
 
+@pytest.mark.parametrize("backend", SENDER_BACKENDS, indirect=True)
 @pytest.mark.parametrize("policy", ["block", "allow"])
-def test_a_chunk_the_store_cannot_give_follows_on_store_error(make_nasca, backend, policy):
+def test_a_chunk_the_store_cannot_give_follows_on_store_error(make_nasca, policy):
     from nasca_core import StoreError
 
-    if backend == "memory":
-        pytest.skip("the take alone follows a budget lease: stores with the background sender")
     n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1), on_store_error=policy)
     for _ in range(20):
         spend(n, "solo")  # the user's lease taken, its calls drawn on the chunk
@@ -371,9 +372,8 @@ def test_the_ceiling_from_the_environment(monkeypatch):
         Nasca.from_env(default_tier="free")
 
 
-def test_an_idle_chunk_is_released_by_the_sender_s_thread(make_nasca, backend, clock):
-    if backend == "memory":
-        pytest.skip("no background sender on memory://: a chunk there ends at the next admission")
+@pytest.mark.parametrize("backend", SENDER_BACKENDS, indirect=True)
+def test_an_idle_chunk_is_released_by_the_sender_s_thread(make_nasca, clock):
     n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1))
     assert spend(n, "u") and spend(n, "v")
     time.sleep(0.05)
@@ -386,11 +386,11 @@ def test_an_idle_chunk_is_released_by_the_sender_s_thread(make_nasca, backend, c
     assert pool(n).held == 0 and pool(n).spent[0] == 2 * MICRO  # unheld, every call still charged
 
 
-def test_a_forked_child_has_no_chunk(make_nasca, backend):
+# One store is enough: the child's table is this process's.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_forked_child_has_no_chunk(make_nasca):
     import os
 
-    if backend != "sqlite":
-        pytest.skip("one store is enough: the child's table is this process's")
     n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1))
     r = n.reserve(nanos=MICRO, user="u")
     assert n.pools.draws
@@ -428,6 +428,10 @@ def test_redis_commands_per_call_with_and_without_a_ceiling(redis_server_factory
             _takes.append(op.pool_take is not None) or _real(op))
         for _ in range(3):
             spend(n, "warm")
+        deadline = time.monotonic() + 5  # the warm-up's first chunk ended: dropped on a timer's thread
+        live = n.pools._live.get("app")  # held in the pool: its free part (its calls' costs are charged)
+        while live and pool(n).held > live.size - live.used and time.monotonic() < deadline:
+            time.sleep(0.01)
         admin.config_resetstat()
         takes.clear()
         for i in range(20):
@@ -477,9 +481,8 @@ def test_a_take_whose_reply_was_lost_is_released_later(make_nasca, clock):
     assert pool(n).held == 0 and pool(n).spent[0] == MICRO
 
 
-def test_the_sender_takes_the_next_chunk_before_the_callers_need_it(make_nasca, backend):
-    if backend == "memory":
-        pytest.skip("no background sender on memory://")
+@pytest.mark.parametrize("backend", SENDER_BACKENDS, indirect=True)
+def test_the_sender_takes_the_next_chunk_before_the_callers_need_it(make_nasca):
     n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1), leases=False)
     takes: list[bool] = []
     real = n.store.sync.reserve
@@ -501,3 +504,170 @@ def test_the_sender_takes_the_next_chunk_before_the_callers_need_it(make_nasca, 
     assert takes == [False] * 10  # the callers' reserves carry no take: the next chunk is here
     n.flush()
     assert pool(n).held == 0 and pool(n).spent[0] == n.get_usage("u").daily_spent * 10**9
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"], indirect=True)
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_call_cancelled_while_its_chunk_is_taken_is_released(make_nasca, capped):
+    tier = Tier(daily=1, max_in_flight=3 if capped else None)
+    n = make_nasca(tiers={"free": tier}, ceiling=Tier(daily=1), leases=True)
+
+    async def run() -> None:
+        r = await n.areserve(nanos=MICRO, user="u")  # the user's lease opened, its first chunk taken
+        await n.asettle(r, nanos=MICRO)
+        n.pools.close()  # the chunk ends: the next leased call takes one alone, on the loop's store
+        store = n.store.for_loop()
+        real, started = store.pool_take, asyncio.Event()
+
+        async def slow(op: Any) -> Any:
+            started.set()
+            await asyncio.sleep(10)
+            return await real(op)
+
+        store.pool_take = slow
+        task = asyncio.ensure_future(n.areserve(nanos=MICRO, user="u"))
+        await asyncio.wait_for(started.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not n.leases.calls  # no phantom call on the user's lease
+        store.pool_take = real
+        r = await n.areserve(nanos=MICRO, user="u")  # the lease still carries calls (capped: one at a time)
+        await n.asettle(r, nanos=MICRO)
+        await n.aflush()
+
+    asyncio.run(run())
+    now_ms = int(n.now() * 1000)
+    assert n.store.sync.snapshot(n.user_keys("u"), now_ms).held == 0
+    assert pool(n).held == 0 and pool(n).spent[0] == 2 * MICRO
+
+
+def test_a_flush_waiting_for_the_sender_s_reap_does_not_stall_the_loop(make_nasca):
+    n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1))
+    assert spend(n, "u")
+    reaping, held = threading.Event(), 0.5
+
+    def reap() -> None:  # the sender's thread in a slow store call under the reap's lock
+        with n.pools._reaping:
+            reaping.set()
+            time.sleep(held)
+
+    async def run() -> tuple[float, float]:
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        tick = asyncio.ensure_future(ticker())
+        thread = threading.Thread(target=reap)
+        thread.start()
+        reaping.wait(5)
+        start = time.monotonic()
+        await n.aflush()  # waits for the reap, off the loop
+        took = time.monotonic() - start
+        tick.cancel()
+        thread.join()
+        return took, max(gaps)
+
+    took, worst = asyncio.run(run())
+    assert took > held / 2  # it did wait for the reap...
+    assert worst < held / 2  # ...while the loop kept running
+    assert pool(n).held == 0 and pool(n).spent[0] == MICRO
+
+
+def test_a_settled_call_counts_once_not_as_spent_and_held(make_nasca):
+    # The reviewer's case: two processes on one store, a $0.010 daily ceiling, $0.001 calls. A
+    # settled call's cost is spent and taken off its chunk's hold, so with nothing in flight
+    # `held` is only what the chunks have not used (counted twice, A's 6 settled calls held a
+    # whole call more, and B was blocked with the ceiling's last calls unspent).
+    kw: dict[str, Any] = {"tiers": TIERS, "ceiling": Tier(daily="0.010"), "settle_in_background": False,
+                          "leases": False}
+    a, b = make_nasca(**kw), make_nasca(**kw)
+    assert sum(spend(a, f"a{i}") for i in range(6)) == 6
+    snap = pool(a)
+    assert snap.spent[0] == 6 * MICRO and snap.held < MICRO  # A's live chunk: what it has not used
+    status = b.ceiling_status()
+    assert status is not None and status.daily is not None
+    assert status.daily.remaining * 10**9 == 10 * MICRO - snap.spent[0] - snap.held
+    assert status.daily.held * 10**9 == snap.held
+    got_b = 0
+    while spend(b, f"b{got_b}") and got_b <= 10:
+        got_b += 1
+        after = pool(b)
+        assert after.spent[0] + after.held <= 10 * MICRO
+    assert got_b == 3  # room for 3 whole calls: A's chunk keeps its unused part
+    a.flush()  # A's chunk ends: its unused part is given back
+    assert spend(b, "last") and not spend(b, "past")
+    a.flush()
+    b.flush()
+    assert pool(a).spent[0] == 10 * MICRO and pool(a).held == 0  # exactly the ceiling, nothing held
+
+
+NEWER = '{"daily": {"amount": "1", "per": "seat"}}'  # a ceiling a newer version wrote, unreadable here
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"], indirect=True)
+def test_an_unreadable_stored_ceiling_fails_closed(make_nasca, caplog):
+    n = make_nasca(tiers=TIERS)
+    n.set_ceiling(Tier(daily="0.002"))
+    assert spend(n, "a")
+    n.live.save("ceiling", "app", NEWER)  # another process, a newer version
+    assert spend(n, "b") and not spend(n, "c")  # the last one read here stands: still at $0.002
+    assert n.live.current().ceiling == Tier(daily="0.002")
+
+    given = make_nasca(tiers=TIERS, ceiling=Tier(daily="0.001"))  # a new process given ceiling=
+    assert given.live.current().ceiling == Tier(daily="0.001")  # ...its own stands
+
+    bare = make_nasca(tiers=TIERS)  # a new process with neither: no call runs unceilinged
+    caplog.clear()
+    for _ in range(3):
+        with pytest.raises(ConfigurationError, match="stored ceiling can't be read"):
+            bare.reserve(nanos=MICRO, user="d")
+        bare.live.invalidate()  # reloaded: logged once for the same text
+    assert sum("stored ceiling can't be read" in r.getMessage() for r in caplog.records) == 1
+    now_ms = int(bare.now() * 1000)
+    assert bare.store.sync.snapshot(bare.user_keys("d"), now_ms).held == 0  # nothing held for it
+
+    bare.set_ceiling(Tier(daily=1))  # set again: calls run
+    assert spend(bare, "d")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_with_no_sender_an_idle_process_keeps_no_chunk(make_nasca, monkeypatch):
+    monkeypatch.setattr("nasca_core._pool_policy.LEASE_S", 0.3)  # chunks end 0.3 s after they are taken
+    n = make_nasca(tiers=TIERS, ceiling=Tier(daily=1), settle_in_background=False)
+    assert n.deferred.sender is None
+
+    def unheld_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while pool(n).held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return pool(n).held == 0
+
+    assert spend(n, "u") and spend(n, "v")
+    assert pool(n).held > 0  # the chunk, for this process's next calls...
+    assert unheld_within(5)  # ...dropped once it ended, with no next call
+    r = n.reserve(nanos=MICRO, user="u")  # a call outstanding when its chunk ends...
+    time.sleep(0.5)
+    assert pool(n).held > 0  # ...keeps it held (its cost is still on its way)...
+    n.settle(r, nanos=MICRO)
+    assert unheld_within(5)  # ...until it settles: then dropped, off the caller's path
+    assert pool(n).spent[0] == 3 * MICRO
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_with_no_sender_chunks_ended_under_a_lease_are_dropped(make_nasca):
+    n = make_nasca(tiers=TIERS, ceiling=Tier(daily="0.020"), leases=True)  # memory://: no sender
+    assert n.deferred.sender is None
+    for _ in range(12):  # the first chunks are small: each leased call that doesn't fit takes one alone
+        assert spend(n, "u")
+    assert n.stats.leased and n.stats.pool_takes > 2
+    live = n.pools._live["app"]
+    deadline = time.monotonic() + 5  # the ended ones dropped on a timer's thread, with no next call
+    while pool(n).held > live.size - live.used and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool(n).held == live.size - live.used and pool(n).spent[0] == 12 * MICRO

@@ -4,6 +4,8 @@ are live for the app's process on the same store, and bad input changes nothing.
 from __future__ import annotations
 
 import json
+import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,10 @@ def as_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
 def test_show_set_and_off_are_live(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     n = app(config)
     at = ["--config", str(config)]
-    assert as_json(capsys, "ceiling", *at) == {"ceiling": None}
+    assert as_json(capsys, "ceiling", *at) == {"ceiling": None, "source": "this process's default"}
     code, out, _ = run(capsys, "ceiling", *at)
-    assert code == 0 and out.strip() == "ceiling: off"
+    assert code == 0 and out.startswith("ceiling: off\n")
+    assert "nothing stored; an app process may still set one in code" in out
 
     shown = as_json(capsys, "ceiling", "set", "--daily", "0.05", "--monthly", "200", "--warn-at", "0.8", *at)
     assert shown["daily"]["limit"] == "0.05" and shown["monthly"]["limit"] == "200"
@@ -81,7 +84,7 @@ def test_show_set_and_off_are_live(config: Path, capsys: pytest.CaptureFixture[s
     assert shown["daily"] is None and shown["weekly"]["remaining"] == "0.95" and shown["warn_at"] == [0.8]
     assert as_json(capsys, "ceiling", "set", "--weekly", "1", "--no-warn", *at)["warn_at"] == []
 
-    assert as_json(capsys, "ceiling", "off", *at) == {"ceiling": None}
+    assert as_json(capsys, "ceiling", "off", *at) == {"ceiling": None, "source": "stored off"}
     n.settle(n.reserve("0.01", user="u2"), "0.01")  # no ceiling: only the user's limits
     assert n.ceiling_status() is None
     n.close()
@@ -123,4 +126,72 @@ def test_the_installed_command_on_a_sqlite_file(tmp_path: Path) -> None:
     shown = nasca()
     assert (shown["monthly"]["spent"], shown["monthly"]["held"], shown["monthly"]["remaining"]) == (
         "1.25", "0", "198.75")
-    assert nasca("off") == {"ceiling": None}
+    assert nasca("off") == {"ceiling": None, "source": "stored off"}
+    assert nasca("unset") == {"ceiling": None, "source": "this process's default"}
+
+
+CEILING_TOML = """
+[ceiling]
+daily = 1
+monthly = 30
+warn_at = [0.8]
+"""
+
+
+def test_nasca_toml_ceiling_is_the_clis_default(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's Nasca (``build_nasca``) carries nasca.toml's [ceiling], as the app's carries its
+    ``ceiling=``: `nasca ceiling` shows it, `set` keeps its warnings, `off` overrides it in the
+    store, `unset` removes the override so each process's own default stands again."""
+    config.write_text(config.read_text() + CEILING_TOML)
+    at = ["--config", str(config)]
+    shown = as_json(capsys, "ceiling", *at)
+    assert shown["daily"]["limit"] == "1" and shown["monthly"]["limit"] == "30"
+    assert shown["warn_at"] == [0.8] and shown["source"] == "this process's default"
+    code, out, _ = run(capsys, "ceiling", *at)
+    assert code == 0 and "source: nasca.toml [ceiling] (nothing stored" in out
+
+    shown = as_json(capsys, "ceiling", "set", "--daily", "20", *at)  # the file's warn_at stays
+    assert shown["daily"]["limit"] == "20" and shown["warn_at"] == [0.8] and shown["source"] == "stored"
+    assert as_json(capsys, "ceiling", "off", *at) == {"ceiling": None, "source": "stored off"}
+    code, out, _ = run(capsys, "ceiling", *at)
+    assert "turned off in the store for every process" in out
+
+    shown = as_json(capsys, "ceiling", "unset", *at)  # back to the file's
+    assert shown["daily"]["limit"] == "1" and shown["source"] == "this process's default"
+    # The app's process, with its own ceiling= in code, follows the store the same way.
+    data = tomllib.loads(config.read_text())
+    n = Nasca(data["store"], namespace=data["namespace"], default_tier="free",
+              tiers={"free": Tier(monthly=20)}, settle_in_background=False, ceiling=Tier(daily="0.02"))
+    status = n.ceiling_status()
+    assert status is not None and status.daily is not None and status.daily.limit == Decimal("0.02")
+    as_json(capsys, "ceiling", "set", "--daily", "5", *at)
+    status = n.ceiling_status()
+    assert status is not None and status.daily is not None and status.daily.limit == 5
+    assert status.source == "stored"
+    n.close()
+
+
+def test_build_nasca_takes_the_ceiling_from_toml_or_env() -> None:
+    from nasca_core._errors import ConfigurationError
+    from nasca_core.server._config import ServeConfig, build_nasca
+
+    base = {"store": "memory://", "tiers": {"free": {"monthly": 20}}}
+    n = build_nasca(ServeConfig.parse({**base, "ceiling": {"daily": 15, "warn_at": [0.5]}}), {})
+    assert n.live.current().ceiling == Tier(daily=15, warn_at=(0.5,))
+    n.close()
+    n = build_nasca(ServeConfig.parse(base), {"NASCA_CEILING": '{"monthly": 200}'})
+    assert n.live.current().ceiling == Tier(monthly=200)
+    n.close()
+    n = build_nasca(ServeConfig.parse(base), {})
+    assert n.live.current().ceiling is None
+    n.close()
+    for bad, env in (({"ceiling": {"daily": 1, "credits_cover": ["daily"]}}, {}),
+                     ({"ceiling": {"daily": -1}}, {}), ({}, {"NASCA_CEILING": "{oops"}),
+                     ({"ceiling": {}}, {})):
+        with pytest.raises(ConfigurationError, match="ceiling"):
+            build_nasca(ServeConfig.parse({**base, **bad}), env)
+    with pytest.raises(ConfigurationError, match="ceiling"):
+        ServeConfig.parse({**base, "ceiling": "15"})
+    # What a remote client is told is where the server's ceiling goes.
+    with pytest.raises(ConfigurationError, match=r"server owns ceiling: set them in its nasca.toml"):
+        Nasca("http://127.0.0.1:9", ceiling=Tier(daily=1))

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from nasca_core import Nasca, NascaBlockedError, NascaCeilingError, Tier
-from nasca_core._lease_policy import LEASE_S, MAX_CALLS
+from nasca_core._lease_policy import LEASE_S
 from nasca_core.stores import PoolKeys
 
 pytestmark = pytest.mark.timeout(240)
@@ -209,25 +209,43 @@ def _lower(store: str, namespace: str, state_dir: str, limit: int) -> None:
 @pytest.mark.parametrize("backend", ["redis", "sqlite"])
 def test_a_ceiling_lowered_elsewhere_is_seen_within_a_chunk(backend: str, request: pytest.FixtureRequest,
                                                            tmp_path: Any) -> None:
+    """A sized chunk is live here (not the first take's estimate alone) when another process
+    lowers the ceiling: calls go on against that stale chunk's free part, never past it, and
+    admission stops within ``LEASE_S``."""
     store = f"sqlite:///{tmp_path}/ledger.db" if backend == "sqlite" else str(
         request.getfixturevalue("redis_url"))
     namespace, big = f"s{uuid.uuid4().hex[:10]}", 10**6 * CALL
     n = _ledger(store, namespace, str(tmp_path), limit=big)
+
+    def pool() -> tuple[int, int]:  # the pool's daily spent and every chunk's hold, from the store
+        keys = PoolKeys.build(n.namespace, "app", n.windows_at().ids)
+        snap = n.store.sync.pool_snapshot(keys, int(n.now() * 1000))
+        return snap.spent[0], snap.held
+
     try:
-        n.settle(n.reserve(nanos=CALL, user="u"), nanos=CALL)  # this process now holds a chunk
-        p = _fork.Process(target=_lower, args=(store, namespace, str(tmp_path), 3 * CALL))
+        for _ in range(200):  # warm up until a chunk sized past one call's estimate is live
+            n.settle(n.reserve(nanos=CALL, user="u"), nanos=CALL)
+            if n.stats.pool_takes >= 2 and pool()[1] >= 8 * CALL:
+                break
+        spent_then, free = pool()
+        assert free >= 8 * CALL, "no sized chunk became live"
+        lowered = spent_then + 3 * CALL  # room for 3 more calls: the stale chunk has far more
+        p = _fork.Process(target=_lower, args=(store, namespace, str(tmp_path), lowered))
         p.start()
         p.join(30)
         assert p.exitcode == 0
-        changed, spent, blocked_at = time.monotonic(), CALL, None
+        changed, blocked_at = time.monotonic(), None
         while time.monotonic() - changed < LEASE_S + 2:
             try:
                 n.settle(n.reserve(nanos=CALL, user="u"), nanos=CALL)
-                spent += CALL
             except NascaCeilingError:
                 blocked_at = time.monotonic() - changed
                 break
         assert blocked_at is not None and blocked_at <= LEASE_S + 1  # seen when the chunk ended
-        assert spent <= 3 * CALL + MAX_CALLS * CALL  # at most the one chunk over the new ceiling
+        n.flush()
+        spent, held = pool()
+        assert held == 0
+        assert spent > lowered  # the stale chunk was drawn on past the new ceiling ...
+        assert spent <= lowered + free  # ... never past its free part
     finally:
         n.close()

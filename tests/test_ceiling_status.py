@@ -103,3 +103,40 @@ def test_resets_in_the_ledgers_timezone(make_nasca: Callable[..., Any]) -> None:
     assert status is not None and status.daily is not None
     reset = status.daily.resets_at
     assert str(reset.tzinfo) == "Asia/Tokyo" and (reset.hour, reset.minute) == (0, 0)
+
+
+def test_stored_off_is_undone_by_default(make_nasca: Callable[..., Any],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """``set_ceiling(None)`` turns the code's ceiling off for every process; ``set_ceiling("default")``
+    removes the stored value so each process's ``ceiling=`` stands again; a process whose
+    ``ceiling=`` a stored value shadows says so once, in its log."""
+    app = _make(make_nasca, ceiling=Tier(daily=2, warn_at=(0.5,)))
+    owner = _make(make_nasca)  # no ceiling in its code
+    status = _status(app)
+    assert status is not None and status.source == "this process's default" and status.warn_at == (0.5,)
+    owner.set_ceiling(None)
+    with caplog.at_level("WARNING", logger="nasca"):
+        assert _status(app) is None
+        assert _status(app) is None
+    shadowed = [r for r in caplog.records if "overrides this process's ceiling=" in r.getMessage()]
+    assert len(shadowed) == 1 and "(off)" in shadowed[0].getMessage()
+    assert owner.live.current().ceiling is None
+    owner.set_ceiling(Tier(daily=7))
+    status = _status(app)
+    assert status is not None and status.source == "stored" and status.daily is not None
+    assert status.daily.limit == 7 and status.warn_at == ()
+    owner.set_ceiling("default")
+    status = _status(app)
+    assert status is not None and status.source == "this process's default"
+    assert status.daily is not None and status.daily.limit == 2 and status.warn_at == (0.5,)
+    assert _status(owner) is None  # its own default: none
+    asyncio.run(owner.aset_ceiling(None))
+    assert _status(app) is None
+    asyncio.run(owner.aset_ceiling("default"))
+    assert _status(app) is not None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nasca"):
+        third = _make(make_nasca, ceiling=Tier(daily=9))
+        third.set_ceiling(Tier(daily=3))  # the process that stores it is not warned about it
+        assert _status(third) is not None
+    assert not [r for r in caplog.records if "overrides" in r.getMessage()]

@@ -120,3 +120,39 @@ async def test_the_owner_sets_the_ceiling_in_chromium() -> None:
         assert n.ceiling_status() is None
     finally:
         n.close()
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_the_dashboard_says_where_the_ceiling_comes_from(make_nasca: Any,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The code's ceiling is shown as this process's default, its warnings rounded (29%, not
+    28%); "Turn off" stores an override, "Remove stored value" takes it away; the audit line
+    of each change has the old and new limits."""
+    n = make_nasca(tiers=TIERS, default_tier="free", ceiling=Tier(daily=3, warn_at=(0.29,)))
+    app = create_app(n, settings())
+    async with client(app) as c:
+        csrf = await _signed_in(c)
+        shown = _section((await c.get("/admin")).text)
+        assert "warned at 29%" in shown and "This process's default" in shown
+        assert 'id="ceiling-unset"' not in shown  # nothing stored: nothing to remove
+        with caplog.at_level("INFO", logger="nasca.audit"):
+            r = await c.post("/admin/ceiling", headers=ORIGIN, data={
+                "csrf": csrf, "daily": "5", "weekly": "", "monthly": "", "action": "save"})
+            assert r.status_code == 303
+            shown = _section((await c.get("/admin")).text)
+            assert "Stored: it applies in every process" in shown and 'id="ceiling-unset"' in shown
+            r = await c.post("/admin/ceiling", headers=ORIGIN, data={"csrf": csrf, "action": "off"})
+            assert r.status_code == 303 and n.ceiling_status() is None
+            shown = _section((await c.get("/admin")).text)
+            assert 'id="ceiling-off"' in shown and "Turned off in the store" in shown
+            r = await c.post("/admin/ceiling", headers=ORIGIN, data={"csrf": csrf, "action": "unset"})
+            assert r.status_code == 303 and "notice=ceiling_unset" in r.headers["location"]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "nasca.audit"]
+        assert any("ceiling_saved 'app' (daily $3 -> daily $5)" in m for m in lines), lines
+        assert any("ceiling_off 'app' (daily $5 -> off)" in m for m in lines), lines
+        assert any("ceiling_unset 'app' (off -> daily $3)" in m for m in lines), lines
+        status = n.ceiling_status()
+        assert status is not None and status.daily is not None and status.daily.limit == 3
+        assert status.source == "this process's default" and status.warn_at == (0.29,)
+        shown = _section((await c.get("/admin")).text)
+        assert 'id="ceiling-unset"' not in shown

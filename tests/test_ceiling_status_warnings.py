@@ -182,3 +182,56 @@ def test_through_the_ledger_marks_then_the_hit(make_nasca: Callable[..., Any]) -
     # the other process's live chunk held when one was blocked is spent.
     assert status.daily.spent == admitted * Decimal("0.01") and Decimal("0.9") <= status.daily.spent <= 1
 
+
+
+def test_a_raised_ceiling_warns_and_hits_anew(make_nasca: Callable[..., Any]) -> None:
+    """The once-per-window marker carries the limit: after the owner raises a ceiling that was
+    hit, its warning and its hit fire again, at the new limit."""
+    from nasca_core import NascaCeilingError
+
+    n = make_nasca(tiers={"t": Tier()}, default_tier="t", settle_in_background=False,
+                   ceiling=Tier(daily="0.05", warn_at=(0.8,)))
+    fired = _events(n)
+
+    def spend() -> int:
+        blocked = 0
+        for i in range(30):
+            try:
+                n.settle(n.reserve("0.01", user=f"u{i}"), "0.01")
+            except NascaCeilingError:
+                blocked += 1
+        n.flush()
+        assert n.thresholds.flush()
+        return blocked
+
+    assert spend() == 25
+    assert [(e.fraction, e.limit) for e in fired] == [(0.8, Decimal("0.05")), (1.0, Decimal("0.05"))]
+    n.set_ceiling(Tier(daily="0.10", warn_at=(0.8,)))
+    assert spend() == 25
+    assert [(e.fraction, e.limit) for e in fired[2:]] == [(0.8, Decimal("0.1")), (1.0, Decimal("0.1"))]
+    assert spend() == 30  # the same limit again: nothing new
+    assert len(fired) == 4
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_mark_crossed_here_fires_without_another_take(make_nasca: Callable[..., Any],
+                                                         background: bool) -> None:
+    """One $0.60 call on a $1 ceiling warning at 50%: the warning comes from this process's own
+    charge (the sender's next round, or flush()), not only at the next chunk take."""
+    import time
+
+    n = make_nasca(tiers={"t": Tier()}, default_tier="t", settle_in_background=background,
+                   ceiling=Tier(daily=1, warn_at=(0.5, 0.9)))
+    fired = _events(n)
+    takes = n.stats.pool_takes
+    n.settle(n.reserve("0.60", user="u1"), "0.60")
+    if background:  # no flush: the sender's round after the charge landed reads the pool
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:
+            n.thresholds.flush()
+            time.sleep(0.02)
+    else:
+        n.flush()
+        assert n.thresholds.flush()
+    assert [(e.scope, e.fraction, e.spent) for e in fired] == [("ceiling", 0.5, Decimal("0.6"))]
+    assert n.stats.pool_takes == takes + 1  # the call's own take: none more

@@ -599,3 +599,67 @@ def test_a_pooled_reserve_whose_reply_is_lost_sends_no_release(n):
         await aio.close()
 
     asyncio.run(in_one_loop())
+
+
+@pytest.mark.parametrize("bad", [(None,), ["a"], ("a", "b")])
+def test_a_settle_with_bad_chunks_is_a_typed_error_with_nothing_changed(n, bad):
+    store, app = n.store.sync, _pool(n)
+    store.pool_take(_take(n, app, "a", 500_000_000, 1, (-1, -1, -1)))
+    op = _settles(n, "u", ["0.10"])[0]
+    with pytest.raises(InvalidAmountError):
+        store.settle(replace(op, pools=(app,), chunks=bad))
+    snap = store.pool_snapshot(app, op.now_ms)
+    assert (snap.spent, snap.held) == ((0, 0, 0), 500_000_000)
+    assert store.snapshot(op.keys, op.now_ms).spent == (0, 0, 0)
+
+
+def test_a_charge_takes_its_cost_off_its_chunk_once(n):
+    # A settled call's cost is spent, no longer held: counted once in limit - spent - held, so
+    # other processes' takes see the room the chunk's owner has not used (the reviewer's case:
+    # counted twice, a second process was blocked at 9 of 10 calls with nothing in flight).
+    store, app = n.store.sync, _pool(n)
+    now = int(n.now() * 1000)
+    limits = (1_000_000_000, -1, -1)
+    assert store.pool_take(_take(n, app, "a", 600_000_000, 1, limits)).granted == 600_000_000
+    store.pool_take(_take(n, app, "b", 100_000_000, 1, limits))
+    op = replace(_settles(n, "u", ["0.20"])[0], pools=(app,), chunks=("a",))
+    assert store.settle(op).status == 1
+    snap = store.pool_snapshot(app, now)
+    assert (snap.spent[0], snap.held) == (200_000_000, 500_000_000)  # a: 400, b: 100 (not lowered)
+    assert store.settle(op).status == 2  # a retry charges nothing and lowers nothing
+    assert store.pool_snapshot(app, now).held == 500_000_000
+    # The room is limit - spent - held = 300: exactly that is granted, then nothing.
+    got = store.pool_take(_take(n, app, "c", 900_000_000, 1, limits))
+    assert (got.granted, got.held) == (300_000_000, 800_000_000)
+    assert store.pool_take(_take(n, app, "d", 1, 1, limits)).granted == 0
+    store.pool_release(app, "a", now)  # its 400 left given back whole
+    assert store.pool_snapshot(app, now).held == 400_000_000
+
+
+def test_a_cost_above_its_chunk_floors_it_at_zero_and_a_gone_chunk_is_skipped(n):
+    store, app = n.store.sync, _pool(n)
+    now = int(n.now() * 1000)
+    store.pool_take(_take(n, app, "a", 100_000_000, 1, (-1, -1, -1)))
+    first, second = _settles(n, "u", ["0.30", "0.05"])
+    assert store.settle(replace(first, pools=(app,), chunks=("a",))).status == 1
+    snap = store.pool_snapshot(app, now)
+    assert (snap.spent[0], snap.held) == (300_000_000, 0)  # floored, not negative
+    store.pool_release(app, "a", now)
+    assert store.settle(replace(second, pools=(app,), chunks=("a",))).status == 1  # dropped: charged only
+    snap = store.pool_snapshot(app, now)
+    assert (snap.spent[0], snap.held) == (350_000_000, 0)
+    # A chunk that is not there stays not there (the charge does not make one).
+    assert store.pool_take(_take(n, app, "a", 7, 1, (-1, -1, -1))).granted == 7
+
+
+def test_a_fold_lowers_its_chunk_by_its_sum_once(n):
+    store, app = n.store.sync, _pool(n)
+    now = int(n.now() * 1000)
+    store.pool_take(_take(n, app, "a", 1_000_000_000, 1, (-1, -1, -1)))
+    a, b, c = _settles(n, "u", ["0.10", "0.20", "0.30"])
+    fold = replace(c, hold_id="fold-1", cost=600_000_000, of=(a.hold_id, b.hold_id, c.hold_id),
+                   pools=(app,), chunks=("a",))
+    assert store.settle(fold).status == 1
+    for op in (a, b, c, fold):  # each again, alone or as the fold: the chunk is lowered no more
+        assert store.settle(replace(op, pools=(app,), chunks=("a",))).status == 2
+    assert store.pool_snapshot(app, now).held == 400_000_000

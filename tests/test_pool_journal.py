@@ -57,10 +57,25 @@ def test_only_settles_with_equal_pools_fold(make_nasca):
     assert sends[0].op.pools == (app,) and sends[1].op.pools == (app, team) and sends[2].op.pools == ()
 
 
+def test_only_settles_drawn_on_one_chunk_fold_and_the_line_keeps_the_chunks(make_nasca):
+    n = make_nasca(tiers=TIERS, default_tier="t")
+    calls, _ = lease_ops(n, "u", [1_000_000] * 3)
+    app, _ = _pools(n.namespace, n.windows_at().ids)
+    ops = [dataclasses.replace(c, pools=(app,), chunks=(chunk,))
+           for c, chunk in zip(calls, "aab", strict=True)]
+    sends = plan(ops, {op.hold_id for op in ops})
+    assert [len(s.items) for s in sends] == [2, 1]
+    assert sends[0].op.chunks == ("a",) and sends[1].op.chunks == ("b",)
+    assert decode(json.loads(encode(ops[0]))["s"]) == ops[0]
+    [replayed] = pending_in(iter([encode(op) for op in ops[:2]] + [encode(sends[0].op)]))
+    assert isinstance(replayed, Fold) and replayed.chunks == ("a",) and replayed.cost == 2_000_000
+    assert "pc" not in encode(dataclasses.replace(ops[0], chunks=()))
+
+
 _CHILD = """
 import dataclasses, os, signal, sys
 from nasca_core import Nasca, Tier
-from nasca_core.stores import PoolKeys
+from nasca_core.stores import PoolKeys, PoolTakeOp
 from tests.test_fold_calls import lease_ops
 
 uri, namespace, state, point = sys.argv[1:]
@@ -69,7 +84,10 @@ n = Nasca(uri, tiers={"t": Tier(daily="0.10", monthly=5)}, default_tier="t", nam
 n.deferred.sender.wake = lambda: None  # this flush below is the one
 app = PoolKeys.build(namespace, "app", n.windows_at().ids)
 calls, close = lease_ops(n, "u", [1_000_000 * (i + 1) for i in range(10)])
-ops = [dataclasses.replace(op, pools=(app,)) for op in [*calls, close]]
+now_ms = int(n.now() * 1000)  # the calls' chunk: each settle lowers its hold, once, replayed too
+n.store.sync.pool_take(PoolTakeOp(app, now_ms, "c1", 100_000_000, 1, (-1, -1, -1), now_ms + 600_000,
+                                  (600_000,) * 3))
+ops = [dataclasses.replace(op, pools=(app,), chunks=("c1",)) for op in [*calls, close]]
 for op in ops:
     assert n.deferred.send(op) is not None
 die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
@@ -112,12 +130,13 @@ def test_a_kill_while_settling_charges_the_pool_once(store_uri, tmp_path, point)
         assert (u.month_calls, u.month_cost, u.in_flight) == (10, Decimal("0.055"), 0)
         app = PoolKeys.build(namespace, "app", n.windows_at().ids)
         snap = n.store.sync.pool_snapshot(app, int(n.now() * 1000))
-        assert snap.spent == (55_000_000,) * 3
+        assert (snap.spent, snap.held) == ((55_000_000,) * 3, 45_000_000)  # the chunk's unspent part
     finally:
         n.close()
     again = Nasca(store_uri, tiers=TIERS, default_tier="t", namespace=namespace, state_dir=str(state))
     try:
         assert again.stats.deferred_replayed == 0
-        assert again.store.sync.pool_snapshot(app, int(again.now() * 1000)).spent == (55_000_000,) * 3
+        snap = again.store.sync.pool_snapshot(app, int(again.now() * 1000))
+        assert (snap.spent, snap.held) == ((55_000_000,) * 3, 45_000_000)
     finally:
         again.close()

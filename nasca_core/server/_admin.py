@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from nasca_core._ceiling import ceiling_source
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, InvalidInputError, StoreError
 from nasca_core._money import parse_amount
@@ -61,6 +62,8 @@ _NOTICES = {
     "plan_retired": "Plan {name} retired: no new checkouts (subscribers keep their tier).",
     "ceiling_saved": "The app-wide ceiling is saved: it applies in every process within seconds.",
     "ceiling_off": "The app-wide ceiling is off: only each user's limits apply.",
+    "ceiling_unset": "The stored ceiling is removed: each process's own ceiling= "
+                     "(nasca.toml [ceiling]) applies.",
 }
 
 
@@ -244,7 +247,8 @@ class AdminRoutes:
                      for r in [*earlier, report]]
         response = self.ctx.page(request, "admin.html", {
             "report": report, "month": month_label(month), "sort": sort, "sorts": _SORTS,
-            "users": users, "economics": economics, "ceiling": ceiling,
+            "users": users, "economics": economics,
+            "ceiling": ceiling, "ceiling_source": ceiling_source(state),
             "funnel_svg": Markup(funnel_svg(report.funnel)),
             "economics_svg": Markup(economics_svg(economics)),
             "profit_svg": Markup(profit_svg(users[:12])),
@@ -284,9 +288,11 @@ class AdminRoutes:
             return refusal
         assert form is not None
         try:
-            notice, name = await apply(form)
-            audit.info("nasca audit: %s %r by %s from %s", notice, name, request.state.nasca_who,
-                       self.client(request), extra={"nasca_action": notice, "nasca_name": name})
+            notice, name, *what = await apply(form)  # what: the change's amounts, for the audit line
+            amounts = what[0] if what else None
+            audit.info("nasca audit: %s %r%s by %s from %s", notice, name, f" ({amounts})" if amounts else "",
+                       request.state.nasca_who, self.client(request),
+                       extra={"nasca_action": notice, "nasca_name": name, "nasca_what": amounts})
         except (ConfigurationError, InvalidInputError) as exc:
             return await self._form_error(request, FormError(section, f"Not saved: {exc}", form))
         except StoreError:
@@ -311,16 +317,19 @@ class AdminRoutes:
         return await self._edit(request, "tiers", apply)
 
     async def save_ceiling(self, request: Request) -> Response:
-        async def apply(form: FormData) -> tuple[str, str]:
-            if field(form, "action") == "off":
-                await self.ctx.nasca.aset_ceiling(None)
-                return "ceiling_off", "app"
+        async def apply(form: FormData) -> tuple[str, str, str]:
+            old = (await self.ctx.nasca.live.afresh()).ceiling
+            action = field(form, "action")
+            if action in ("off", "unset"):
+                await self.ctx.nasca.aset_ceiling(None if action == "off" else "default")
+                new = (await self.ctx.nasca.live.afresh()).ceiling
+                return f"ceiling_{action}", "app", f"{_limits_text(old)} -> {_limits_text(new)}"
             limits = {w: _money_or_none(form, w) for w in WINDOWS}
             if all(v is None for v in limits.values()):
                 raise ConfigurationError("give the ceiling a daily, weekly or monthly limit (or turn it off)")
-            old = await self.ctx.nasca.aceiling_status()  # the owner's warnings stay as they were
-            await self.ctx.nasca.aset_ceiling(Tier(**limits, warn_at=old.warn_at if old else ()))
-            return "ceiling_saved", "app"
+            tier = Tier(**limits, warn_at=old.warn_at if old else ())  # the owner's warnings stay
+            await self.ctx.nasca.aset_ceiling(tier)
+            return "ceiling_saved", "app", f"{_limits_text(old)} -> {_limits_text(tier)}"
         return await self._edit(request, "ceiling", apply)
 
     async def save_pack(self, request: Request) -> Response:
@@ -391,3 +400,10 @@ def this_month(ctx: Context) -> str:
 def _month_choices(selected: str, current: str) -> list[dict[str, Any]]:
     months = reversed(previous_months(current, 12))
     return [{"value": month_label(m), "selected": m == selected} for m in months]
+
+
+def _limits_text(tier: Tier | None) -> str:
+    """A ceiling's limits for the audit line: "daily $15, monthly $200", or "off"."""
+    if tier is None:
+        return "off"
+    return ", ".join(f"{w} ${tier.limit(w)}" for w in WINDOWS if tier.limit(w) is not None)

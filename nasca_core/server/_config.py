@@ -19,6 +19,11 @@ the file: they come from environment variables, read by the CLI and passed in he
     tier = "pro"
     price = 20
 
+    [ceiling]                               # the app-wide ceiling's default, optional
+    daily = 15                              # (say the same as the app's Nasca(ceiling=...);
+    monthly = 200                           #  `nasca ceiling set` stores one for every process)
+    warn_at = [0.8]
+
     [billing]                               # BillingPolicy(...) fields, optional
     on_amount_mismatch = "review"           # or "grant", "proportional"
 
@@ -33,7 +38,7 @@ the file: they come from environment variables, read by the CLI and passed in he
     trusted_proxies = ["10.0.0.0/8"]        # your reverse proxies (the login throttle's client IP)
 
 Environment: NASCA_SECRET (required), NASCA_ADMIN_TOKEN, STRIPE_API_KEY,
-STRIPE_WEBHOOK_SECRET.
+STRIPE_WEBHOOK_SECRET, NASCA_CEILING (when the file has no [ceiling]).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from nasca_core._config import Tier, first_error
+from nasca_core._config import Tier, check_ceiling, first_error
 from nasca_core._errors import ConfigurationError
 from nasca_core._ledger import Nasca
 from nasca_core.billing import BillingPolicy, CreditPack, Plan, StripeConfig
@@ -56,6 +61,7 @@ ENV_ADMIN_TOKEN = "NASCA_ADMIN_TOKEN"
 ENV_STRIPE_KEY = "STRIPE_API_KEY"
 ENV_WEBHOOK_SECRET = "STRIPE_WEBHOOK_SECRET"
 ENV_THRESHOLD_SECRET = "NASCA_THRESHOLD_WEBHOOK_SECRET"  # signs the owner's threshold webhook
+ENV_CEILING = "NASCA_CEILING"  # the ceiling's default when nasca.toml has no [ceiling]
 _SECRET_KEYS = {"secret", "admin_token", "api_key", "webhook_secret", "stripe_webhook_secret",
                 "previous_secrets", "threshold_webhook_secret"}
 
@@ -98,6 +104,9 @@ class ServeConfig(_Section):
     plans: dict[str, dict[str, Any]] = {}
     billing: dict[str, Any] = {}  # a BillingPolicy: on_amount_mismatch, on_partial_refund, ...
     threshold_webhook_url: str | None = None  # Tier.warn_at crossings posted to the owner
+    # The app-wide ceiling's default (a Tier's daily/weekly/monthly/warn_at; what set_ceiling()
+    # stores overrides it). The app's Nasca(ceiling=...) should say the same: each process has its own.
+    ceiling: dict[str, Any] | None = None
     stripe: StripeSection = StripeSection()
     server: ServerSection = ServerSection()
 
@@ -126,6 +135,17 @@ class ServeConfig(_Section):
 
     def pack_models(self) -> list[CreditPack]:
         return [CreditPack(id=pid, **dict(values)) for pid, values in self.packs.items()]
+
+    def ceiling_model(self, env: Mapping[str, str]) -> Tier | None:
+        """``[ceiling]`` as a Tier, else ``NASCA_CEILING`` (a Tier's JSON, as ``Nasca.from_env``
+        reads it). Raises ConfigurationError."""
+        try:
+            if self.ceiling is not None:
+                return check_ceiling(Tier(**dict(self.ceiling)))
+            return check_ceiling(Tier.model_validate_json(env[ENV_CEILING])) if env.get(ENV_CEILING) else None
+        except (ConfigurationError, ValidationError) as exc:
+            why = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ConfigurationError(f"[ceiling] / {ENV_CEILING}: {why}") from None
 
     def plan_models(self) -> list[Plan]:
         return [Plan(id=pid, **dict(values)) for pid, values in self.plans.items()]
@@ -158,6 +178,7 @@ def build_nasca(config: ServeConfig, env: Mapping[str, str], *, store: Any = Non
                   webhook_secret=webhook_secret or env.get(ENV_WEBHOOK_SECRET) or None,
                   threshold_webhook_url=config.threshold_webhook_url,
                   threshold_webhook_secret=env.get(ENV_THRESHOLD_SECRET) or None,
+                  ceiling=config.ceiling_model(env),
                   leases=False)  # another worker may settle a hold reserved here: a lease never learns it
     nasca.billing.policy = policy
     return nasca

@@ -9,7 +9,8 @@
     nasca tiers list [--json]                nasca tiers set free --daily 0.10 --monthly 1
     nasca tiers unset free
     nasca ceiling [--json]                   nasca ceiling set --daily 15 --monthly 200 [--warn-at 0.8]
-    nasca ceiling off                        (set's limits replace the ceiling's; its warnings stay)
+    nasca ceiling off | unset                (set's limits replace the ceiling's; its warnings stay;
+                                             unset: back to nasca.toml's [ceiling] / ceiling=)
 
 Each reads the store, namespace and tiers from ``nasca.toml`` (``--config``), or takes
 ``--store``/``--namespace``; what they change is live for every process on that store.
@@ -26,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from nasca_core._ceiling import ceiling_source
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, NascaError
 from nasca_core._ledger import Nasca
@@ -210,6 +212,20 @@ def _tiers_unset(nasca: Nasca, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- ceiling ----------------------------------------------------------------------------------
+_OFF_SOURCES = {
+    "stored off": "turned off in the store for every process (`nasca ceiling unset` gives each "
+                  "process its ceiling= back)",
+    "this process's default": "nothing stored; an app process may still set one in code (ceiling=)",
+    "stored": "stored",
+}
+_ON_SOURCES = {
+    "stored": "stored: every process on this store (`nasca ceiling unset` removes it)",
+    "this process's default": "nasca.toml [ceiling] (nothing stored; an app process may set "
+                              "another in code with ceiling=)",
+    "stored off": "stored off",
+}
+
+
 def _ceiling(nasca: Nasca, args: argparse.Namespace) -> Any:
     limits = {w: getattr(args, w) for w in WINDOWS if getattr(args, w) is not None}
     if args.action == "set":
@@ -222,14 +238,20 @@ def _ceiling(nasca: Nasca, args: argparse.Namespace) -> Any:
         raise ConfigurationError(f"`nasca ceiling {args.action}` takes no limits (`nasca ceiling set` does)")
     elif args.action == "off":
         nasca.set_ceiling(None)
+    elif args.action == "unset":
+        nasca.set_ceiling("default")
     status = nasca.ceiling_status()
     if status is None:
-        return {"ceiling": None} if args.json else {"ceiling": "off"}
+        source = ceiling_source(nasca.live.current())
+        if args.json:
+            return {"ceiling": None, "source": source}
+        return {"ceiling": "off", "source": _OFF_SOURCES[source]}
     if args.json:
         return status.model_dump(mode="json")
     out: dict[str, Any] = {"ceiling": ", ".join(f"{w.window} ${w.limit}" for w in status.windows)
                            + (", warns at " + " and ".join(f"{f:.0%}" for f in status.warn_at)
                               if status.warn_at else ""),
+                           "source": _ON_SOURCES[status.source],
                            "blocked": "yes: every call is blocked" if status.blocked else "no"}
     for w in status.windows:
         out[w.window] = (f"${w.spent} spent, ${w.held} held of ${w.limit}: ${w.remaining} left, "
@@ -340,9 +362,10 @@ def setup_tiers(parser: argparse.ArgumentParser) -> Runner:
 
 def setup_ceiling(parser: argparse.ArgumentParser) -> Runner:
     """``nasca ceiling`` shows the app-wide ceiling; ``set --daily 15 --monthly 200`` or ``off``
-    changes it live for every process on the store, then shows it."""
+    changes it live for every process on the store, ``unset`` removes the stored value (each
+    process's own ``ceiling=`` stands again), then shows it."""
     _common(parser)
-    parser.add_argument("action", nargs="?", choices=("show", "set", "off"), default="show")
+    parser.add_argument("action", nargs="?", choices=("show", "set", "off", "unset"), default="show")
     for w in WINDOWS:
         parser.add_argument(f"--{w}", type=Decimal, help=f"set: the app's {w} AI budget in dollars")
     parser.add_argument("--warn-at", type=float, action="append", metavar="FRACTION",

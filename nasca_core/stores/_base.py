@@ -218,6 +218,10 @@ class SettleOp:
     # ``hold_id`` is marked charges nothing there: the user part's rule), also when the user's
     # part is a retried settle.
     pools: tuple[PoolKeys, ...] = ()
+    # By position, the chunk (its lease id) of each pool the call was drawn on ("" or none: no
+    # chunk): the charge lowers that chunk's hold by ``cost`` (floored at 0) in the same step,
+    # so a pool's ``held`` is what was admitted against and not yet spent, never counted twice.
+    chunks: tuple[str, ...] = ()
 
     @property
     def boosts_at(self) -> int:

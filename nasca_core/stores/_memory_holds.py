@@ -30,6 +30,14 @@ class Holds:
             if not self.live:
                 self.heap.clear()
 
+    def lower(self, member: str, amount: int) -> None:
+        """Take ``amount`` off a live member's (floored at 0; an unknown member: nothing)."""
+        entry = self.live.get(member)
+        if entry is not None:
+            left = max(0, entry[1] - amount)
+            self.live[member] = (entry[0], left)
+            self.total -= entry[1] - left
+
     def purge(self, now_ms: int) -> None:
         heap = self.heap
         while heap and heap[0][0] <= now_ms:

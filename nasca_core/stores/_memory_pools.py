@@ -19,6 +19,7 @@ from nasca_core.stores._pools import (
     PoolTakeResult,
     check_ref,
     check_take,
+    chunk_of,
     grant,
 )
 
@@ -80,13 +81,14 @@ def snapshot(data: dict[str, Any], expiry: dict[str, int], keys: PoolKeys, now_m
     return PoolSnapshot(spent_of(data, expiry, keys, now_ms), holds.total if holds is not None else 0)
 
 
-def charge(data: dict[str, Any], expiry: dict[str, int], pools: tuple[PoolKeys, ...], hold_id: str,
-           of: tuple[str, ...], cost: int, ttls_ms: tuple[int, int, int], marker_ms: int,
-           now_ms: int) -> None:
-    """Add ``cost`` to each pool's windows unless ``hold_id`` is marked there (a retried or
-    replayed settle, or one folded before), and mark it and every id of ``of``: the user
-    settle's rule (settle.lua), so the two parts of a settle always agree."""
-    for keys in pools:
+def charge(data: dict[str, Any], expiry: dict[str, int], pools: tuple[PoolKeys, ...],
+           chunks: tuple[str, ...], hold_id: str, of: tuple[str, ...], cost: int,
+           ttls_ms: tuple[int, int, int], marker_ms: int, now_ms: int) -> None:
+    """Add ``cost`` to each pool's windows and take it off the chunk the call was drawn on
+    (``chunks``, floored at 0: spent, no longer held) unless ``hold_id`` is marked there (a
+    retried or replayed settle, or one folded before), and mark it and every id of ``of``: the
+    user settle's rule (settle.lua), so the two parts of a settle always agree."""
+    for i, keys in enumerate(pools):
         settled: OrderedDict[str, int] | None = _live(data, expiry, keys.settled, now_ms)
         if settled is None:
             settled = data[keys.settled] = OrderedDict()
@@ -99,8 +101,10 @@ def charge(data: dict[str, Any], expiry: dict[str, int], pools: tuple[PoolKeys, 
             data[key] = (_live(data, expiry, key, now_ms) or 0) + cost
             if expiry.get(key, 0) < now_ms + ttl:  # only lengthened: it must outlive its window
                 expiry[key] = now_ms + ttl
-        for i in (hold_id, *of):
-            settled.pop(i, None)  # re-added at the end, in time order
-            settled[i] = marker_ms
+        if (chunk := chunk_of(chunks, i)) and (holds := _chunks(data, expiry, keys, now_ms)) is not None:
+            holds.lower(chunk, cost)
+        for mark in (hold_id, *of):
+            settled.pop(mark, None)  # re-added at the end, in time order
+            settled[mark] = marker_ms
         if expiry.get(keys.settled, 0) < marker_ms:
             expiry[keys.settled] = marker_ms

@@ -37,7 +37,8 @@ class PoolKeys:
 
     pool: str
     holds: str  # the chunks: lease id -> expiry (Redis: a zset)
-    held: str  # the chunks: lease id -> amount (Redis: a hash; the sum of the live ones is read)
+    held: str  # the chunks: lease id -> amount admitted and not yet spent (Redis: a hash; the
+    # sum of the live ones is read; a call's charge lowers its chunk's by its cost, floored at 0)
     settled: str  # hold ids already charged (a retried settle charges once)
     day: str
     week: str
@@ -109,12 +110,20 @@ def check_ref(keys: PoolKeys, now_ms: int, lease_id: str = "") -> None:
                                  f"(got now_ms={now_ms!r}, lease_id={lease_id!r}); nothing was changed.")
 
 
-def check_pools(pools: tuple[PoolKeys, ...]) -> None:
-    """Raises InvalidAmountError for a settle's ``pools`` no store may charge (before the
-    settle writes anything: the memory store charges its pools last, with no rollback)."""
-    if type(pools) is not tuple or not all(isinstance(k, PoolKeys) for k in pools):
-        raise InvalidAmountError(f"Invalid settle pools {pools!r}: need a tuple of PoolKeys; "
-                                 "nothing was settled.")
+def check_pools(pools: tuple[PoolKeys, ...], chunks: tuple[str, ...] = ()) -> None:
+    """Raises InvalidAmountError for a settle's ``pools`` and ``chunks`` no store may charge
+    (before the settle writes anything: the memory store charges its pools last, with no
+    rollback)."""
+    if type(pools) is not tuple or not all(isinstance(k, PoolKeys) for k in pools) \
+            or type(chunks) is not tuple or not all(type(c) is str for c in chunks) \
+            or len(chunks) > len(pools):
+        raise InvalidAmountError(f"Invalid settle pools {pools!r} / chunks {chunks!r}: need a tuple of "
+                                 "PoolKeys and at most as many chunk lease ids (str); nothing was settled.")
+
+
+def chunk_of(chunks: tuple[str, ...], i: int) -> str:
+    """The chunk the settle's ``i``-th pool was drawn on ("" = none)."""
+    return chunks[i] if i < len(chunks) else ""
 
 
 def grant(op: PoolTakeOp, spent: tuple[int, int, int], held: int) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from nasca_core.stores._pools import (
     check_pools,
     check_ref,
     check_take,
+    chunk_of,
 )
 from nasca_core.stores._redis_errors import translate
 
@@ -63,9 +64,10 @@ def snapshot_result(raw: Sequence[Any]) -> PoolSnapshot:
 
 def charge_commands(op: SettleOp, sha: str) -> list[Command]:
     """The pool charges of a settle, one EVALSHA of pool_charge.lua per pool."""
-    check_pools(op.pools)
-    args = (op.now_ms, op.cost, *op.ttls_ms, op.marker_expiry_ms, op.hold_id, *op.of)
-    return [("EVALSHA", sha, 4, k.settled, k.day, k.week, k.month, *args) for k in op.pools]
+    check_pools(op.pools, op.chunks)
+    head, ids = (op.now_ms, op.cost, *op.ttls_ms, op.marker_expiry_ms), (op.hold_id, *op.of)
+    return [("EVALSHA", sha, 5, k.settled, k.day, k.week, k.month, k.held, *head, chunk_of(op.chunks, i),
+             *ids) for i, k in enumerate(op.pools)]
 
 
 def evalsha(sha: str, keys: list[str], args: list[Any]) -> Command:

@@ -15,6 +15,7 @@ from nasca_core.stores._pools import (
     PoolTakeResult,
     check_pools,
     check_ref,
+    chunk_of,
     grant,
 )
 
@@ -60,17 +61,22 @@ def snapshot(c: sqlite3.Connection, keys: PoolKeys, now_ms: int) -> PoolSnapshot
     return PoolSnapshot(spent, held)
 
 
-def charge(c: sqlite3.Connection, pools: tuple[PoolKeys, ...], ids: tuple[str, ...], cost: int,
-           ttls_ms: tuple[int, int, int], marker_ms: int, now_ms: int) -> None:
-    """Add ``cost`` to each pool's windows unless ``ids[0]`` (the settle's hold id) is marked
-    there already, and mark every id (its ``of`` too): the user settle's rule (settle.lua)."""
-    check_pools(pools)
-    for keys in pools:
+def charge(c: sqlite3.Connection, pools: tuple[PoolKeys, ...], chunks: tuple[str, ...],
+           ids: tuple[str, ...], cost: int, ttls_ms: tuple[int, int, int], marker_ms: int,
+           now_ms: int) -> None:
+    """Add ``cost`` to each pool's windows and take it off the chunk the call was drawn on
+    (``chunks``, floored at 0: spent, no longer held) unless ``ids[0]`` (the settle's hold id)
+    is marked there already, and mark every id (its ``of`` too): the user settle's rule."""
+    check_pools(pools, chunks)
+    for i, keys in enumerate(pools):
         if c.execute("SELECT 1 FROM settled WHERE user = ? AND hold_id = ? AND expires > ?",
                      (keys.settled, ids[0], now_ms)).fetchone():
             continue
         c.executemany(_ADD, [(key, cost, now_ms + ttl, now_ms) for key, ttl in
                              zip((keys.day, keys.week, keys.month), ttls_ms, strict=True)])
+        if chunk := chunk_of(chunks, i):
+            c.execute("UPDATE hold SET amount = max(0, amount - ?) WHERE user = ? AND member = ?",
+                      (cost, keys.holds, chunk))
         c.executemany("INSERT OR REPLACE INTO settled VALUES (?, ?, ?)",
                       [(keys.settled, i, marker_ms) for i in ids])
 

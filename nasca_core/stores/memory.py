@@ -194,7 +194,7 @@ class MemoryStore:
     def settle(self, op: SettleOp) -> SettleResult:
         keys, now_ms, cost = op.keys, op.now_ms, op.cost
         if op.pools:
-            check_pools(op.pools)
+            check_pools(op.pools, op.chunks)
         with self._lock:
             data, expiry = self._data, self._expiry
             settled: dict[str, int] | None = data.get(keys.settled)
@@ -209,7 +209,7 @@ class MemoryStore:
                 # marker set after a later-expiring one lapses behind it, not at the front).
                 if seen > now_ms:
                     if op.pools:  # charged also when the user's part is a retried settle
-                        pools.charge(data, expiry, op.pools, op.hold_id, op.of, cost, op.ttls_ms,
+                        pools.charge(data, expiry, op.pools, op.chunks, op.hold_id, op.of, cost, op.ttls_ms,
                                      op.marker_expiry_ms, now_ms)
                     return SettleResult(2, 0, 0, (0, 0, 0))
                 del settled[op.hold_id]  # re-added at the end below
@@ -262,7 +262,7 @@ class MemoryStore:
             if expiry.get(keys.settled, 0) < marker:  # only lengthened: it must outlive every marker
                 expiry[keys.settled] = marker
             if op.pools:  # last: nothing above raises once it has written (there is no rollback here)
-                pools.charge(data, expiry, op.pools, op.hold_id, op.of, cost, ttls, marker, now_ms)
+                pools.charge(data, expiry, op.pools, op.chunks, op.hold_id, op.of, cost, ttls, marker, now_ms)
             return SettleResult(1, cost - credit_part, credit_part, (d, w, m),
                                 (limits[0], limits[1], limits[2]))
 

@@ -181,7 +181,8 @@ class SqliteStore:
         keys, now, ttls = op.keys, op.now_ms, op.ttls_ms
         with self._write(now) as c:
             if op.pools:  # first: charged also when the user's part is a retried settle
-                pools.charge(c, op.pools, (op.hold_id, *op.of), op.cost, ttls, op.marker_expiry_ms, now)
+                pools.charge(c, op.pools, op.chunks, (op.hold_id, *op.of), op.cost, ttls, op.marker_expiry_ms,
+                             now)
             done, stored, lim, bo, d, w, m = c.execute(schema.SETTLE_VIEW, (
                 keys.meta, op.hold_id, now, keys.day, keys.week, keys.month)).fetchone()
             if done:
