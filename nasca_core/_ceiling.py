@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict
 
 from nasca_core._config import Tier
-from nasca_core._live import CEILING
+from nasca_core._live import CEILING, UNREADABLE_CEILING
 from nasca_core._money import to_usd
 from nasca_core._types import count_store_errors
 from nasca_core._windows import WINDOWS, Window, WindowSet
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from nasca_core._live import ConfigSnapshot
 
 
-CeilingSource = Literal["stored", "stored off", "this process's default"]
+CeilingSource = Literal["stored", "stored off", "this process's default", "unreadable",
+                        "unreadable, standing in"]
 
 
 class CeilingWindow(BaseModel):
@@ -67,7 +68,10 @@ class CeilingStatus(BaseModel):
     monthly: CeilingWindow | None = None
     warn_at: tuple[float, ...] = ()
     # "stored": set_ceiling()/`nasca ceiling set` for every process; "this process's default":
-    # nothing stored, the ceiling= of the process asking (others may have another in code).
+    # nothing stored, the ceiling= of the process asking (others may have another in code);
+    # "unreadable": the stored one can't be read here and there is nothing to fall back on, so
+    # every call is refused (no windows: it has no limits to show); "unreadable, standing in": it
+    # can't be read here, and the last one read or this process's ceiling= is enforced instead.
     source: CeilingSource = "this process's default"
     at: datetime
 
@@ -77,13 +81,15 @@ class CeilingStatus(BaseModel):
 
     @property
     def remaining(self) -> Decimal | None:
-        """What the tightest window has left (None: no window has a limit)."""
+        """What the tightest window has left (None: no window has a limit; 0 when unreadable)."""
+        if self.source == "unreadable":
+            return Decimal(0)
         return min((w.remaining for w in self.windows), default=None)
 
     @property
     def blocked(self) -> bool:
-        """Every call is blocked now: a window is spent to its limit."""
-        return any(w.spent >= w.limit for w in self.windows)
+        """Every call is blocked now: a window is spent to its limit, or the ceiling is unreadable."""
+        return self.source == "unreadable" or any(w.spent >= w.limit for w in self.windows)
 
 
 def ceiling_keys(namespace: str, ws: WindowSet) -> PoolKeys:
@@ -91,7 +97,12 @@ def ceiling_keys(namespace: str, ws: WindowSet) -> PoolKeys:
 
 
 def ceiling_source(config: ConfigSnapshot) -> CeilingSource:
-    """Where the ceiling in force comes from (pure): the store, or this process's ``ceiling=``."""
+    """Where the ceiling in force comes from (pure): the store, or this process's ``ceiling=``;
+    or, the stored one being unreadable here, what stands in for it."""
+    if config.ceiling is UNREADABLE_CEILING:
+        return "unreadable"
+    if config.ceiling_unreadable:
+        return "unreadable, standing in"
     if CEILING[1] not in config.stored.sections.get(CEILING[0], {}):
         return "this process's default"
     return "stored off" if config.ceiling is None else "stored"
@@ -112,12 +123,26 @@ def shaped(tier: Tier, snap: PoolSnapshot, ws: WindowSet, tz: ZoneInfo, now: flo
     return CeilingStatus(**out, warn_at=tier.warn_at, source=source, at=datetime.fromtimestamp(now, tz))
 
 
+def unreadable(tz: ZoneInfo, now: float) -> CeilingStatus:
+    """The status while the stored ceiling can't be read and calls are refused (pure): no limits,
+    not the placeholder's (``UNREADABLE_CEILING`` only makes every take fail)."""
+    return CeilingStatus(source="unreadable", at=datetime.fromtimestamp(now, tz))
+
+
+def known_ceiling(tier: Tier | None) -> Tier | None:
+    """The ceiling in force as an owner may build on it: None for the unreadable placeholder
+    (its one-nano limit and empty warnings are nobody's)."""
+    return None if tier is UNREADABLE_CEILING else tier
+
+
 def ceiling_status(ledger: Nasca) -> CeilingStatus | None:
     """The app-wide ceiling's limit, spent, held, remaining and reset per window; None when no
     ceiling is configured. Raises StoreError."""
     if (tier := (config := ledger.live.fresh()).ceiling) is None:
         return None
     now = ledger.now()
+    if tier is UNREADABLE_CEILING:
+        return unreadable(ledger.tz, now)
     ws = ledger.windows_at(now)
     with count_store_errors(ledger.stats):
         snap = ledger.store.sync.pool_snapshot(ceiling_keys(ledger.namespace, ws), int(now * 1000))
@@ -129,6 +154,8 @@ async def aceiling_status(ledger: Nasca) -> CeilingStatus | None:
     if (tier := (config := await ledger.live.afresh()).ceiling) is None:
         return None
     now = ledger.now()
+    if tier is UNREADABLE_CEILING:
+        return unreadable(ledger.tz, now)
     ws = ledger.windows_at(now)
     keys = ceiling_keys(ledger.namespace, ws)
     with count_store_errors(ledger.stats):

@@ -48,6 +48,9 @@ class ConfigSnapshot:
     # limits d, w, m in nanos (-1 = none).
     ceiling: Tier | None = None
     ceiling_limits: tuple[int, int, int] = (-1, -1, -1)
+    # The stored ceiling can't be read here: ``ceiling`` stands in for it (the last one read,
+    # ceiling=, or UNREADABLE_CEILING), so status doesn't show it as the stored one.
+    ceiling_unreadable: bool = False
 
 
 CEILING = ("ceiling", "app")  # where set_ceiling() stores the ceiling (section, name)
@@ -259,17 +262,18 @@ class LiveConfig:
             except Exception:  # a tier another version wrote that this one can't read
                 log.exception("nasca: ignoring unreadable stored tier %r", name)
         compiled = {name: t.compiled() for name, t in tiers.items()}
+        ceiling, unreadable = self._ceiling(stored)
         snap = ConfigSnapshot(
             version=stored.version, tiers=tiers, stored=stored,
             tiers_json=json.dumps(compiled, separators=(",", ":")),
             compiled={name: (*c["l"], *c["h"], c["f"]) for name, c in compiled.items()},
             pricer=self._pricer(stored.sections.get("price", {})),
             warned=frozenset(name for name, t in tiers.items() if t.warn_at),
-            ceiling=(ceiling := self._ceiling(stored)),
-            ceiling_limits=pool_limits(ceiling),
+            ceiling=ceiling, ceiling_limits=pool_limits(ceiling), ceiling_unreadable=unreadable,
         )
+        # The owner's ceiling= silently not the one in force (an unreadable one is logged apart).
         if self.base_ceiling is not None and CEILING[1] in stored.sections.get(CEILING[0], {}) \
-                and not self._shadow_told:  # the owner's ceiling= is silently not the one in force
+                and not unreadable and not self._shadow_told:
             self._shadow_told = True
             log.warning("nasca: the ceiling stored with set_ceiling()/`nasca ceiling` (%s) overrides "
                         "this process's ceiling=; `nasca ceiling unset` or set_ceiling(\"default\") "
@@ -277,23 +281,28 @@ class LiveConfig:
         self._snapshot = snap
         return snap
 
-    def _ceiling(self, stored: StoredConfig) -> Tier | None:
+    def _ceiling(self, stored: StoredConfig) -> tuple[Tier | None, bool]:
+        """The ceiling in force, and whether the stored one was unreadable."""
         text = stored.sections.get(CEILING[0], {}).get(CEILING[1])
         if text is None:
-            return self.base_ceiling
+            if stored.version >= 0:  # nothing stored: ceiling= is what is in force now
+                self._last_ceiling = (self.base_ceiling,)
+            return self.base_ceiling, False
         try:
             got = None if text == _NO_CEILING else check_ceiling(Tier.model_validate_json(text))
         except Exception:  # written by another version: never no ceiling at all (fail closed)
-            kept = self._last_ceiling[0] if self._last_ceiling is not None else self.base_ceiling
+            # A last read of "off" doesn't stand for an unreadable value: it may be a new limit.
+            last = self._last_ceiling[0] if self._last_ceiling is not None else None
+            kept = last if last is not None else self.base_ceiling
             if self._unreadable_told != text:
                 self._unreadable_told = text
                 log.exception("nasca: the stored ceiling can't be read (written by a newer version?); "
-                              "%s", "the last one read stands" if self._last_ceiling is not None else
+                              "%s", "the last one read stands" if last is not None else
                               "this process's ceiling= stands" if kept is not None else
                               "calls are refused until it is set again or this process is upgraded")
-            return UNREADABLE_CEILING if self._last_ceiling is None and kept is None else kept
+            return UNREADABLE_CEILING if kept is None else kept, True
         self._last_ceiling = (got,)
-        return got
+        return got, False
 
     def _pricer(self, stored: Mapping[str, str]) -> Pricer:
         live: dict[str, Any] = dict(self._prices)

@@ -60,11 +60,15 @@ def _admitted(pools: Pools, reservation: Reservation) -> Reservation:
     result: PoolTakeResult | None = None
     op: PoolTakeOp | None = None
     for _ in range(_TAKES):
-        try:  # a take alone is not checked against the config version: read it first
-            if (snap := ledger.live.fresh()).ceiling is None:
-                return reservation  # the ceiling was lifted in another process
-            if op is not None and (got := pools.draw(snap, reservation)) is not None:
-                return got  # a chunk another thread here took since
+        try:  # One round trip: a take alone is not checked against the config version, and
+            # needn't be. Under a stale ceiling its chunk ends at the next version check (a
+            # reserve that reaches the store, within LEASE_S), the bound a chunk already has;
+            # a refusal reads the version (``retry``), so a raised ceiling is taken under.
+            if op is not None:
+                if (snap := ledger.live.current()).ceiling is None:
+                    return reservation  # the ceiling was lifted in another process
+                if (got := pools.draw(snap, reservation)) is not None:
+                    return got  # a chunk another thread here took since
             op = pools.take_op(snap, reservation.estimate_nanos, ledger.now())
             result = ledger.store.sync.pool_take(op)
         except StoreError as exc:
@@ -79,18 +83,19 @@ def _admitted(pools: Pools, reservation: Reservation) -> Reservation:
 
 async def _aadmitted(pools: Pools, reservation: Reservation) -> Reservation:
     ledger = pools.ledger
-    await pools.aland_due()
+    pools.land_due()
     snap = await ledger.live.acurrent()
     if (got := pools.draw(snap, reservation)) is not None:
         return got
     result: PoolTakeResult | None = None
     op: PoolTakeOp | None = None
     for _ in range(_TAKES):
-        try:
-            if (snap := await ledger.live.afresh()).ceiling is None:
-                return reservation
-            if op is not None and (got := pools.draw(snap, reservation)) is not None:
-                return got
+        try:  # one round trip, as in _admitted
+            if op is not None:
+                if (snap := await ledger.live.acurrent()).ceiling is None:
+                    return reservation
+                if (got := pools.draw(snap, reservation)) is not None:
+                    return got
             op = pools.take_op(snap, reservation.estimate_nanos, ledger.now())
             result = await ledger.store.for_loop().pool_take(op)
         except StoreError as exc:

@@ -4,6 +4,8 @@ the store can't answer a take. Uses only the ledger's public port."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,3 +64,51 @@ def unchecked(ledger: Nasca, reservation: Reservation, exc: StoreError) -> Reser
 
 def sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+class Timers:
+    """With no sender's thread: the timer that ends the live chunk, and at most one more that
+    drops the holds due and checks a mark crossed, off the caller's path. Each runs ``timed``
+    (the chunk it ends, or None) on its own thread. Thread-safe; callable under the pools' lock."""
+
+    def __init__(self, timed: Callable[[Chunk | None], None]) -> None:
+        self._timed = timed
+        self._lock = threading.Lock()
+        self._chunk: threading.Timer | None = None
+        self._soon: threading.Timer | None = None  # armed, not yet run
+
+    def arm(self, delay: float = 0.0) -> None:
+        with self._lock:
+            if self._soon is None:
+                self._soon = self._start(delay, None)
+
+    def armed(self) -> bool:
+        return self._soon is not None
+
+    def end_at(self, delay: float, chunk: Chunk) -> None:
+        with self._lock:
+            old, self._chunk = self._chunk, self._start(delay, chunk)
+        if old is not None:
+            old.cancel()  # its chunk was retired by the take that started this one
+
+    def cancel(self) -> None:
+        with self._lock:
+            timers, self._chunk, self._soon = (self._chunk, self._soon), None, None
+        for timer in timers:
+            if timer is not None:
+                timer.cancel()
+
+    def forked(self) -> None:
+        self._lock, self._chunk, self._soon = threading.Lock(), None, None
+
+    def _start(self, delay: float, chunk: Chunk | None) -> threading.Timer:
+        timer = threading.Timer(max(0.0, delay), self._run, (chunk,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _run(self, chunk: Chunk | None) -> None:
+        if chunk is None:
+            with self._lock:
+                self._soon = None  # the next hold due arms another
+        self._timed(chunk)

@@ -4,12 +4,15 @@ not only at the next chunk take (``Thresholds.ceiling_seen`` reads a take's repl
 A take's reply says how far the pool's spend is from its nearest unreached ``warn_at`` mark;
 each charge landed here counts down from it (O(1), under the pools' lock, no I/O). Once this
 process alone has spent that far, the next round of the background sender (after its flush,
-so the charge has landed) reads one ``pool_snapshot`` and hands it to ``ceiling_seen``; a
-public ``flush()`` does the same. Other processes' charges are seen at the next take, as before.
+so the charge has landed; with no sender, a timer's thread: ``Pools._timed``) reads one
+``pool_snapshot`` and hands it to ``ceiling_seen``; a public ``flush()`` does the same.
+Other processes' charges are seen at the next take, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -35,7 +38,14 @@ class CeilingMarks:
         self._op: PoolTakeOp | None = None
         self._warn_at: tuple[float, ...] = ()
         self._left: int | None = None  # spend to go (None: no mark ahead)
-        self.due = False  # a mark may be crossed: check on the sender's next round
+        self.due = False  # a mark may be crossed: check off the caller's path
+        # Held through a check, so a flush() waits for one running on another thread (its
+        # events then queued before the flush returns).
+        self._checking = threading.Lock()
+
+    def forked(self) -> None:
+        """In a forked child: a parent's thread may have held the lock."""
+        self._checking = threading.Lock()
 
     def watch(self, op: PoolTakeOp, result: PoolTakeResult, warn_at: tuple[float, ...]) -> None:
         """A take's reply (its ``ceiling_seen`` is done)."""
@@ -54,27 +64,33 @@ class CeilingMarks:
 
     def check(self) -> None:
         """If due: one snapshot of the pool, its marks to ``ceiling_seen``. Never raises."""
-        if (op := self._due_op()) is None:
-            return
-        now_ms = int(self._ledger.now() * 1000)
-        try:
-            snap = self._ledger.store.sync.pool_snapshot(op.keys, now_ms)
-        except StoreError:
-            self._ledger.stats.store_errors += 1
-            return
-        self._seen(replace(op, now_ms=now_ms), snap)
+        with self._checking:
+            if (op := self._due_op()) is None:
+                return
+            now_ms = int(self._ledger.now() * 1000)
+            try:
+                snap = self._ledger.store.sync.pool_snapshot(op.keys, now_ms)
+            except StoreError:
+                self._ledger.stats.store_errors += 1
+                return
+            self._seen(replace(op, now_ms=now_ms), snap)
 
     async def acheck(self) -> None:
-        """Async twin of check()."""
-        if (op := self._due_op()) is None:
-            return
-        now_ms = int(self._ledger.now() * 1000)
+        """Async twin of check(); a check running on another thread is waited for off the loop."""
+        if not self._checking.acquire(blocking=False):
+            await asyncio.to_thread(self._checking.acquire)
         try:
-            snap = await self._ledger.store.for_loop().pool_snapshot(op.keys, now_ms)
-        except StoreError:
-            self._ledger.stats.store_errors += 1
-            return
-        self._seen(replace(op, now_ms=now_ms), snap)
+            if (op := self._due_op()) is None:
+                return
+            now_ms = int(self._ledger.now() * 1000)
+            try:
+                snap = await self._ledger.store.for_loop().pool_snapshot(op.keys, now_ms)
+            except StoreError:
+                self._ledger.stats.store_errors += 1
+                return
+            self._seen(replace(op, now_ms=now_ms), snap)
+        finally:
+            self._checking.release()
 
     def _due_op(self) -> PoolTakeOp | None:
         if not self.due:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from nasca_core._errors import ConfigurationError, NascaCeilingError, StoreError
 from nasca_core._live import UNREADABLE_CEILING
 from nasca_core._pool_admit import aadmitted, aconfig, admitted, prefetch
-from nasca_core._pool_book import Chunk, ceiling_block, sooner
+from nasca_core._pool_book import Chunk, Timers, ceiling_block, sooner
 from nasca_core._pool_marks import CeilingMarks
 from nasca_core._pool_policy import chunk_ends, chunk_expiry, chunk_size, fits, room_of
 from nasca_core._types import Charge, PoolDraw, Reservation, next_hold_id
@@ -59,8 +59,7 @@ class Pools:
         self._room: dict[str, int | None] = {}  # pool id -> the room its last take's reply left
         self._due: list[Chunk] = []  # ended with nothing outstanding: released a sender round on
         self._ready: list[Chunk] = []  # ... now (the calls' settles queued before have landed)
-        self._timer: threading.Timer | None = None  # with no sender's thread: ends the live chunk
-        self._soon = False  # ... and a timer is due to drop the holds of those ended
+        self._timers = Timers(self._timed)  # with no sender's thread: chunks ended, holds dropped
         self._keys: tuple[tuple[str, str, str], PoolKeys] | None = None  # the windows' keys, cached
         # Takes sent, no reply yet: lease id -> (op, ``_dropped`` then); refused ones -> that count.
         self._sent: dict[str, tuple[PoolTakeOp, int]] = {}
@@ -98,7 +97,7 @@ class Pools:
             if chunk is not None:
                 if self._usable(chunk, snap, now_ms) and fits(chunk.size, chunk.out, chunk.used, estimate):
                     return None
-                self._retire(chunk, soon=False)
+                self._retire(chunk)  # with no sender, dropped on a timer's thread (``_ended``)
         return self.take_op(snap, estimate, now)
 
     def took(self, snap: ConfigSnapshot, op: PoolTakeOp, result: PoolTakeResult | None) -> bool:
@@ -131,7 +130,7 @@ class Pools:
         if (sender := self._ledger.deferred.sender) is not None:
             sender.wake()  # its thread ends the chunk at ``until_ms`` (``reap``)
         else:  # none: a timer ends it, so an idle process keeps no hold until it lapses
-            self._later((chunk.until_ms - op.now_ms) / 1000, chunk)
+            self._timers.end_at((chunk.until_ms - op.now_ms) / 1000, chunk)
         return True
 
     # Drawn on a chunk (``_pool_admit``); a block, error or cancellation releases the call first.
@@ -217,8 +216,11 @@ class Pools:
                 chunk = draw[0]
                 chunk.out -= draw[1]
                 chunk.used += cost
-                if self.marks.charged(cost) and (sender := self._ledger.deferred.sender) is not None:
-                    sender.wake()  # a mark crossed here: its round reads the pool (``_pool_marks``)
+                if self.marks.charged(cost):  # a mark crossed here: read the pool off this path
+                    if (sender := self._ledger.deferred.sender) is not None:
+                        sender.wake()  # its round checks it (``_pool_marks``)
+                    else:
+                        self._timers.arm()
                 if charge is not None and (charge.pending or charge.deferred) and \
                         hold_id not in self._early:
                     self._queued[hold_id] = chunk  # ``n`` counts it until it lands
@@ -314,11 +316,10 @@ class Pools:
     def close(self) -> None:
         """End every chunk; those with nothing outstanding have their holds dropped now (and
         any the sender's thread is dropping, before this returns)."""
-        if (timer := self._timer) is not None:
-            timer.cancel()
         with self._reaping:
             self._next.clear()
             self._release(self._ending())
+        self._timers.cancel()  # what they would drop was dropped above
 
     def _ending(self) -> list[Chunk]:
         with self._lock:
@@ -365,12 +366,9 @@ class Pools:
                            r.reserved_ms, r.anchor, PoolDraw(APP_POOL, chunk.id, amount))
 
     def land_due(self) -> None:
-        if self._due and self._ledger.deferred.sender is None:  # no sender's thread to do it
-            self._release(self._releasable())
-
-    async def aland_due(self) -> None:
-        if self._due and self._ledger.deferred.sender is None:
-            await self._arelease(self._releasable())
+        # No I/O: with no sender's thread, those ended (or put back) are dropped on a timer's.
+        if (self._due or self._ready) and self._ledger.deferred.sender is None and not self._timers.armed():
+            self._timers.arm()
 
     def _release(self, chunks: list[Chunk]) -> bool:
         for i, chunk in enumerate(chunks):
@@ -425,32 +423,24 @@ class Pools:
             self._ended(chunk, soon)
 
     def _ended(self, chunk: Chunk, soon: bool = True) -> None:
-        # Not ``soon``: the reserve that ended it is admitted next, and drops it (``land_due``).
+        # Not ``soon``: the timer's thread that ended it drops it itself (``_timed``).
         if chunk.id in self._chunks and chunk not in self._due:
             self._due.append(chunk)
-            if soon and self._ledger.deferred.sender is None and not self._soon:
-                self._soon = True  # its hold dropped off the caller's path, once for all those due
-                self._later(0.0)
-
-    def _later(self, delay: float, chunk: Chunk | None = None) -> None:
-        # With no sender's thread: a timer's thread ends ``chunk`` after ``delay`` (the last
-        # call drawn on it ends it then, ``_ended``), and drops the holds of the chunks due.
-        timer = threading.Timer(max(0.0, delay), self._timed, (chunk,))
-        timer.daemon = True
-        if chunk is not None:
-            old, self._timer = self._timer, timer
-            if old is not None:
-                old.cancel()  # its chunk was retired by the take that started this one
-        timer.start()
+            if soon and self._ledger.deferred.sender is None:
+                self._timers.arm()  # its hold dropped off the caller's path, once for all those due
 
     def _timed(self, chunk: Chunk | None) -> None:
+        # On a timer's thread (``Timers``): ``chunk`` ends; the holds due are dropped.
         with self._lock:
-            self._soon = False
             if chunk is not None and not chunk.retired:
-                self._retire(chunk)  # with none drawn on it, dropped below; else by its last call's end
-        if self._due:
+                self._retire(chunk, soon=False)  # none drawn on it: dropped below, else at its last call's
+        if self.marks.due:
+            self.marks.check()
+        if self._due or self._ready:
             with self._reaping:
                 self._release(self._releasable())
+            if self._ready and self._ledger.deferred.sender is None:
+                self._timers.arm(1.0)  # refused (put back): again in a while, else they expire
 
     def _lost(self, now_ms: int) -> None:
         # Takes with no reply for LOST_TAKE_MS: released like an ended chunk (a no-op if the
@@ -480,7 +470,8 @@ class Pools:
 
     def _forked(self) -> None:
         self._lock, self._reaping = threading.Lock(), threading.Lock()
-        self._timer, self._soon = None, False
+        self._timers.forked()
+        self.marks.forked()
         for book in (self._live, self._chunks, self.draws, self._room, self._sent, self._next, self._refused,
                      self._queued, self._early):
             book.clear()

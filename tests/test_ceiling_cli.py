@@ -90,6 +90,22 @@ def test_show_set_and_off_are_live(config: Path, capsys: pytest.CaptureFixture[s
     n.close()
 
 
+def test_an_unreadable_stored_ceiling_is_shown_as_refusing(config: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    n = app(config)
+    n.live.save("ceiling", "app", '{"daily": {"amount": "1", "per": "seat"}}')  # a newer version wrote it
+    at = ["--config", str(config)]
+    code, out, _ = run(capsys, "ceiling", *at)
+    assert code == 0 and out.startswith("ceiling: unreadable: calls refused\n"), out
+    assert "blocked: yes" in out and "$1E-9" not in out and "daily:" not in out
+    shown = as_json(capsys, "ceiling", *at)
+    assert shown["source"] == "unreadable" and shown["daily"] is None
+    shown = as_json(capsys, "ceiling", "set", "--daily", "1", *at)  # set replaces it
+    assert shown["source"] == "stored" and shown["daily"]["limit"] == "1" and shown["warn_at"] == []
+    n.settle(n.reserve("0.01", user="u1"), "0.01")
+    n.close()
+
+
 def test_bad_input_changes_nothing(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     at = ["--config", str(config)]
     as_json(capsys, "ceiling", "set", "--daily", "1", *at)

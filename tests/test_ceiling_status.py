@@ -140,3 +140,23 @@ def test_stored_off_is_undone_by_default(make_nasca: Callable[..., Any],
         third.set_ceiling(Tier(daily=3))  # the process that stores it is not warned about it
         assert _status(third) is not None
     assert not [r for r in caplog.records if "overrides" in r.getMessage()]
+
+
+NEWER = '{"daily": {"amount": "1", "per": "seat"}}'  # a ceiling a newer version wrote, unreadable here
+
+
+def test_an_unreadable_stored_ceiling_is_reported_as_refusing(make_nasca: Callable[..., Any]) -> None:
+    """With nothing to fall back on, every call is refused: the status says so, with no limits
+    (not the one-nano placeholder that refuses them shown as a stored ceiling)."""
+    from nasca_core._ceiling import ceiling_source
+
+    app = _make(make_nasca)
+    app.live.save("ceiling", "app", NEWER)
+    for status in (_status(app), asyncio.run(aceiling_status(app))):
+        assert status is not None and status.source == "unreadable"
+        assert status.windows == () and status.blocked and status.remaining == 0
+    assert ceiling_source(app.live.current()) == "unreadable"
+    given = _make(make_nasca, ceiling=Tier(daily=2))  # its own ceiling= stands: real limits shown
+    status = _status(given)
+    assert status is not None and status.daily is not None and status.daily.limit == 2
+    assert not status.blocked and status.source == "unreadable, standing in"  # not "stored"

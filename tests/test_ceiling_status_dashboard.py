@@ -156,3 +156,25 @@ async def test_the_dashboard_says_where_the_ceiling_comes_from(make_nasca: Any,
         assert status.source == "this process's default" and status.warn_at == (0.29,)
         shown = _section((await c.get("/admin")).text)
         assert 'id="ceiling-unset"' not in shown
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+async def test_an_unreadable_stored_ceiling_is_shown_as_refusing(make_nasca: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    n = make_nasca(tiers=TIERS, default_tier="free")
+    n.live.save("ceiling", "app", '{"daily": {"amount": "1", "per": "seat"}}')  # a newer version wrote it
+    app = create_app(n, settings())
+    async with client(app) as c:
+        csrf = await _signed_in(c)
+        shown = _section((await c.get("/admin")).text)
+        assert "Unreadable: calls refused" in shown and 'id="ceiling-table"' not in shown
+        assert "$0.00" not in shown and "Stored, but unreadable by this version" in shown
+        with caplog.at_level("INFO", logger="nasca.audit"):
+            r = await c.post("/admin/ceiling", headers=ORIGIN, data={
+                "csrf": csrf, "daily": "5", "weekly": "", "monthly": "", "action": "save"})
+            assert r.status_code == 303
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "nasca.audit"]
+        assert any("ceiling_saved 'app' (unreadable -> daily $5)" in m for m in lines), lines
+        status = n.ceiling_status()
+        assert status is not None and status.daily is not None and status.daily.limit == 5
+        assert status.source == "stored" and status.warn_at == ()

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nasca_core._ceiling import ceiling_source
+from nasca_core._ceiling import ceiling_source, known_ceiling
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, InvalidInputError, StoreError
 from nasca_core._money import parse_amount
@@ -327,7 +327,8 @@ class AdminRoutes:
             limits = {w: _money_or_none(form, w) for w in WINDOWS}
             if all(v is None for v in limits.values()):
                 raise ConfigurationError("give the ceiling a daily, weekly or monthly limit (or turn it off)")
-            tier = Tier(**limits, warn_at=old.warn_at if old else ())  # the owner's warnings stay
+            known = known_ceiling(old)
+            tier = Tier(**limits, warn_at=known.warn_at if known else ())  # the owner's warnings stay
             await self.ctx.nasca.aset_ceiling(tier)
             return "ceiling_saved", "app", f"{_limits_text(old)} -> {_limits_text(tier)}"
         return await self._edit(request, "ceiling", apply)
@@ -406,4 +407,6 @@ def _limits_text(tier: Tier | None) -> str:
     """A ceiling's limits for the audit line: "daily $15, monthly $200", or "off"."""
     if tier is None:
         return "off"
+    if known_ceiling(tier) is None:
+        return "unreadable"
     return ", ".join(f"{w} ${tier.limit(w)}" for w in WINDOWS if tier.limit(w) is not None)

@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from nasca_core._ceiling import ceiling_source
+from nasca_core._ceiling import ceiling_source, known_ceiling
 from nasca_core._config import Tier
 from nasca_core._errors import ConfigurationError, NascaError
 from nasca_core._ledger import Nasca
@@ -223,6 +223,11 @@ _ON_SOURCES = {
     "this process's default": "nasca.toml [ceiling] (nothing stored; an app process may set "
                               "another in code with ceiling=)",
     "stored off": "stored off",
+    "unreadable, standing in": "stored, but unreadable by this version (written by a newer one?): "
+                               "the last one read here or this process's ceiling= is enforced "
+                               "instead until `nasca ceiling set`, `off` or `unset` replaces it",
+    "unreadable": "stored, but unreadable by this version (written by a newer one?): calls are "
+                  "refused until `nasca ceiling set`, `off` or `unset` replaces it",
 }
 
 
@@ -231,7 +236,7 @@ def _ceiling(nasca: Nasca, args: argparse.Namespace) -> Any:
     if args.action == "set":
         if not limits:
             raise ConfigurationError("give the ceiling's limits: --daily, --weekly and/or --monthly")
-        old = nasca.live.fresh().ceiling  # its warnings stay unless given anew (or --no-warn)
+        old = known_ceiling(nasca.live.fresh().ceiling)  # its warnings stay unless given anew (or --no-warn)
         warn_at = () if args.no_warn else tuple(args.warn_at) if args.warn_at else old.warn_at if old else ()
         nasca.set_ceiling(Tier(**limits, warn_at=warn_at))
     elif limits or args.warn_at or args.no_warn:
@@ -248,6 +253,9 @@ def _ceiling(nasca: Nasca, args: argparse.Namespace) -> Any:
         return {"ceiling": "off", "source": _OFF_SOURCES[source]}
     if args.json:
         return status.model_dump(mode="json")
+    if status.source == "unreadable":
+        return {"ceiling": "unreadable: calls refused", "source": _ON_SOURCES[status.source],
+                "blocked": "yes: every call is refused"}
     out: dict[str, Any] = {"ceiling": ", ".join(f"{w.window} ${w.limit}" for w in status.windows)
                            + (", warns at " + " and ".join(f"{f:.0%}" for f in status.warn_at)
                               if status.warn_at else ""),
